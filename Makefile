@@ -1,0 +1,42 @@
+# The README's two commands: `make demo` and `make test`. Both bootstrap .venv on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= demo_out
+export TF_CPP_MIN_LOG_LEVEL ?= 3
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test install bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e ".[test,notebooks]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Phantoms -> fit -> score a mixed normal/abnormal set of new patients -> evaluate -> report.html
+demo: $(STAMP)
+	rm -rf $(DEMO)
+	$(BIN)/aeanomaly make-phantoms --out $(DEMO)/train --normal 48 --abnormal 0 --seed 1
+	$(BIN)/aeanomaly make-phantoms --out $(DEMO)/test --normal 12 --abnormal 12 --seed 2
+	$(BIN)/aeanomaly fit --normal-dir $(DEMO)/train/normal --out $(DEMO)/bundle --size 64 --epochs 12 \
+		--calib-fraction 0.42 --val-fraction 0.1 --seed 0
+	$(BIN)/aeanomaly info $(DEMO)/bundle
+	$(BIN)/aeanomaly score $(DEMO)/bundle $(DEMO)/test/normal $(DEMO)/test/abnormal --out $(DEMO)/results
+	@echo
+	@echo "Done. Open $(DEMO)/results/report.html (scores in $(DEMO)/results/scores.csv, lesions in lesions.csv,"
+	@echo "heatmaps aligned with each input scan in $(DEMO)/results/heatmaps/)."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/speed.py
+
+clean:
+	rm -rf $(DEMO) build *.egg-info

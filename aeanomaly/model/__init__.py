@@ -1,0 +1,1 @@
+"""Autoencoder model, heads and training."""

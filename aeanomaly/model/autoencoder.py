@@ -1,0 +1,150 @@
+"""Symmetric ConvNet/DeConvNet autoencoder (Keras 3 functional model).
+
+Two flavours share one builder:
+
+* ``skip=False`` — the classic bottleneck autoencoder of the seed papers: encoder of stride-2 conv
+  blocks, a spatial (1×1 conv) or dense latent, a mirrored decoder of transposed convolutions.
+* ``skip=True`` — the same symmetric network with encoder→decoder skip connections at full
+  resolution. It is meant to be trained as a *coarse-noise denoising* autoencoder
+  (Kascenas et al., MIDL 2022): low-resolution noise is added to the input and the clean slice is the
+  target, so the network learns to remove blob-like deviations instead of copying its input.
+
+The output is a sigmoid on the [0, 1] input scale and reconstructs the centre slice (1 channel) of a
+``channels``-slice (2.5-D) input.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from ..errors import ConfigError
+
+
+def _norm(kind: str, filters: int, name: str):
+    if kind == "group":
+        return layers.GroupNormalization(groups=min(8, filters), name=name)
+    if kind == "batch":
+        return layers.BatchNormalization(name=name)
+    if kind == "none":
+        return layers.Identity(name=name)
+    raise ConfigError(f"norm must be 'group', 'batch' or 'none', got {kind!r}")
+
+
+def _conv_block(x, filters: int, stride: int, norm: str, name: str):
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=norm == "none", name=f"{name}_conv1")(x)
+    x = _norm(norm, filters, f"{name}_norm1")(x)
+    x = layers.LeakyReLU(0.2, name=f"{name}_act1")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv2")(x)
+    x = _norm(norm, filters, f"{name}_norm2")(x)
+    return layers.LeakyReLU(0.2, name=f"{name}_act2")(x)
+
+
+def _deconv_block(x, filters: int, norm: str, name: str, skip=None):
+    x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=norm == "none", name=f"{name}_deconv")(x)
+    x = _norm(norm, filters, f"{name}_norm1")(x)
+    x = layers.LeakyReLU(0.2, name=f"{name}_act1")(x)
+    if skip is not None:
+        x = layers.Concatenate(name=f"{name}_skip")([x, skip])
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv")(x)
+    x = _norm(norm, filters, f"{name}_norm2")(x)
+    return layers.LeakyReLU(0.2, name=f"{name}_act2")(x)
+
+
+def build_autoencoder(
+    size: int = 128,
+    channels: int = 1,
+    depth: int = 4,
+    base_filters: int = 16,
+    latent: str = "spatial",
+    latent_dim: int = 64,
+    skip: bool = True,
+    norm: str = "group",
+    name: str = "aeanomaly_autoencoder",
+) -> keras.Model:
+    """Build the autoencoder.
+
+    Parameters
+    ----------
+    size : int
+        Input height = width in pixels (32–512), divisible by ``2**depth``.
+    channels : int
+        Input channels: 1, or an odd k for 2.5-D (k neighbouring slices). The output has 1 channel.
+    depth : int
+        Number of stride-2 levels; filters double per level from ``base_filters``.
+    latent : {"spatial", "dense"}
+        Bottleneck kind: a 1×1 conv to ``latent_dim`` channels at ``size / 2**depth`` resolution, or a
+        dense vector of ``latent_dim`` units.
+    skip : bool
+        Encoder→decoder skip connections (use with coarse-noise denoising training).
+    norm : {"group", "batch", "none"}
+
+    Returns
+    -------
+    keras.Model
+        ``(batch, size, size, channels)`` → ``(batch, size, size, 1)`` in [0, 1].
+    """
+    if not 32 <= size <= 512:
+        raise ConfigError(f"size must be within 32–512 pixels, got {size}")
+    if depth < 1 or size % (2**depth):
+        raise ConfigError(f"size {size} must be divisible by 2**depth = {2 ** max(depth, 0)}")
+    if latent not in ("spatial", "dense"):
+        raise ConfigError(f"latent must be 'spatial' or 'dense', got {latent!r}")
+    if channels < 1 or channels % 2 == 0:
+        raise ConfigError(f"channels must be an odd number ≥ 1, got {channels}")
+    inp = keras.Input((size, size, channels), name="slices")
+    x = inp
+    skips = []
+    filters = [base_filters * 2**i for i in range(depth)]
+    x = _conv_block(x, base_filters, 1, norm, "stem")
+    for i, f in enumerate(filters):
+        skips.append(x)
+        x = _conv_block(x, f * 2 if i == depth - 1 else f, 2, norm, f"enc{i}")
+    low = size // 2**depth
+    top_f = filters[-1] * 2
+    if latent == "spatial":
+        x = layers.Conv2D(latent_dim, 1, name="latent")(x)
+        x = layers.LeakyReLU(0.2, name="latent_act")(x)
+        x = layers.Conv2D(top_f, 1, name="latent_out")(x)
+    else:
+        x = layers.Flatten(name="flatten")(x)
+        x = layers.Dense(latent_dim, name="latent")(x)
+        x = layers.LeakyReLU(0.2, name="latent_act")(x)
+        x = layers.Dense(low * low * top_f, name="latent_out")(x)
+        x = layers.Reshape((low, low, top_f), name="unflatten")(x)
+    x = layers.LeakyReLU(0.2, name="bottleneck_act")(x)
+    for i in reversed(range(depth)):
+        x = _deconv_block(x, filters[i], norm, f"dec{i}", skip=skips[i] if skip else None)
+    out = layers.Conv2D(1, 1, activation="sigmoid", name="reconstruction")(x)
+    return keras.Model(inp, out, name=name)
+
+
+def reconstruction_loss(kind: str = "mae", ssim_weight: float = 0.5):
+    """Training loss on [0, 1] images: ``mae`` (L1, default), ``mse``, or ``mae_ssim``
+    (``(1 - w)·L1 + w·(1 - SSIM)``)."""
+    if kind == "mae":
+        return "mean_absolute_error"
+    if kind == "mse":
+        return "mean_squared_error"
+    if kind == "mae_ssim":
+        return MaeSsimLoss(ssim_weight=ssim_weight)
+    raise ConfigError(f"loss must be 'mae', 'mse' or 'mae_ssim', got {kind!r}")
+
+
+@keras.saving.register_keras_serializable(package="aeanomaly")
+class MaeSsimLoss(keras.losses.Loss):
+    """``(1 - w)·L1 + w·(1 - SSIM)`` on images in [0, 1]."""
+
+    def __init__(self, ssim_weight: float = 0.5, name: str = "mae_ssim", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ssim_weight = float(ssim_weight)
+
+    def call(self, y_true, y_pred):
+        import tensorflow as tf
+
+        l1 = keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=(1, 2, 3))
+        ssim = tf.image.ssim(y_true, y_pred, max_val=1.0, filter_size=7)
+        return (1.0 - self.ssim_weight) * l1 + self.ssim_weight * (1.0 - ssim)
+
+    def get_config(self):
+        return {**super().get_config(), "ssim_weight": self.ssim_weight}

@@ -1,0 +1,356 @@
+"""Preprocessing, pure numpy: HU windows, body masks, resizing to the model grid and back, slices.
+
+Every function returns new arrays; inputs are never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage, sparse
+
+from .errors import ConfigError
+
+#: Window presets as (width, level) in HU.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "lung": (1500.0, -600.0),
+    "abdomen": (400.0, 40.0),
+    "liver": (150.0, 30.0),
+    "mediastinum": (350.0, 50.0),
+    "bone": (2000.0, 400.0),
+}
+
+#: Default window for each body region.
+REGION_WINDOWS = {"lung": "lung", "chest": "lung", "abdomen": "abdomen", "liver": "liver"}
+
+
+@dataclass(frozen=True)
+class HUWindow:
+    """A CT display window: HU in ``[level - width/2, level + width/2]`` maps linearly to [0, 1]."""
+
+    width: float
+    level: float
+    name: str = "custom"
+
+    @classmethod
+    def parse(cls, spec: "str | HUWindow") -> "HUWindow":
+        """A preset name (``lung``, ``abdomen``, ``liver``, ``mediastinum``, ``bone``) or ``"W,L"``."""
+        if isinstance(spec, HUWindow):
+            return spec
+        text = str(spec).strip().lower()
+        if text in WINDOW_PRESETS:
+            w, l = WINDOW_PRESETS[text]
+            return cls(w, l, text)
+        try:
+            w_s, l_s = text.split(",")
+            w, l = float(w_s), float(l_s)
+        except ValueError:
+            raise ConfigError(
+                f"window {spec!r} is neither a preset ({', '.join(WINDOW_PRESETS)}) nor 'W,L' in HU"
+            ) from None
+        if not np.isfinite(w) or not np.isfinite(l) or w <= 0:
+            raise ConfigError(f"window {spec!r}: width must be a positive number of HU")
+        return cls(w, l, f"{w:g},{l:g}")
+
+    @property
+    def low(self) -> float:
+        return self.level - self.width / 2.0
+
+    def apply(self, hu: np.ndarray) -> np.ndarray:
+        """Map HU to [0, 1] float32 with clipping (any shape)."""
+        out = (np.asarray(hu, dtype=np.float32) - np.float32(self.low)) / np.float32(self.width)
+        return np.clip(out, 0.0, 1.0)
+
+    def to_hu(self, x01: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`apply` inside the window (HU, float32)."""
+        return np.asarray(x01, dtype=np.float32) * np.float32(self.width) + np.float32(self.low)
+
+    def to_spec(self) -> str:
+        return self.name if self.name in WINDOW_PRESETS else f"{self.width:g},{self.level:g}"
+
+
+def to_unit_range(scan_values: np.ndarray, is_hu: bool, window: HUWindow) -> np.ndarray:
+    """Intensities in [0, 1]: windowed HU, or already-normalised image values clipped to [0, 1]."""
+    if is_hu:
+        return window.apply(scan_values)
+    return np.clip(np.asarray(scan_values, dtype=np.float32), 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Body mask
+# --------------------------------------------------------------------------------------------
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=128)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def body_mask(volume: np.ndarray, is_hu: bool = True, threshold_hu: float = -500.0, open_px: int = 2) -> np.ndarray:
+    """Body mask per axial slice: threshold, opening (drops the table), largest component, holes filled.
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        ``(z, y, x)`` in HU (``is_hu``) or normalised intensities in [0, 1].
+    threshold_hu : float
+        Tissue threshold in HU; for non-HU data an Otsu threshold per slice is used instead.
+    open_px : int
+        Radius of the binary opening in pixels that detaches thin structures (patient table, cables).
+
+    Returns
+    -------
+    np.ndarray
+        bool ``(z, y, x)``.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim == 2:
+        return body_mask(vol[None], is_hu, threshold_hu, open_px)[0]
+    out = np.zeros(vol.shape, dtype=bool)
+    disk = _disk(open_px) if open_px > 0 else None
+    for k in range(vol.shape[0]):
+        sl = vol[k]
+        thr = threshold_hu if is_hu else _otsu(sl)
+        m = sl > thr
+        if disk is not None:
+            m = ndimage.binary_opening(m, structure=disk)
+        lab, n = ndimage.label(m)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        out[k] = ndimage.binary_fill_holes(lab == int(np.argmax(sizes)))
+    return out
+
+
+@lru_cache(maxsize=16)
+def _disk(radius: int) -> np.ndarray:
+    r = int(radius)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy**2 + xx**2) <= r * r + 0.5
+
+
+def erode_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """In-plane erosion of a ``(z, y, x)`` or ``(y, x)`` bool mask by a disk (0 = unchanged copy)."""
+    m = np.asarray(mask, dtype=bool)
+    if radius_px <= 0:
+        return m.copy()
+    st = _disk(radius_px)
+    if m.ndim == 3:
+        st = st[None]
+    return ndimage.binary_erosion(m, structure=st)
+
+
+# --------------------------------------------------------------------------------------------
+# Resizing to the model grid and back
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """How an in-plane ``(ny, nx)`` slice maps to the square model grid of ``size`` pixels.
+
+    The slice is padded to a square of side ``side = max(ny, nx)`` (``pad_y``, ``pad_x`` before; the
+    rest after), then resampled to ``size × size``.
+    """
+
+    ny: int
+    nx: int
+    size: int
+
+    @property
+    def side(self) -> int:
+        return max(self.ny, self.nx)
+
+    @property
+    def pad_y(self) -> int:
+        return (self.side - self.ny) // 2
+
+    @property
+    def pad_x(self) -> int:
+        return (self.side - self.nx) // 2
+
+    @property
+    def scale(self) -> float:
+        """Input pixels per model pixel."""
+        return self.side / self.size
+
+    def model_affine(self, affine: np.ndarray) -> np.ndarray:
+        """Affine of the model grid (index ``(x', y', z)`` → RAS) given the input's internal affine.
+
+        A model pixel centre ``i'`` covers input coordinate ``(i' + 0.5) * scale - 0.5 - pad``.
+        """
+        s = self.scale
+        m = np.eye(4)
+        m[0, 0] = s
+        m[1, 1] = s
+        m[0, 3] = 0.5 * s - 0.5 - self.pad_x
+        m[1, 3] = 0.5 * s - 0.5 - self.pad_y
+        return np.asarray(affine, dtype=float) @ m
+
+
+@lru_cache(maxsize=64)
+def resample_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
+    """Sparse ``(n_out, n_in)`` linear resampling with a triangle filter widened when downsampling
+    (anti-aliasing), pixel-centre aligned; rows sum to 1."""
+    scale = n_in / n_out
+    support = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale - 0.5
+    rows, cols, vals = [], [], []
+    half = int(np.ceil(support)) + 1
+    for i, c in enumerate(centres):
+        j = np.arange(int(np.floor(c)) - half, int(np.floor(c)) + half + 2)
+        w = np.maximum(0.0, 1.0 - np.abs(j - c) / support)
+        j = np.clip(j, 0, n_in - 1)
+        keep = w > 0
+        w = w[keep] / w[keep].sum()
+        rows.extend([i] * int(keep.sum()))
+        cols.extend(j[keep].tolist())
+        vals.extend(w.tolist())
+    mat = sparse.coo_matrix((vals, (rows, cols)), shape=(n_out, n_in)).tocsr()
+    mat.sum_duplicates()
+    return mat
+
+
+def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
+    """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` with separable sparse filters (float32)."""
+    z, ny, nx = stack.shape
+    ry = resample_matrix(ny, out_y)
+    rx = resample_matrix(nx, out_x)
+    a = stack.astype(np.float32, copy=False).transpose(1, 0, 2).reshape(ny, z * nx)
+    a = (ry @ a).reshape(out_y, z, nx).transpose(2, 1, 0).reshape(nx, z * out_y)
+    a = (rx @ a).reshape(out_x, z, out_y).transpose(1, 2, 0)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def to_model_grid(stack: np.ndarray, size: int, pad_value: float = 0.0) -> tuple[np.ndarray, GridSpec]:
+    """Pad ``(z, y, x)`` slices to square with ``pad_value`` and resample to ``(z, size, size)``.
+
+    Returns the resampled float32 stack and the :class:`GridSpec` that :func:`from_model_grid` inverts.
+    """
+    arr = np.asarray(stack)
+    if arr.ndim == 2:
+        arr = arr[None]
+    z, ny, nx = arr.shape
+    grid = GridSpec(ny, nx, int(size))
+    side = grid.side
+    if (ny, nx) != (side, side):
+        padded = np.full((z, side, side), pad_value, dtype=np.float32)
+        padded[:, grid.pad_y : grid.pad_y + ny, grid.pad_x : grid.pad_x + nx] = arr
+    else:
+        padded = arr.astype(np.float32, copy=False)
+    if side == grid.size:
+        return np.array(padded, dtype=np.float32, copy=True), grid
+    return _resample_stack(padded, grid.size, grid.size), grid
+
+
+def from_model_grid(stack: np.ndarray, grid: GridSpec) -> np.ndarray:
+    """Inverse of :func:`to_model_grid`: ``(z, size, size)`` → ``(z, ny, nx)`` float32."""
+    arr = np.asarray(stack, dtype=np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    side = grid.side
+    full = arr if side == grid.size else _resample_stack(arr, side, side)
+    out = full[:, grid.pad_y : grid.pad_y + grid.ny, grid.pad_x : grid.pad_x + grid.nx]
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def mask_to_model_grid(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool/label mask ``(z, y, x)`` on the model grid (area fraction ≥ 0.5 → True)."""
+    res, _ = to_model_grid(np.asarray(mask) > 0, size, pad_value=0.0)
+    return res >= 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# Slices
+# --------------------------------------------------------------------------------------------
+
+
+def slice_indices(n_slices: int, z_range: tuple[int, int] | None = None, stride: int = 1) -> np.ndarray:
+    """Indices of the axial slices to use: ``z_range`` is ``[start, stop)`` (Python slicing rules)."""
+    if stride < 1:
+        raise ConfigError(f"stride must be ≥ 1, got {stride}")
+    start, stop = (0, n_slices) if z_range is None else z_range
+    return np.arange(n_slices)[slice(start, stop, stride)]
+
+
+def body_fraction(mask: np.ndarray) -> np.ndarray:
+    """Fraction of each slice covered by the mask, ``(z,)``."""
+    m = np.asarray(mask, dtype=bool)
+    return m.reshape(m.shape[0], -1).mean(axis=1)
+
+
+def stack_neighbours(volume: np.ndarray, channels: int) -> np.ndarray:
+    """2.5-D input: ``(z, y, x)`` → ``(z, y, x, channels)`` with the ``channels`` neighbouring slices
+    centred on each slice (edges replicated). ``channels`` must be odd; 1 gives ``(z, y, x, 1)``."""
+    if channels < 1 or channels % 2 == 0:
+        raise ConfigError(f"channels must be an odd number ≥ 1, got {channels}")
+    vol = np.asarray(volume, dtype=np.float32)
+    half = channels // 2
+    idx = np.clip(np.arange(vol.shape[0])[:, None] + np.arange(-half, half + 1)[None, :], 0, vol.shape[0] - 1)
+    return np.ascontiguousarray(vol[idx].transpose(0, 2, 3, 1))
+
+
+@dataclass
+class PreparedScan:
+    """A scan on the model grid.
+
+    Attributes
+    ----------
+    x : np.ndarray
+        float32 ``(z, size, size, channels)`` in [0, 1].
+    body : np.ndarray
+        bool ``(z, size, size)`` body mask on the model grid.
+    keep : np.ndarray
+        bool ``(z,)``: slices with enough body to be scored.
+    grid : GridSpec
+        How to map back to the input slice grid.
+    spacing : tuple
+        Model-grid spacing ``(z, y, x)`` in mm.
+    affine : np.ndarray
+        Model-grid affine (index ``(x, y, z)`` → RAS mm).
+    """
+
+    x: np.ndarray
+    body: np.ndarray
+    keep: np.ndarray
+    grid: GridSpec
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def prepare_volume(
+    values: np.ndarray,
+    spacing: tuple[float, float, float],
+    affine: np.ndarray,
+    *,
+    is_hu: bool,
+    window: HUWindow,
+    size: int,
+    channels: int = 1,
+    min_body_fraction: float = 0.05,
+) -> PreparedScan:
+    """Window, mask and resize a ``(z, y, x)`` volume to the model grid (pure)."""
+    vol01 = to_unit_range(values, is_hu, window)
+    body = body_mask(values, is_hu=is_hu)
+    x, grid = to_model_grid(vol01, size, pad_value=0.0)
+    body_m = mask_to_model_grid(body, size)
+    keep = body_fraction(body_m) >= min_body_fraction
+    sz, sy, sx = spacing
+    return PreparedScan(
+        x=stack_neighbours(x, channels),
+        body=body_m,
+        keep=keep,
+        grid=grid,
+        spacing=(float(sz), float(sy) * grid.scale, float(sx) * grid.scale),
+        affine=grid.model_affine(affine),
+    )

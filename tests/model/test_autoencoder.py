@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from aeanomaly.errors import ConfigError
+from aeanomaly.model.autoencoder import MaeSsimLoss, build_autoencoder, reconstruction_loss
+
+
+@pytest.mark.parametrize("skip,latent,channels", [(True, "spatial", 1), (False, "dense", 3), (False, "spatial", 1)])
+def test_builder_shapes_and_range(skip, latent, channels):
+    m = build_autoencoder(size=32, channels=channels, depth=2, base_filters=4, latent=latent, latent_dim=8, skip=skip)
+    x = np.random.default_rng(0).random((2, 32, 32, channels)).astype("float32")
+    y = np.asarray(m(x, training=False))
+    assert y.shape == (2, 32, 32, 1)
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    names = [layer.name for layer in m.layers]
+    assert any("skip" in n for n in names) == skip
+    # symmetric: as many transposed-conv (decoder) levels as stride-2 (encoder) levels
+    assert sum("_deconv" in n for n in names) == 2 and sum(n.startswith("enc") and n.endswith("conv1") for n in names) == 2
+
+
+def test_dense_latent_is_a_real_bottleneck():
+    m = build_autoencoder(size=32, depth=2, base_filters=4, latent="dense", latent_dim=5, skip=False)
+    assert m.get_layer("latent").output.shape[-1] == 5
+
+
+@pytest.mark.parametrize("kw", [dict(size=16), dict(size=48, depth=5), dict(latent="x"), dict(channels=2), dict(norm="layer")])
+def test_builder_rejects_bad_parameters(kw):
+    with pytest.raises(ConfigError):
+        build_autoencoder(**{"size": 32, "depth": 2, "base_filters": 4, **kw})
+
+
+def test_losses():
+    assert reconstruction_loss("mae") == "mean_absolute_error"
+    loss = reconstruction_loss("mae_ssim", ssim_weight=0.5)
+    a = np.full((1, 32, 32, 1), 0.5, "float32")
+    assert float(loss(a, a)) == pytest.approx(0.0, abs=1e-5)
+    b = np.random.default_rng(0).random((1, 32, 32, 1)).astype("float32")
+    assert float(loss(a, b)) > 0.2
+    assert MaeSsimLoss.from_config(loss.get_config()).ssim_weight == 0.5
+    with pytest.raises(ConfigError):
+        reconstruction_loss("l3")

@@ -1,0 +1,114 @@
+import numpy as np
+import pytest
+
+from aeanomaly.errors import ConfigError
+from aeanomaly.io.scan import internal_affine
+from aeanomaly.preprocess import (
+    HUWindow, body_fraction, body_mask, erode_mask, from_model_grid, mask_to_model_grid, prepare_volume,
+    slice_indices, stack_neighbours, to_model_grid,
+)
+
+
+def test_window_presets_and_custom():
+    lung = HUWindow.parse("lung")
+    assert (lung.width, lung.level) == (1500, -600)
+    np.testing.assert_allclose(lung.apply(np.array([-1350.0, -600.0, 150.0, 3000.0])), [0.0, 0.5, 1.0, 1.0])
+    custom = HUWindow.parse("400,40")
+    assert custom.to_spec() == "400,40" and HUWindow.parse("abdomen").to_spec() == "abdomen"
+    np.testing.assert_allclose(custom.to_hu(custom.apply(np.array([0.0, 100.0]))), [0.0, 100.0], atol=1e-3)
+    assert lung.apply(np.zeros((2, 3))).dtype == np.float32
+
+
+@pytest.mark.parametrize("spec", ["nope", "0,40", "-5,1", "1,2,3", "a,b"])
+def test_window_bad_specs(spec):
+    with pytest.raises(ConfigError, match="window"):
+        HUWindow.parse(spec)
+
+
+def _disc_volume(z=3, n=64, r=20, hole=True):
+    yy, xx = np.mgrid[:n, :n]
+    body = (yy - n / 2) ** 2 + (xx - n / 2) ** 2 < r**2
+    vol = np.full((z, n, n), -1000.0, np.float32)
+    vol[:, body] = 40.0
+    if hole:  # an air pocket inside the body (e.g. lung) must be filled in the mask
+        vol[:, (yy - n / 2) ** 2 + (xx - n / 2) ** 2 < 25] = -900.0
+    vol[:, 60:62, 5:59] = 200.0  # a thin "table" below the body
+    return vol, body
+
+
+def test_body_mask_fills_holes_and_drops_table():
+    vol, body = _disc_volume()
+    before = vol.copy()
+    m = body_mask(vol)
+    np.testing.assert_array_equal(vol, before)  # input untouched
+    assert m.dtype == bool and m.shape == vol.shape
+    inter = (m[0] & body).sum() / (m[0] | body).sum()
+    assert inter > 0.9
+    assert not m[:, 60:62, 5:59].any()
+    assert m[:, 32, 32].all()  # the hole is filled
+
+
+def test_body_mask_non_hu_uses_otsu():
+    vol, body = _disc_volume(hole=False)
+    norm = (vol - vol.min()) / (vol.max() - vol.min())
+    m = body_mask(norm, is_hu=False)
+    assert (m[0] & body).sum() / (m[0] | body).sum() > 0.9
+
+
+def test_model_grid_round_trip_and_padding():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:90, :120]
+    smooth = (np.sin(xx / 9.0) + np.cos(yy / 11.0))[None].repeat(2, 0).astype(np.float32)
+    m, grid = to_model_grid(smooth, 64)
+    assert m.shape == (2, 64, 64) and grid.side == 120 and grid.pad_y == 15 and grid.pad_x == 0
+    back = from_model_grid(m, grid)
+    assert back.shape == smooth.shape
+    assert np.abs(back - smooth)[:, 4:-4, 4:-4].max() < 0.05
+    const, g2 = to_model_grid(np.full((1, 50, 50), 0.7, np.float32), 32, pad_value=0.7)
+    np.testing.assert_allclose(const, 0.7, atol=1e-6)
+    same, g3 = to_model_grid(rng.random((1, 64, 64)), 64)
+    assert g3.scale == 1.0 and same.shape == (1, 64, 64)
+
+
+def test_model_affine_maps_centres():
+    aff = internal_affine((5.0, 0.5, 0.5), origin_ras=(10.0, 20.0, -30.0))
+    _, grid = to_model_grid(np.zeros((1, 100, 100), np.float32), 50)
+    maff = grid.model_affine(aff)
+    # model pixel (0, 0) covers input pixels 0..1, centre at input index 0.5
+    np.testing.assert_allclose(maff @ [0, 0, 0, 1], aff @ [0.5, 0.5, 0, 1])
+    np.testing.assert_allclose(np.abs(np.diag(maff)[:3]), [1.0, 1.0, 5.0])
+
+
+def test_mask_to_model_grid_and_erosion():
+    m = np.zeros((1, 64, 64), bool)
+    m[0, 16:48, 16:48] = True
+    small = mask_to_model_grid(m, 32)
+    assert small.sum() == 16 * 16
+    er = erode_mask(small, 2)
+    assert er.sum() == 12 * 12 and small.sum() == 256
+    assert erode_mask(small, 0).sum() == 256
+
+
+def test_slice_helpers():
+    np.testing.assert_array_equal(slice_indices(10, (2, 8), 3), [2, 5])
+    with pytest.raises(ConfigError):
+        slice_indices(10, stride=0)
+    vol = np.arange(4)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    st = stack_neighbours(vol, 3)
+    assert st.shape == (4, 2, 2, 3)
+    np.testing.assert_array_equal(st[0, 0, 0], [0, 0, 1])
+    np.testing.assert_array_equal(st[3, 0, 0], [2, 3, 3])
+    with pytest.raises(ConfigError):
+        stack_neighbours(vol, 2)
+    np.testing.assert_allclose(body_fraction(np.array([[[1, 0], [0, 0]]], bool)), [0.25])
+
+
+def test_prepare_volume_shapes_and_spacing():
+    vol, _ = _disc_volume(z=4, n=96)
+    vol[0] = -1000.0  # a slice with no body is not kept
+    prep = prepare_volume(vol, (5.0, 0.8, 0.8), internal_affine((5.0, 0.8, 0.8)), is_hu=True,
+                          window=HUWindow.parse("abdomen"), size=32, channels=3)
+    assert prep.x.shape == (4, 32, 32, 3) and prep.x.min() >= 0 and prep.x.max() <= 1
+    assert prep.body.shape == (4, 32, 32)
+    np.testing.assert_array_equal(prep.keep, [False, True, True, True])
+    np.testing.assert_allclose(prep.spacing, (5.0, 2.4, 2.4))
