@@ -94,19 +94,12 @@ def _collect_scans(inputs) -> list[Path]:
     paths: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir() and not _is_dicom_dir(p):
-            paths.extend(find_scans(p))
-        elif p.exists():
-            paths.append(p)
-        else:
+        if not p.exists():
             raise AeAnomalyError("does not exist", p)
+        paths.extend(find_scans(p) if p.is_dir() else [p])
     if not paths:
         raise EmptyInputError("no scan given")
     return paths
-
-
-def _is_dicom_dir(p: Path) -> bool:
-    return any(f.suffix.lower() == ".dcm" for f in p.iterdir() if f.is_file())
 
 
 @main.command()
@@ -171,6 +164,9 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base
     except KeyboardInterrupt:
         click.echo(f"interrupted: resume with the same command and --resume (state in {work})", err=True)
         sys.exit(130)
+    except AeAnomalyError:
+        shutil.rmtree(work, ignore_errors=True)  # bad input: leave nothing half-written
+        raise
     if det.train_state_.get("resumed_from"):
         _say(quiet, f"resumed from epoch {det.train_state_['resumed_from']}")
     det.save(out, overwrite=overwrite)
@@ -236,9 +232,11 @@ def calibrate(bundle, normal_dir, method, fpr, strict, quiet):
                 f"{cal.threshold_:.5g} at target FPR {det.target_fpr}")
 
 
+from .cli_evaluate import evaluate  # noqa: E402
 from .cli_score import score  # noqa: E402
 
 main.add_command(score)
+main.add_command(evaluate)
 
 try:  # optional command groups live in their own modules
     from .cli_data import data  # noqa: E402

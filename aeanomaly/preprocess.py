@@ -200,36 +200,73 @@ class GridSpec:
 
 @lru_cache(maxsize=64)
 def resample_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
-    """Sparse ``(n_out, n_in)`` linear resampling with a triangle filter widened when downsampling
-    (anti-aliasing), pixel-centre aligned; rows sum to 1."""
+    """Sparse ``(n_out, n_in)`` resampling matrix, pixel-centre aligned, rows summing to 1.
+
+    Downsampling averages the input pixels each output pixel covers (area weights: anti-aliased);
+    upsampling interpolates linearly (edges replicated).
+    """
     scale = n_in / n_out
-    support = max(scale, 1.0)
-    centres = (np.arange(n_out) + 0.5) * scale - 0.5
     rows, cols, vals = [], [], []
-    half = int(np.ceil(support)) + 1
-    for i, c in enumerate(centres):
-        j = np.arange(int(np.floor(c)) - half, int(np.floor(c)) + half + 2)
-        w = np.maximum(0.0, 1.0 - np.abs(j - c) / support)
-        j = np.clip(j, 0, n_in - 1)
-        keep = w > 0
-        w = w[keep] / w[keep].sum()
-        rows.extend([i] * int(keep.sum()))
-        cols.extend(j[keep].tolist())
-        vals.extend(w.tolist())
+    if n_out < n_in:
+        for i in range(n_out):
+            lo, hi = i * scale, (i + 1) * scale
+            j = np.arange(int(np.floor(lo)), int(np.ceil(hi)))
+            w = np.minimum(j + 1, hi) - np.maximum(j, lo)
+            keep = w > 1e-12
+            rows += [i] * int(keep.sum())
+            cols += j[keep].tolist()
+            vals += (w[keep] / w[keep].sum()).tolist()
+    else:
+        c = np.clip((np.arange(n_out) + 0.5) * scale - 0.5, 0, n_in - 1)
+        j0 = np.floor(c).astype(int)
+        j1 = np.minimum(j0 + 1, n_in - 1)
+        f = c - j0
+        rows = np.concatenate([np.arange(n_out), np.arange(n_out)])
+        cols = np.concatenate([j0, j1])
+        vals = np.concatenate([1 - f, f])
     mat = sparse.coo_matrix((vals, (rows, cols)), shape=(n_out, n_in)).tocsr()
     mat.sum_duplicates()
+    mat.eliminate_zeros()
     return mat
 
 
 def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
-    """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` with separable sparse filters (float32)."""
+    """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` (float32): a block mean for integer
+    downsampling factors, else separable sparse filters (:func:`resample_matrix`)."""
     z, ny, nx = stack.shape
+    a = stack.astype(np.float32, copy=False)
+    if ny % out_y == 0 and nx % out_x == 0 and ny >= out_y and nx >= out_x:
+        fy, fx = ny // out_y, nx // out_x
+        acc = np.zeros((z, out_y, out_x), np.float32)
+        for dy in range(fy):
+            for dx in range(fx):
+                acc += a[:, dy::fy, dx::fx]
+        return acc * np.float32(1.0 / (fy * fx))
+    if out_y % ny == 0 and out_x % nx == 0:
+        return _upsample_linear(_upsample_linear(a, out_y // ny, 1), out_x // nx, 2)
     ry = resample_matrix(ny, out_y)
     rx = resample_matrix(nx, out_x)
     a = stack.astype(np.float32, copy=False).transpose(1, 0, 2).reshape(ny, z * nx)
     a = (ry @ a).reshape(out_y, z, nx).transpose(2, 1, 0).reshape(nx, z * out_y)
     a = (rx @ a).reshape(out_x, z, out_y).transpose(1, 2, 0)
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _upsample_linear(a: np.ndarray, f: int, axis: int) -> np.ndarray:
+    """Linear upsampling by an integer factor along ``axis``, pixel-centre aligned, edges replicated
+    (the same result as :func:`resample_matrix`, without the sparse product)."""
+    if f == 1:
+        return a
+    a = np.moveaxis(a, axis, -1)
+    n = a.shape[-1]
+    padded = np.concatenate([a[..., :1], a, a[..., -1:]], axis=-1)
+    out = np.empty(a.shape[:-1] + (n * f,), np.float32)
+    for p in range(f):
+        c = (p + 0.5) / f - 0.5  # offset of this phase from the input pixel centre, in input pixels
+        lo = int(np.floor(c))
+        w = np.float32(c - lo)
+        out[..., p::f] = (1 - w) * padded[..., 1 + lo : 1 + lo + n] + w * padded[..., 2 + lo : 2 + lo + n]
+    return np.ascontiguousarray(np.moveaxis(out, -1, axis))
 
 
 def to_model_grid(stack: np.ndarray, size: int, pad_value: float = 0.0) -> tuple[np.ndarray, GridSpec]:

@@ -29,3 +29,46 @@ def shared_data() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phantom data and one tiny fitted bundle, shared by the detector, CLI and notebook tests.
+# ---------------------------------------------------------------------------------------------
+
+#: Small phantoms: fast to write and to fit on 2 cores.
+PHANTOM_SHAPE = (8, 64, 64)
+PHANTOM_SPACING = (6.0, 5.5, 5.5)
+#: The tiny model used everywhere in tests.
+TINY = dict(size=64, depth=3, base_filters=8, latent_dim=16, epochs=4, batch_size=16, patience=10,
+            val_fraction=0.15, calib_fraction=0.4, target_fpr=0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom_train(tmp_path_factory) -> Path:
+    """20 normal chest phantoms (seed 1)."""
+    from aeanomaly.datasets.synthetic import write_phantom_set
+
+    out = tmp_path_factory.mktemp("phantoms") / "train"
+    write_phantom_set(out, 20, 0, region="chest", seed=1, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
+    return out
+
+
+@pytest.fixture(scope="session")
+def phantom_test(tmp_path_factory) -> Path:
+    """6 normal and 6 abnormal chest phantoms of other subjects (seed 2), lesions 15-30 mm."""
+    from aeanomaly.datasets.synthetic import write_phantom_set
+
+    out = tmp_path_factory.mktemp("phantoms") / "test"
+    write_phantom_set(out, 6, 6, region="chest", seed=2, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING,
+                      lesions_per_scan=(2, 3), size_mm=(15, 30))
+    return out
+
+
+@pytest.fixture(scope="session")
+def fitted_bundle(phantom_train, tmp_path_factory) -> Path:
+    """A tiny detector fitted on ``phantom_train`` and saved; tests must not modify it (copy it)."""
+    from aeanomaly.detector import AnomalyDetector
+    from aeanomaly.io import find_scans
+
+    det = AnomalyDetector(window="lung", **TINY).fit(find_scans(phantom_train / "normal"), verbose=0)
+    return det.save(tmp_path_factory.mktemp("bundles") / "tiny")

@@ -80,10 +80,6 @@ def load_label(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray:
     return labels
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def find_scans(folder: str | os.PathLike) -> list[Path]:
     """Every scan under ``folder``, recursively, sorted by path.
 

@@ -1,0 +1,333 @@
+"""``aeanomaly fit-head``: train the optional supervised head on labelled scans and store it in a bundle.
+
+The head sees the scans exactly as the bundle's autoencoder does (``AnomalyDetector.prepare``: same
+window, model grid and channels). Scans are split into training and validation by scan, never by
+slice. The bundle is rewritten atomically: copied beside itself, the head added, then swapped in.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .errors import AeAnomalyError, BundleError, ConfigError, EmptyInputError
+
+_EXTS = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png", ".dcm")
+
+
+def parse_classes(text: str | None, kind: str) -> tuple[list[str], list[list[int]] | None]:
+    """Class names and the label values of each, from ``--classes``.
+
+    ``"1:liver,2:kidney,3:kidney"`` maps label values to names (a name may take several values);
+    bare names ``"liver,spleen"`` take the values 1, 2, … (U-Net) or 0, 1, … (CNN). Default: U-Net one
+    class ``region`` for every non-zero value (values None); CNN ``normal`` (0) and ``abnormal`` (1).
+    """
+    if text is None or not str(text).strip():
+        return (["region"], None) if kind == "unet" else (["normal", "abnormal"], [[0], [1]])
+    start = 1 if kind == "unet" else 0
+    names: list[str] = []
+    values: dict[str, list[int]] = {}
+    seen: set[int] = set()
+    for i, item in enumerate(p.strip() for p in str(text).split(",")):
+        value_s, sep, name = item.rpartition(":") if ":" in item else ("", "", item)
+        name = name.strip()
+        try:
+            value = int(value_s) if sep else start + i
+        except ValueError:
+            raise ConfigError(f"--classes entry {item!r} is not VALUE:NAME with an integer value") from None
+        if not name or (kind == "unet" and value < 1) or value < 0:
+            raise ConfigError(f"--classes entry {item!r}: names must be non-empty and values "
+                              f"{'≥ 1 (0 is background)' if kind == 'unet' else '≥ 0'}")
+        if value in seen:
+            raise ConfigError(f"--classes gives label value {value} twice")
+        seen.add(value)
+        if name not in values:
+            names.append(name)
+        values.setdefault(name, []).append(value)
+    if kind == "cnn" and len(names) < 2:
+        raise ConfigError(f"--kind cnn needs at least 2 classes, got {names}")
+    return names, [values[n] for n in names]
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in _EXTS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def pair_masks(scans: list[Path], masks_dir: Path) -> list[Path | None]:
+    """The mask of each scan in ``masks_dir``: the same file name, or ``<stem>_mask.<ext>``."""
+    from .io import find_scans
+
+    by_name, by_stem = {}, {}
+    for m in find_scans(masks_dir):
+        by_name.setdefault(m.name, m)
+        by_stem.setdefault(_stem(m), m)
+    return [by_name.get(p.name) or by_stem.get(f"{_stem(p)}_mask") or by_stem.get(_stem(p)) for p in scans]
+
+
+def _resolve(name: str, bases: list[Path]) -> Path:
+    p = Path(name)
+    if p.is_absolute():
+        return p
+    for base in bases:
+        if (base / p).exists():
+            return base / p
+    return bases[-1] / p
+
+
+def read_class_labels(path: Path, names: list[str], values: list[list[int]], images: Path | None):
+    """(scan, class index, mask or None) rows of a CSV with columns ``scan,label[,mask]``; a label is
+    a class name or a class value; paths are relative to ``images`` (if given) or the CSV's folder."""
+    bases = ([images] if images else []) + [path.parent]
+    value_of = {v: i for i, vs in enumerate(values) for v in vs}
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                scan = (r.get("scan") or r.get("path") or r.get("image") or "").strip()
+                lab = (r.get("label") or r.get("class") or "").strip()
+                if not scan or not lab:
+                    raise ConfigError(f"row {dict(r)} lacks a scan or label column value", path)
+                if lab in names:
+                    k = names.index(lab)
+                elif lab.lstrip("-").isdigit() and int(lab) in value_of:
+                    k = value_of[int(lab)]
+                else:
+                    raise ConfigError(f"label {lab!r} of {scan} is none of the classes {names}", path)
+                mask = (r.get("mask") or "").strip()
+                rows.append((_resolve(scan, bases), k, _resolve(mask, bases) if mask else None))
+    except (OSError, csv.Error, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read labels: {err}", path) from None
+    if not rows:
+        raise ConfigError("no rows in the labels file", path)
+    return rows
+
+
+def _gather(kind, images, masks, labels_csv, normal, abnormal, names, values):
+    """(scan, class index or None, mask or None) for every labelled scan."""
+    from .cli import _collect_scans
+
+    if kind == "unet":
+        if labels_csv or normal or abnormal:
+            raise ConfigError("--kind unet takes --images and --masks (not --labels, --normal or --abnormal)")
+        if not images or not masks:
+            raise ConfigError("--kind unet needs --images DIR and --masks DIR")
+        masks = Path(masks)
+        if not masks.is_dir():
+            raise ConfigError("masks folder does not exist", masks)
+        scans = [p for p in _collect_scans([images]) if masks.resolve() not in p.resolve().parents]
+        scans = [p for p in scans if not _stem(p).endswith("_mask")]
+        paired = pair_masks(scans, masks)
+        items = [(p, None, m) for p, m in zip(scans, paired) if m is not None]
+        if not items:
+            raise EmptyInputError(f"no masks found for the {len(scans)} scans of {images} "
+                                  "(looked for the same file name or <stem>_mask.<ext>)", masks)
+        return items, len(scans) - len(items)
+    if labels_csv:
+        if normal or abnormal:
+            raise ConfigError("give either --labels or --normal/--abnormal folders, not both")
+        items = read_class_labels(Path(labels_csv), names, values, Path(images) if images else None)
+    elif normal and abnormal:
+        if len(names) != 2:
+            raise ConfigError(f"--normal/--abnormal folders give two classes; use --labels for {names}")
+        k_norm = names.index("normal") if "normal" in names else 0
+        items = [(p, k_norm, None) for p in _collect_scans(normal)]
+        items += [(p, 1 - k_norm, None) for p in _collect_scans(abnormal)]
+    else:
+        raise ConfigError("--kind cnn needs --labels labels.csv (scans in --images or beside the CSV) "
+                          "or both --normal DIR and --abnormal DIR")
+    if masks:
+        if not Path(masks).is_dir():
+            raise ConfigError("masks folder does not exist", masks)
+        paired = pair_masks([p for p, _, _ in items], Path(masks))
+        items = [(p, k, m if m is not None else pm) for (p, k, m), pm in zip(items, paired)]
+    return items, 0
+
+
+def _slices(det, path: Path, k, mask_path, kind, values, normal_k):
+    """Kept model-grid slices of one scan and their labels (U-Net maps or CNN class ids)."""
+    from .io import load_label, load_scan
+    from .preprocess import mask_to_model_grid
+
+    scan = load_scan(path)
+    prep = det.prepare(scan)
+    keep = prep.keep
+    labels = load_label(mask_path, like=scan) if mask_path is not None else None
+    if kind == "unet":
+        if values is None:
+            y = mask_to_model_grid(labels > 0, det.size).astype(np.int16)
+        else:
+            y = np.zeros(prep.body.shape, np.int16)
+            for c, vals in enumerate(values, start=1):
+                y[mask_to_model_grid(np.isin(labels, vals), det.size)] = c
+        return prep.x[keep], y[keep]
+    y = np.full(prep.x.shape[0], k, np.int16)
+    if labels is not None:  # lesion mask: slices without lesion are normal
+        lesion = mask_to_model_grid(labels > 0, det.size).reshape(len(y), -1).any(axis=1)
+        y[~lesion] = normal_k
+    return prep.x[keep], y[keep]
+
+
+def split_by_scan(strata: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Scan indices for training and validation, stratified by ``strata`` (e.g. the scan class)."""
+    n = len(strata)
+    if val_fraction <= 0:
+        return list(range(n)), []
+    if n < 2:
+        raise ConfigError("validation needs at least 2 labelled scans; pass --val-fraction 0 to train on all")
+    rng = np.random.default_rng(seed)
+    val: list[int] = []
+    for s in sorted(set(strata)):
+        members = rng.permutation([i for i in range(n) if strata[i] == s])
+        k = min(max(int(round(val_fraction * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
+        val += [int(i) for i in members[:k]]
+    if not val:
+        val = [int(rng.integers(n))]
+    return [i for i in range(n) if i not in set(val)], sorted(val)
+
+
+def _write_head(bundle: Path, head) -> None:
+    from .io.writers import atomic_dir
+    from .model.heads import HEAD_FILES
+
+    with atomic_dir(bundle, overwrite=True) as tmp:
+        shutil.copytree(bundle, tmp, symlinks=True, dirs_exist_ok=True)
+        for f in HEAD_FILES:
+            (tmp / f).unlink(missing_ok=True)
+        head.save_to(tmp)
+
+
+def _fusion(det, head, items, val_idx, per_scan, normal_k) -> str:
+    ps, probs, ys = [], [], []
+    for i in val_idx:
+        try:
+            p = det.score_scan(items[i][0]).p_value
+        except AeAnomalyError:
+            continue
+        prob = head.scan_abnormal_proba(per_scan[i][0])
+        if np.isfinite(p) and np.isfinite(prob):
+            ps.append(p), probs.append(prob), ys.append(int(items[i][1] != normal_k))
+    if len(set(ys)) < 2:
+        return "fusion not fitted (needs validation scans of both normal and abnormal)"
+    head.fit_fusion(ps, probs, ys)
+    return f"fusion fitted on {len(ys)} validation scans"
+
+
+@click.command("fit-head")
+@click.argument("bundle", type=click.Path())
+@click.option("--kind", type=click.Choice(["unet", "cnn"]), required=True,
+              help="unet: organ/region segmentation; cnn: slice classifier.")
+@click.option("--images", type=click.Path(), help="Folder of scans (unet; cnn with --labels).")
+@click.option("--masks", type=click.Path(), help="Folder of label maps (same file name or <stem>_mask.<ext>).")
+@click.option("--labels", "labels_csv", type=click.Path(), help="cnn: CSV with scan,label[,mask] columns.")
+@click.option("--normal", multiple=True, type=click.Path(), help="cnn: folder(s) of normal scans.")
+@click.option("--abnormal", multiple=True, type=click.Path(), help="cnn: folder(s) of abnormal scans.")
+@click.option("--classes", default=None,
+              help='Label values to names, e.g. "1:liver,2:kidney,3:spleen,4:pancreas" (others → background); '
+                   "default: every non-zero value is one class 'region' (unet), normal/abnormal (cnn).")
+@click.option("--depth", default=None, type=click.IntRange(1, 7), help="Poolings (default unet 3, cnn 4).")
+@click.option("--base-filters", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--learning-rate", default=1e-3, show_default=True, type=float)
+@click.option("--patience", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--val-fraction", default=0.2, show_default=True, type=float, help="Scans held out for validation.")
+@click.option("--no-augment", is_flag=True, help="Disable rotation/flip/zoom/elastic augmentation.")
+@click.option("--no-jit", is_flag=True, help="Disable XLA compilation (starts faster; for tiny runs).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace a head the bundle already holds.")
+@click.option("--quiet", is_flag=True)
+def fit_head(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters, epochs,
+             batch_size, learning_rate, patience, val_fraction, no_augment, no_jit, seed, overwrite, quiet):
+    """Train a supervised head (U-Net or CNN) on labelled scans and add it to BUNDLE.
+
+    \b
+    aeanomaly fit-head BUNDLE --kind unet --images DIR --masks DIR --classes "1:liver,2:kidney"
+    aeanomaly fit-head BUNDLE --kind cnn --images DIR --labels labels.csv
+    aeanomaly fit-head BUNDLE --kind cnn --normal DIR --abnormal DIR
+    """
+    from .cli import _fail, _quiet_warnings, _say
+
+    _quiet_warnings(quiet)
+    try:
+        message = _run(Path(bundle), kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters,
+                       epochs, batch_size, learning_rate, patience, val_fraction, not no_augment, not no_jit, seed,
+                       overwrite, quiet)
+    except AeAnomalyError as err:
+        _fail(str(err))
+    _say(quiet, message)
+
+
+def _run(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters, epochs, batch_size,
+         learning_rate, patience, val_fraction, augment, jit, seed, overwrite, quiet) -> str:
+    from tqdm.auto import tqdm
+
+    from .bundle import read_bundle_json
+    from .detector import AnomalyDetector
+    from .model.heads import HEAD_FILES, SupervisedHead
+
+    read_bundle_json(bundle)
+    if any((bundle / f).exists() for f in HEAD_FILES) and not overwrite:
+        raise BundleError("already holds a head (head.json); pass --overwrite to replace it", bundle)
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    names, values = parse_classes(classes, kind)
+    normal_k = names.index("normal") if "normal" in names else 0
+    items, n_unpaired = _gather(kind, images, masks, labels_csv, normal, abnormal, names, values)
+    det = AnomalyDetector.load(bundle)
+    per_scan, kept, skipped = [], [], []
+    for path, k, m in tqdm(items, desc="load", unit="scan", disable=quiet):
+        try:
+            per_scan.append(_slices(det, path, k, m, kind, values, normal_k))
+            kept.append((path, k, m))
+        except AeAnomalyError as err:
+            skipped.append(str(err))
+            click.echo(f"warning: skipped {err}", err=True)
+    if not kept:
+        raise EmptyInputError("no labelled scan could be read", images or labels_csv or (normal or abnormal)[0])
+    train_idx, val_idx = split_by_scan([k or 0 for _, k, _ in kept], val_fraction, seed)
+
+    def stack(idx):
+        if not idx:
+            return np.zeros((0, det.size, det.size, det.channels), np.float32), np.zeros(0, np.int16)
+        return np.concatenate([per_scan[i][0] for i in idx]), np.concatenate([per_scan[i][1] for i in idx])
+
+    x_tr, y_tr = stack(train_idx)
+    x_va, y_va = stack(val_idx)
+    if len(x_tr) == 0:
+        raise ConfigError("the training scans have no slice with enough body to train on")
+    if kind == "unet" and not y_tr.any():
+        raise ConfigError(f"the masks hold none of the label values {values or 'non-zero'} on the training slices",
+                          masks)
+    head = SupervisedHead(
+        kind=kind, classes=names, size=det.size, channels=det.channels, window=det.window_.to_spec(),
+        label_values=values, depth=depth, base_filters=base_filters, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, patience=patience, augment=augment, jit_compile="auto" if jit else False,
+        seed=seed, verbose=0 if quiet else 2,
+    )
+    head.fit(x_tr, y_tr.astype(np.int64), val=(x_va, y_va.astype(np.int64)) if len(x_va) else None)
+    note = ""
+    if kind == "cnn" and val_idx:
+        note = "; " + _fusion(det, head, kept, val_idx, per_scan, normal_k)
+    head.train_info_ = {
+        "images": images, "masks": masks, "labels": labels_csv, "normal": list(normal), "abnormal": list(abnormal),
+        "train_scans": [str(kept[i][0]) for i in train_idx], "val_scans": [str(kept[i][0]) for i in val_idx],
+        "skipped": skipped, "unpaired_scans": n_unpaired,
+    }
+    _write_head(bundle, head)
+    if kind == "unet":
+        held = ", ".join(f"{c} {d:.3f}" for c, d in head.val_dice_.items() if d is not None) or "n/a"
+        metric = f"held-out Dice {held}"
+    else:
+        metric = "held-out slice accuracy " + ("n/a" if head.val_accuracy_ is None else f"{head.val_accuracy_:.3f}")
+    extra = f"; {n_unpaired} scans without a mask ignored" if n_unpaired else ""
+    return (f"head {kind} ({', '.join(names)}) written to {bundle}: {metric} "
+            f"({len(train_idx)} train / {len(val_idx)} validation scans, {len(head.history_.get('loss', []))} epochs)"
+            f"{note}{extra}")

@@ -1,0 +1,125 @@
+"""Detection metrics (pure): scan / slice classification, pixel-level localisation, lesion detection.
+
+Everything here takes arrays and returns plain dicts of floats, ready for metrics.json.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
+
+from .localize import dice, iou
+
+#: Lesion size bins (equivalent diameter in mm) for the detection rate by size.
+SIZE_BINS_MM = (0.0, 5.0, 10.0, 20.0, np.inf)
+
+
+def _safe_div(a: float, b: float) -> float | None:
+    return float(a) / float(b) if b else None
+
+
+def classification_metrics(y_true, scores, y_pred) -> dict:
+    """AUROC, AUPRC, accuracy, sensitivity, specificity, precision, F1 and the confusion matrix.
+
+    Parameters
+    ----------
+    y_true : array of bool/int, ``(n,)``
+        1 = abnormal.
+    scores : array of float, ``(n,)``
+        Higher = more anomalous (NaN entries are dropped with their labels).
+    y_pred : array of bool/int, ``(n,)``
+        The label at the calibrated threshold.
+
+    AUROC/AUPRC are None when only one class is present; ratios with an empty denominator are None.
+    """
+    y = np.asarray(y_true).astype(int)
+    s = np.asarray(scores, dtype=float)
+    p = np.asarray(y_pred).astype(int)
+    ok = np.isfinite(s)
+    y, s, p = y[ok], s[ok], p[ok]
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, p, labels=[0, 1]).ravel())
+    both = 0 < y.sum() < len(y)
+    sens, prec = _safe_div(tp, tp + fn), _safe_div(tp, tp + fp)
+    f1 = 2 * prec * sens / (prec + sens) if sens is not None and prec is not None and (prec + sens) > 0 else (0.0 if sens is not None and prec is not None else None)
+    return {
+        "n": int(len(y)), "n_abnormal": int(y.sum()), "n_normal": int(len(y) - y.sum()),
+        "auroc": float(roc_auc_score(y, s)) if both else None,
+        "auprc": float(average_precision_score(y, s)) if both else None,
+        "accuracy": _safe_div(tp + tn, len(y)),
+        "sensitivity": sens,
+        "specificity": _safe_div(tn, tn + fp),
+        "precision": prec,
+        "f1": f1,
+        "observed_fpr": _safe_div(fp, tn + fp),
+        "confusion_matrix": {"tn": tn, "fp": fp, "fn": fn, "tp": tp},
+    }
+
+
+def pixel_metrics(heatmaps: list[np.ndarray], truths: list[np.ndarray], masks: list[np.ndarray],
+                  preds: list[np.ndarray], max_pixels: int = 2_000_000, seed: int = 0) -> dict:
+    """Pixel AUROC / AUPRC of heatmaps inside the body masks, and Dice / IoU of the predicted lesion
+    masks, over scans that have a ground-truth mask.
+
+    Heatmap values are subsampled deterministically to at most ``max_pixels`` (all lesion pixels kept).
+    Dice/IoU are computed on the union of all scans (global), and averaged per abnormal scan.
+    """
+    if not heatmaps:
+        return {}
+    rng = np.random.default_rng(seed)
+    total = sum(int(m.sum()) for m in masks)
+    keep_frac = min(1.0, max_pixels / max(total, 1))
+    vals, labs = [], []
+    inter = union = pred_sum = true_sum = 0
+    per_scan = []
+    for h, t, m, p in zip(heatmaps, truths, masks, preds):
+        t, m, p = t > 0, m.astype(bool), p > 0
+        hv, tv = h[m], t[m]
+        sel = tv | (rng.random(tv.size) < keep_frac)
+        vals.append(hv[sel])
+        labs.append(tv[sel])
+        inter += int((p & t).sum())
+        union += int((p | t).sum())
+        pred_sum += int(p.sum())
+        true_sum += int(t.sum())
+        if t.any():
+            per_scan.append((dice(p, t), iou(p, t)))
+    v, lab = np.concatenate(vals), np.concatenate(labs)
+    both = 0 < lab.sum() < lab.size
+    return {
+        "pixel_auroc": float(roc_auc_score(lab, v)) if both else None,
+        "pixel_auprc": float(average_precision_score(lab, v)) if both else None,
+        "dice": _safe_div(2 * inter, pred_sum + true_sum),
+        "iou": _safe_div(inter, union),
+        "dice_mean_per_abnormal_scan": float(np.mean([d for d, _ in per_scan])) if per_scan else None,
+        "iou_mean_per_abnormal_scan": float(np.mean([i for _, i in per_scan])) if per_scan else None,
+    }
+
+
+def lesion_detection(truth: np.ndarray, pred: np.ndarray, spacing) -> list[dict]:
+    """One record per ground-truth lesion (3-D connected component of ``truth > 0``): its equivalent
+    diameter in mm (from its largest in-plane area) and whether any predicted lesion voxel overlaps it."""
+    t = np.asarray(truth) > 0
+    p = np.asarray(pred) > 0
+    lab, n = ndimage.label(t, structure=np.ones((3, 3, 3), bool))
+    pix_mm2 = float(spacing[1]) * float(spacing[2])
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        comp = lab[sl] == i
+        area = comp.reshape(comp.shape[0], -1).sum(axis=1).max() * pix_mm2
+        out.append({"diameter_mm": float(2 * np.sqrt(area / np.pi)), "detected": bool((p[sl] & comp).any())})
+    return out
+
+
+def detection_rate_by_size(records: list[dict], bins=SIZE_BINS_MM) -> list[dict]:
+    """Detection rate of ground-truth lesions per equivalent-diameter bin (mm)."""
+    d = np.array([r["diameter_mm"] for r in records], float)
+    hit = np.array([r["detected"] for r in records], bool)
+    rows = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (d >= lo) & (d < hi)
+        rows.append({"min_mm": lo, "max_mm": None if not np.isfinite(hi) else hi, "n": int(sel.sum()),
+                     "detected": int(hit[sel].sum()), "rate": _safe_div(hit[sel].sum(), sel.sum())})
+    rows.append({"min_mm": 0.0, "max_mm": None, "n": int(d.size), "detected": int(hit.sum()),
+                 "rate": _safe_div(hit.sum(), d.size), "all": True})
+    return rows

@@ -1,0 +1,296 @@
+import json
+
+import numpy as np
+import pytest
+
+from aeanomaly.errors import BundleError, ConfigError, NotFittedError
+from aeanomaly.model.head_train import HeadDataset, fusion_features
+from aeanomaly.model.heads import (
+    CCEDiceLoss, DiceBCELoss, FusionModel, SupervisedHead, augment_pair, build_cnn_classifier, build_unet,
+    clean_region_mask, load_head, overlap_scores,
+)
+
+S = 32
+
+
+def organs(n: int, seed: int = 0):
+    """Slices with two 'organs': a bright disk (label 1, upper left) and a grey square (label 2)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:S, :S]
+    x = np.zeros((n, S, S, 1), np.float32)
+    y = np.zeros((n, S, S), np.int64)
+    for i in range(n):
+        cy, cx, r = rng.uniform(9, 14), rng.uniform(8, 13), rng.uniform(4, 6)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        qy, qx, h = rng.uniform(17, 22), rng.uniform(17, 22), rng.uniform(3, 5)
+        sq = (np.abs(yy - qy) < h) & (np.abs(xx - qx) < h)
+        img = 0.2 + rng.normal(0, 0.03, (S, S))
+        img[disk], img[sq] = 0.8, 0.5
+        x[i, ..., 0] = np.clip(img, 0, 1)
+        y[i][disk], y[i][sq] = 1, 2
+    return x, y
+
+
+def blobs(n: int, seed: int = 1):
+    """Noise slices; odd ones hold a bright blob (class 1 = abnormal)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:S, :S]
+    x = np.clip(0.3 + rng.normal(0, 0.05, (n, S, S, 1)), 0, 1).astype(np.float32)
+    y = np.arange(n) % 2
+    for i in np.flatnonzero(y):
+        cy, cx = rng.uniform(8, 24, 2)
+        x[i, ..., 0][(yy - cy) ** 2 + (xx - cx) ** 2 < 16] = 0.9
+    return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# builders and losses
+
+
+@pytest.mark.parametrize("n_classes,channels", [(1, 1), (3, 3)])
+def test_unet_output_shape_and_range(n_classes, channels):
+    m = build_unet(S, channels=channels, n_classes=n_classes, depth=2, base_filters=4)
+    x = np.random.default_rng(0).random((2, S, S, channels)).astype("float32")
+    p = np.asarray(m(x, training=False))
+    if n_classes == 1:
+        assert p.shape == (2, S, S, 1) and p.min() >= 0 and p.max() <= 1
+        assert isinstance(m.loss, DiceBCELoss)
+    else:
+        assert p.shape == (2, S, S, n_classes + 1)
+        np.testing.assert_allclose(p.sum(-1), 1.0, atol=1e-5)
+        assert isinstance(m.loss, CCEDiceLoss) and m.loss.n_classes == 3
+    assert sum(layer.name.startswith("skip") for layer in m.layers) == 2
+
+
+def test_cnn_classifier_is_a_softmax():
+    m = build_cnn_classifier(S, n_classes=3, depth=3, base_filters=4)
+    p = np.asarray(m(np.random.default_rng(0).random((4, S, S, 1)).astype("float32"), training=False))
+    assert p.shape == (4, 3)
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("build,kw", [
+    (build_unet, dict(size=48, depth=5)), (build_unet, dict(size=16)), (build_unet, dict(n_classes=0)),
+    (build_unet, dict(channels=2)), (build_unet, dict(norm="layer")), (build_cnn_classifier, dict(n_classes=1)),
+])
+def test_builders_reject_bad_parameters(build, kw):
+    with pytest.raises(ConfigError):
+        build(**{"size": S, "depth": 2, "base_filters": 4, **kw})
+
+
+def test_losses_are_near_zero_for_a_perfect_prediction_and_large_otherwise():
+    y = organs(2)[1]
+    binary = (y > 0).astype("float32")[..., None]
+    bce = DiceBCELoss()
+    assert float(bce(binary, binary)) == pytest.approx(0.0, abs=1e-4)
+    assert float(bce(binary, 1.0 - binary)) > 1.0
+    onehot = np.eye(3, dtype="float32")[y]
+    cce = CCEDiceLoss(2)
+    assert float(cce(y, onehot)) == pytest.approx(0.0, abs=1e-4)
+    assert float(cce(y, np.roll(onehot, 1, axis=-1))) > 1.0
+    assert float(cce(y, np.full_like(onehot, 1 / 3))) > float(cce(y, 0.8 * onehot + 0.2 / 3))
+    assert CCEDiceLoss.from_config(cce.get_config()).n_classes == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# augmentation, batches, metrics, cleaning
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_augmentation_moves_image_and_mask_together(seed):
+    image = np.full((S, S, 2), 0.1, np.float32)
+    mask = np.zeros((S, S), np.uint8)
+    mask[8:20, 10:24] = 3
+    image[mask > 0] = 0.9  # the mask drawn on the image, in both channels
+    before = (image.copy(), mask.copy())
+    out, m = augment_pair(image, mask, np.random.default_rng(seed), rotate_deg=25, scale=0.15, elastic=0.05)
+    np.testing.assert_array_equal(image, before[0])  # inputs untouched
+    np.testing.assert_array_equal(mask, before[1])
+    assert out.shape == image.shape and out.dtype == image.dtype and m.dtype == mask.dtype
+    assert set(np.unique(m)) <= {0, 3}  # nearest neighbour: labels stay labels
+    assert not np.array_equal(m, mask)  # something moved
+    drawn = out[..., 0] > 0.5
+    agree = np.mean(drawn == (m > 0))
+    dice = 2 * np.sum(drawn & (m > 0)) / (drawn.sum() + (m > 0).sum())
+    assert agree > 0.98 and dice > 0.95
+    np.testing.assert_allclose(out[..., 0], out[..., 1])
+
+
+def test_flip_only_mirrors_left_right():
+    image = np.random.default_rng(0).random((S, S)).astype(np.float32)
+    out, m = augment_pair(image, image > 0.5, np.random.default_rng(0), flip=1.0, rotate_deg=0, scale=0, elastic=0)
+    np.testing.assert_allclose(out, image[:, ::-1], atol=1e-6)
+    np.testing.assert_array_equal(m, (image > 0.5)[:, ::-1])
+
+
+def test_dataset_augments_reproducibly_and_not_without_augment():
+    x, y = organs(10)
+    plain = HeadDataset(x, y, 4, kind="unet", n_classes=2, seed=0, augment=None, shuffle=False)
+    xb, yb = plain[0]
+    np.testing.assert_array_equal(xb, x[:4]) and np.testing.assert_array_equal(yb, y[:4])
+    aug = dict(flip=0.5, rotate_deg=10.0, scale=0.1, elastic=0.02, elastic_sigma=0.08)
+    a = HeadDataset(x, y, 4, kind="unet", n_classes=1, seed=3, augment=aug)
+    b = HeadDataset(x, y, 4, kind="unet", n_classes=1, seed=3, augment=aug)
+    (xa, ya), (xb2, yb2) = a[1], b[1]
+    np.testing.assert_array_equal(xa, xb2)
+    assert ya.shape == (4, S, S, 1) and set(np.unique(ya)) <= {0.0, 1.0}
+    assert len(a) == 3
+    np.testing.assert_array_equal(x, organs(10)[0])  # the source arrays are never modified
+
+
+def test_overlap_scores():
+    t = np.zeros((1, 4, 4), int)
+    p = np.zeros((1, 4, 4), int)
+    t[0, :2, :2] = 1  # 4 px
+    p[0, :2, :1] = 1  # 2 px, inside
+    p[0, 3, 3] = 2
+    dice, iou = overlap_scores(p, t, 3)
+    assert dice[0] == pytest.approx(2 * 2 / 6) and iou[0] == pytest.approx(0.5)
+    assert dice[1] == 0.0 and np.isnan(dice[2])
+
+
+def test_clean_region_mask_drops_specks_and_fills_holes():
+    m = np.zeros((2, 40, 40), bool)
+    m[0, 5:20, 5:20] = True
+    m[0, 10:13, 10:13] = False  # a hole
+    m[0, 30:33, 30:33] = True  # 9 px < 1% of 1600 px: a speck
+    m[0, 25:35, 2:8] = True  # 60 px: kept
+    original = m.copy()
+    out = clean_region_mask(m)
+    np.testing.assert_array_equal(m, original)
+    assert out[0, 11, 11] and not out[0, 31, 31] and out[0, 30, 5]
+    assert out[0].sum() == 15 * 15 + 60 and not out[1].any()
+    np.testing.assert_array_equal(clean_region_mask(m[0]), out[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# fusion
+
+
+def _fusion_data(n, seed):
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    p = norm.sf(rng.normal(1.2 * y, 1.0))  # autoencoder p-values: small when abnormal
+    prob = 1 / (1 + np.exp(-rng.normal(1.2 * y - 0.6, 1.0)))  # independent classifier evidence
+    return p, prob, y
+
+
+def test_fusion_beats_either_input_and_round_trips_through_json():
+    from sklearn.metrics import roc_auc_score
+
+    fm = FusionModel().fit(*_fusion_data(400, 0))
+    assert fm.coef_.shape == (2,) and (fm.coef_ > 0).all()
+    p, prob, y = _fusion_data(2000, 1)
+    fused = fm.predict_proba(p, prob)
+    auc = roc_auc_score(y, fused)
+    assert auc > roc_auc_score(y, -p) + 0.03 and auc > roc_auc_score(y, prob) + 0.03
+    again = FusionModel.from_dict(json.loads(json.dumps(fm.to_dict())))
+    np.testing.assert_allclose(again.predict_proba(p, prob), fused)
+    assert fusion_features([0.0], [1.0]).tolist() == [[12.0, pytest.approx(13.8155, abs=1e-3)]]
+
+
+def test_fusion_errors():
+    with pytest.raises(NotFittedError):
+        FusionModel().predict_proba([0.5], [0.5])
+    with pytest.raises(ConfigError, match="both classes"):
+        FusionModel().fit([0.1, 0.2], [0.3, 0.4], [1, 1])
+    with pytest.raises(ConfigError):
+        FusionModel().fit([0.1, 0.2], [0.3], [0, 1])
+
+
+# ---------------------------------------------------------------------------------------------
+# the estimator
+
+
+@pytest.fixture(scope="module")
+def unet_head():
+    x, y = organs(56)
+    head = SupervisedHead(kind="unet", classes=("disk", "square"), size=S, channels=1, window="abdomen",
+                          label_values=[[5], [1]], depth=2, base_filters=8, epochs=6, batch_size=8,
+                          jit_compile=False, seed=0)
+    return head.fit(x[:40], y[:40], val=(x[40:], y[40:])), x[40:], y[40:]
+
+
+def test_unet_head_learns_and_predicts(unet_head):
+    head, x, y = unet_head
+    assert set(head.val_dice_) == {"disk", "square"} and min(head.val_dice_.values()) > 0.5
+    assert head.history_["val_loss"][-1] < head.history_["val_loss"][0]
+    lab = head.predict_labels(x)
+    assert lab.shape == y.shape and np.issubdtype(lab.dtype, np.integer) and set(np.unique(lab)) <= {0, 1, 2}
+    region = head.region_mask(x)
+    assert region.dtype == bool and region.shape == y.shape
+    dice_region = 2 * np.sum(region & (y > 0)) / (region.sum() + (y > 0).sum())
+    assert dice_region > 0.6
+    # organ naming on the predicted labels
+    k = int(np.argmax((lab == 1).reshape(len(lab), -1).sum(1)))
+    zyx = np.argwhere(lab[k] == 1)[0]
+    assert head.organ_at(lab, (k, *zyx)) == "disk"
+    assert head.organ_at(lab, (k, 0, 0)) == "background"
+    assert head.organ_of(lab, lab == 2) == "square"
+    with pytest.raises(ConfigError):
+        head.organ_at(lab, (0, S, 0))
+    with pytest.raises(ConfigError, match="cnn head"):
+        head.abnormal_proba(x)
+
+
+def test_head_round_trip_through_a_bundle_folder(unet_head, tmp_path):
+    head, x, _ = unet_head
+    files = head.save_to(tmp_path)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["head.json", "head.keras"] == sorted(f.name for f in files)
+    info = json.loads((tmp_path / "head.json").read_text())
+    assert info["kind"] == "unet" and info["classes"] == ["disk", "square"] and info["window"] == "abdomen"
+    assert info["size"] == S and info["channels"] == 1 and info["label_values"] == [[5], [1]]
+    assert info["metrics"]["val_dice"]["disk"] == pytest.approx(head.val_dice_["disk"])
+    assert info["aeanomaly_version"] and info["fusion"] is None
+    loaded = load_head(tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(x), head.predict_proba(x), atol=1e-5)
+    np.testing.assert_array_equal(loaded.predict_labels(x), head.predict_labels(x))
+    assert loaded.val_dice_ == pytest.approx(head.val_dice_) and loaded.classes_ == ("disk", "square")
+
+
+def test_load_head_errors(unet_head, tmp_path):
+    with pytest.raises(BundleError, match="incomplete head: missing head.keras, head.json"):
+        load_head(tmp_path)
+    unet_head[0].save_to(tmp_path)
+    info = json.loads((tmp_path / "head.json").read_text())
+    (tmp_path / "head.json").write_text(json.dumps({**info, "format_version": 99}))
+    with pytest.raises(BundleError, match="format_version 99"):
+        load_head(tmp_path)
+    (tmp_path / "head.json").write_text(json.dumps(info))
+    (tmp_path / "head.keras").write_bytes(b"not a zip")
+    with pytest.raises(BundleError, match="head.keras cannot be loaded"):
+        load_head(tmp_path)
+
+
+def test_cnn_head_round_trips_with_its_fusion(tmp_path):
+    """(The CNN is trained end to end in tests/test_cli_head.py; here only what it stores.)"""
+    head = SupervisedHead(kind="cnn", classes=["normal", "nodule", "mass"], size=S, depth=2, base_filters=4)
+    with pytest.raises(NotFittedError):
+        head.save_to(tmp_path)
+    x = blobs(6)[0]
+    head.model_ = head._build()  # an untrained model is enough for the storage round trip
+    head.fit_fusion([0.01, 0.5, 0.02, 0.7], [0.8, 0.3, 0.6, 0.2], [1, 0, 1, 0])
+    head.save_to(tmp_path)
+    loaded = load_head(tmp_path)
+    assert loaded.classes_ == ("normal", "nodule", "mass") and loaded.normal_index_ == 0
+    np.testing.assert_allclose(loaded.abnormal_proba(x), 1 - head.predict_proba(x)[:, 0], atol=1e-5)
+    np.testing.assert_allclose(loaded.fused_proba([0.05], [0.5]), head.fused_proba([0.05], [0.5]))
+
+
+def test_estimator_checks_its_input():
+    head = SupervisedHead(kind="unet", size=S, depth=2, base_filters=4, epochs=1)
+    with pytest.raises(NotFittedError):
+        head.predict_labels(np.zeros((1, S, S, 1), np.float32))
+    x, y = organs(4)
+    with pytest.raises(ConfigError, match=r"x must be \(n, 32, 32, 1\)"):
+        head.fit(x[..., 0], y)
+    with pytest.raises(ConfigError, match="labels in 0..1"):
+        head.fit(x, y)  # label 2 with one class
+    with pytest.raises(ConfigError, match="kind must be"):
+        SupervisedHead(kind="svm").fit(x, y)
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        SupervisedHead(kind="cnn", classes=["only"], size=S).fit(x, np.zeros(4, int))
+    assert SupervisedHead(kind="unet", classes=["a", "b"])._augment_params()["flip"] == 0.0
+    assert SupervisedHead(kind="unet")._augment_params()["flip"] == 0.5

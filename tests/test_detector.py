@@ -1,0 +1,117 @@
+"""End-to-end behaviour of AnomalyDetector on phantoms, with the tiny session bundle."""
+
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from aeanomaly.detector import AnomalyDetector
+from aeanomaly.errors import BundleError, ConfigError, NotFittedError
+from aeanomaly.io import find_scans, load_label, load_scan
+from aeanomaly.localize import dice
+from aeanomaly.preprocess import mask_to_model_grid
+
+
+@pytest.fixture(scope="module")
+def det(fitted_bundle):
+    return AnomalyDetector.load(fitted_bundle)
+
+
+def test_not_fitted_errors():
+    with pytest.raises(NotFittedError, match="not fitted"):
+        AnomalyDetector().score_scan("x.nii.gz")
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        AnomalyDetector().set_params(colour="red")
+
+
+def test_fitted_attributes_and_split(det):
+    split = det.split_
+    assert split["train"] and split["val"] and split["calib"]
+    assert not set(split["train"]) & set(split["calib"]) and not set(split["val"]) & set(split["calib"])
+    assert det.calibration_sources_ == split["calib"]
+    assert det.history_["loss"] and len(det.history_["loss"]) == det.train_state_["epoch"]
+    assert det.pixel_threshold_ > 0 and len(det.normal_peaks_) > 0
+    assert det.calibrator_.n_ == len(split["calib"])
+
+
+def test_reconstruction_beats_mean_image_baseline(det, phantom_test):
+    """Held-out normal slices are reconstructed far better than by the mean normal slice."""
+    train = [det.prepare(load_scan(p)) for p in det.split_["train"]]
+    mean_img = np.mean(np.concatenate([p.x[p.keep, ..., 0] for p in train]), axis=0)
+    maes, base = [], []
+    for path in find_scans(phantom_test / "normal"):
+        prep = det.prepare(load_scan(path))
+        x = prep.x[prep.keep]
+        rec = det.reconstruct(x)
+        m = prep.body[prep.keep]
+        maes.append(np.abs(rec - x[..., 0])[m].mean())
+        base.append(np.abs(mean_img[None] - x[..., 0])[m].mean())
+    assert np.mean(maes) < 0.5 * np.mean(base), (np.mean(maes), np.mean(base))
+
+
+def test_scoring_ranks_abnormal_above_normal_and_localizes(det, phantom_test):
+    normals = find_scans(phantom_test / "normal")
+    abnormals = find_scans(phantom_test / "abnormal")
+    results = [det.score_scan(p) for p in normals + abnormals]
+    y = [0] * len(normals) + [1] * len(abnormals)
+    auroc = roc_auc_score(y, [r.scan_score for r in results])
+    assert auroc >= 0.75, auroc
+    dices = []
+    for r, path in zip(results[len(normals):], abnormals):
+        truth = load_label(phantom_test / "masks" / path.name.replace(".nii.gz", "_mask.nii.gz"), like=r.scan)
+        dices.append(dice(r.lesion_labels > 0, mask_to_model_grid(truth > 0, det.size)))
+    assert max(dices) > 0.0 and np.mean(dices) > 0.05, dices
+    r = results[-1]
+    assert r.heatmap.shape == (8, 64, 64) and r.heatmap_in_input_grid().shape == r.scan.hu.shape
+    assert 0 < r.p_value <= 1 and r.label in ("normal", "abnormal")
+    assert r.slice_scores.shape == (8,) and np.isfinite(r.slice_scores).any()
+    for les in r.lesions:
+        assert les["slice_start"] <= les["slice_end"] and les["area_mm2"] > 0 and len(les["centroid_ras_mm"]) == 3
+
+
+def test_save_load_round_trip_gives_same_scores(det, fitted_bundle, phantom_test, tmp_path):
+    path = find_scans(phantom_test / "abnormal")[0]
+    a = det.score_scan(path)
+    copy = tmp_path / "copy"
+    det.save(copy)
+    b = AnomalyDetector.load(copy).score_scan(path)
+    assert a.scan_score == pytest.approx(b.scan_score, rel=1e-5)
+    assert a.p_value == pytest.approx(b.p_value)
+    with pytest.raises(BundleError, match="already exists"):
+        det.save(copy)
+    det.save(copy, overwrite=True)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".copy")]  # no temp left behind
+
+
+def test_set_threshold_and_recalibrate(fitted_bundle, phantom_test, tmp_path):
+    det = AnomalyDetector.load(fitted_bundle)
+    path = find_scans(phantom_test / "abnormal")[0]
+    s = det.score_scan(path).scan_score
+    det.set_threshold(s * 2, reason="fewer false alarms")
+    assert det.score_scan(path).label == "normal"
+    assert det.calibration_log_[-1]["reason"] == "fewer false alarms"
+    det.set_threshold(s / 2)
+    assert det.score_scan(path).label == "abnormal"
+    with pytest.raises(ConfigError):
+        det.set_threshold()
+    det.recalibrate(find_scans(phantom_test / "normal"), target_fpr=0.3)
+    assert det.calibrator_.n_ == 6 and det.target_fpr == 0.3
+    assert det.calibration_log_[-1]["what"] == "recalibrate"
+
+
+def test_load_refuses_unknown_format_and_broken_bundles(fitted_bundle, tmp_path):
+    import json
+
+    bad = tmp_path / "b"
+    shutil.copytree(fitted_bundle, bad)
+    info = json.loads((bad / "bundle.json").read_text())
+    info["format_version"] = 99
+    (bad / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(BundleError, match="unknown bundle format_version 99"):
+        AnomalyDetector.load(bad)
+    (bad / "model.keras").unlink()
+    with pytest.raises(BundleError, match="missing model.keras"):
+        AnomalyDetector.load(bad)
+    with pytest.raises(BundleError, match="not a bundle"):
+        AnomalyDetector.load(tmp_path / "nothing")
