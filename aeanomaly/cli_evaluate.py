@@ -196,7 +196,7 @@ def _write(out: Path, metrics: dict, acc: _Accumulator, det) -> None:
     s = np.array([r["scan_score"] for r in ok])
     if 0 < y.sum() < len(y):
         c = metrics["scan"]
-        op = (c["observed_fpr"], c["sensitivity"]) if c["observed_fpr"] is not None else None
+        op = {"fpr": c["observed_fpr"], "tpr": c["sensitivity"]} if c["observed_fpr"] is not None else None
         save_roc_pr(out / "roc_pr.png", y, s, operating_point=op)
     thr = det.calibrator_.threshold_
     save_score_distribution(out / "score_distribution.png", s[y == 0], s[y == 1] if y.any() else None,

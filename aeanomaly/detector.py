@@ -25,14 +25,14 @@ from .errors import AeAnomalyError, ConfigError, NotFittedError, ScanError
 from .io import Scan, load_scan
 from .localize import find_lesions, residual_heatmap
 from .model.train import TrainConfig
-from .preprocess import HUWindow, PreparedScan, erode_mask, from_model_grid, prepare_volume
+from .preprocess import HUWindow, PreparedScan, erode_mask, from_model_grid, lung_region, prepare_volume
 from .scoring import residual_map, scan_score, slice_scores
 from .splits import Split, split_scans
 
 #: Scoring parameters (the benchmark chooses the defaults; see README "Benchmarks").
 SCORING_DEFAULTS = dict(
-    slice_score="p99", scan_aggregation="max", residual_sign="abs", sigma_mm=2.0, erode_mm=6.0,
-    pixel_quantile=0.999, min_lesion_mm2=12.0, min_body_fraction=0.05,
+    roi="auto", slice_score="mae", scan_aggregation="max", residual_sign="auto", sigma_mm=6.0, erode_mm=6.0,
+    opening_mm=2.0, pixel_quantile=0.999, min_lesion_mm2=12.0, min_body_fraction=0.05,
 )
 
 
@@ -94,9 +94,17 @@ class AnomalyDetector:
     calib_method : str
         ``auto`` (split-conformal when there are enough calibration scans for ``target_fpr``, else a
         gamma fit), ``empirical``, ``gamma``, ``lognormal`` or ``kde``.
-    slice_score, scan_aggregation, residual_sign, sigma_mm, erode_mm, pixel_quantile, min_lesion_mm2,
+    roi : {"auto", "body", "lung"}
+        Where residuals count: the body, or the lungs (an unsupervised lung mask: dark pixels inside
+        the body, closed and hole-filled). ``auto`` = lungs for the lung window, else the body. A
+        supervised U-Net head, when the bundle has one, replaces this region.
+    residual_sign : {"auto", "abs", "positive", "negative"}
+        ``auto`` keeps positive residuals (tissue brighter than its reconstruction: nodules, ground
+        glass) in the lung region and absolute residuals elsewhere (hypo- and hyperdense lesions).
+    slice_score, scan_aggregation, sigma_mm, erode_mm, opening_mm, pixel_quantile, min_lesion_mm2,
     min_body_fraction
-        Scoring and localisation (see :mod:`aeanomaly.scoring` and :mod:`aeanomaly.localize`).
+        Scoring and localisation (see :mod:`aeanomaly.scoring` and :mod:`aeanomaly.localize`):
+        in-plane smoothing σ, erosion of the region and opening radius of lesion masks, all in mm.
     """
 
     def __init__(
@@ -105,9 +113,11 @@ class AnomalyDetector:
         noise_std: float = 0.2, noise_resolution: int = 16, epochs: int = 30, batch_size: int = 16,
         learning_rate: float = 1e-3, patience: int = 8, augment: bool = True, seed: int = 0,
         val_fraction: float = 0.15, calib_fraction: float = 0.3, target_fpr: float = 0.05, calib_method: str = "auto",
+        roi: str = SCORING_DEFAULTS["roi"],
         slice_score: str = SCORING_DEFAULTS["slice_score"], scan_aggregation: str = SCORING_DEFAULTS["scan_aggregation"],
         residual_sign: str = SCORING_DEFAULTS["residual_sign"], sigma_mm: float = SCORING_DEFAULTS["sigma_mm"],
-        erode_mm: float = SCORING_DEFAULTS["erode_mm"], pixel_quantile: float = SCORING_DEFAULTS["pixel_quantile"],
+        erode_mm: float = SCORING_DEFAULTS["erode_mm"], opening_mm: float = SCORING_DEFAULTS["opening_mm"],
+        pixel_quantile: float = SCORING_DEFAULTS["pixel_quantile"],
         min_lesion_mm2: float = SCORING_DEFAULTS["min_lesion_mm2"],
         min_body_fraction: float = SCORING_DEFAULTS["min_body_fraction"],
     ):
@@ -169,17 +179,39 @@ class AnomalyDetector:
             self._infer_fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
         return self._infer_fn(np.ascontiguousarray(batch, dtype=np.float32))
 
+    def _roi(self) -> str:
+        return self.roi if self.roi != "auto" else ("lung" if self.window_.name == "lung" else "body")
+
+    def _sign(self) -> str:
+        if self.residual_sign != "auto":
+            return self.residual_sign
+        has_unet = getattr(getattr(self, "head_", None), "kind", None) == "unet"
+        return "positive" if self._roi() == "lung" and not has_unet else "abs"
+
+    def region(self, prep: PreparedScan, image: np.ndarray) -> np.ndarray:
+        """The region where residuals count, bool ``(z, size, size)`` on the model grid."""
+        head = getattr(self, "head_", None)
+        if head is not None and head.kind == "unet":
+            return head.region_mask(prep.x) & prep.body
+        roi = self._roi()
+        if roi == "body":
+            return prep.body
+        if roi == "lung":
+            return lung_region(image, prep.body, self.window_.apply(np.float32(-400.0)) if self._is_hu else None)
+        raise ConfigError(f"roi must be 'auto', 'body' or 'lung', got {self.roi!r}")
+
     def _analyse(self, scan: Scan):
         """Residual heatmap and slice scores of one scan on the model grid (no calibration needed)."""
         prep = self.prepare(scan)
+        self._is_hu = scan.is_hu
         c = self.channels // 2
         image = prep.x[..., c]
         recon = np.zeros_like(image)
         if prep.keep.any():
             recon[prep.keep] = self.reconstruct(prep.x[prep.keep])
-        resid = residual_map(image, recon, self.residual_sign)
+        resid = residual_map(image, recon, self._sign())
         erode_px = int(round(self.erode_mm / max(prep.spacing[1], 1e-6)))
-        mask = erode_mask(prep.body, erode_px) & prep.keep[:, None, None]
+        mask = erode_mask(self.region(prep, image), erode_px) & prep.keep[:, None, None]
         heat = residual_heatmap(resid, mask=mask, sigma_mm=self.sigma_mm, spacing=prep.spacing)
         source = resid if self.slice_score == "mae" else heat
         scores = slice_scores(source, mask, self.slice_score)
@@ -287,7 +319,7 @@ class AnomalyDetector:
             sl[finite] = self.slice_calibrator_.predict(scores[finite])
         lesions, labels = find_lesions(
             heat, self.pixel_threshold_, prep.spacing, prep.affine, min_size_mm2=self.min_lesion_mm2,
-            normal_peaks=self.normal_peaks_,
+            opening_px=int(round(self.opening_mm / prep.spacing[1])), normal_peaks=self.normal_peaks_,
         )
         return ScanResult(
             source=scan.source, n_slices=scan.n_slices, scan_score=float(s), p_value=p, label=label,

@@ -150,6 +150,50 @@ def erode_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return ndimage.binary_erosion(m, structure=st)
 
 
+def lung_region(image01: np.ndarray, body: np.ndarray, threshold01: float | None = None,
+                min_fraction: float = 0.01) -> np.ndarray:
+    """Unsupervised lung mask per slice: dark pixels inside the body, closed and hole-filled so that
+    nodules inside the lung (and against the pleura) belong to it.
+
+    Parameters
+    ----------
+    image01 : np.ndarray
+        ``(z, y, x)`` intensities in [0, 1] (a lung window, or already-normalised images).
+    body : np.ndarray
+        bool ``(z, y, x)`` body mask.
+    threshold01 : float, optional
+        Lung/tissue threshold on the [0, 1] scale (e.g. the lung window's value of −400 HU); an Otsu
+        threshold of the body pixels of each slice when None.
+    min_fraction : float
+        Components smaller than this fraction of the slice are dropped (airways, bowel gas).
+
+    Returns
+    -------
+    np.ndarray
+        bool ``(z, y, x)``.
+    """
+    img = np.asarray(image01, dtype=np.float32)
+    b = np.asarray(body, dtype=bool)
+    out = np.zeros(img.shape, dtype=bool)
+    min_px = min_fraction * img.shape[1] * img.shape[2]
+    close = _disk(max(1, round(img.shape[1] / 32)))
+    for k in range(img.shape[0]):
+        if not b[k].any():
+            continue
+        thr = threshold01 if threshold01 is not None else _otsu(img[k][b[k]])
+        m = (img[k] < thr) & b[k]
+        lab, n = ndimage.label(m)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        m = np.isin(lab, np.flatnonzero(sizes >= min_px))
+        m = ndimage.binary_closing(np.pad(m, close.shape[0]), structure=close)[
+            close.shape[0] : -close.shape[0], close.shape[0] : -close.shape[0]]
+        out[k] = ndimage.binary_fill_holes(m) & b[k]
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Resizing to the model grid and back
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def rng() -> np.random.Generator:
 PHANTOM_SHAPE = (8, 64, 64)
 PHANTOM_SPACING = (6.0, 5.5, 5.5)
 #: The tiny model used everywhere in tests.
-TINY = dict(size=64, depth=3, base_filters=8, latent_dim=16, epochs=4, batch_size=16, patience=10,
+TINY = dict(size=64, depth=3, base_filters=8, latent_dim=16, epochs=8, batch_size=8, learning_rate=3e-3, patience=10,
             val_fraction=0.15, calib_fraction=0.4, target_fpr=0.2, seed=0)
 
 

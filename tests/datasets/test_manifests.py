@@ -128,7 +128,7 @@ def test_invalid_manifest_file_is_refused_with_its_json_path(tmp_path, edit, msg
 
 
 def test_load_manifest_by_id_stem_path_and_refusals(tmp_path):
-    assert load_manifest("LITS")["id"] == "lits"
+    assert load_manifest("LITS")["id"] == "lits" and load_manifest("lits.json")["id"] == "lits"
     by_path = load_manifest(manifest_dir() / "kits23.json")
     assert by_path["id"] == "kits23" and by_path["_path"].endswith("kits23.json")
     with pytest.raises(DataManifestError, match=r"unknown manifest 'nope'; known: aeanomaly-phantoms, btcv"):
@@ -187,6 +187,17 @@ def test_verify_msd_tree_reports_counts_ids_missing_and_unpaired(msd_liver):
     assert "._liver_0" not in text
     assert rep.counts["labels"] == (3, 131) and rep.counts["pairs"] == (2, 131)
     assert text.endswith("result: FAILED (3 problems)")
+
+
+def test_verify_follows_symlinked_folders_once(msd_liver, tmp_path):
+    root, _ = msd_liver
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for name in ("imagesTr", "labelsTr", "dataset.json"):
+        (linked / name).symlink_to(root / name)
+    (linked / "imagesTr" / "loop").symlink_to(linked)  # a cycle must not hang the walk
+    rep = verify("msd-task03-liver", linked, subset=True)
+    assert rep.ok and rep.counts["pairs"] == (3, 131)
 
 
 def test_verify_deep_finds_unreadable_files_shapes_and_label_values(tmp_path, rng):
@@ -443,3 +454,42 @@ def test_verify_and_prepare_kmader_shared_copy(shared_data, tmp_path):
     assert res.counts["normal"]["train"] + res.counts["normal"]["val"] == 17 and res.counts["normal"]["val"] == 3
     row = read_rows(tmp_path / "k" / "labels.csv")[0]
     assert (tmp_path / "k" / row["scan"]).read_bytes() == (root / "images" / row["scan"].split("/")[-1]).read_bytes()
+
+
+UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.105756658031515062000744821260"
+EXAMPLE_TREES = {  # manifest id -> (files of a minimal copy as published, images found, pairs found)
+    "luna16": ([f"subset0/{UID}.mhd", f"subset0/{UID}.raw", "annotations.csv"], 1, None),
+    "lidc-idri": (["LIDC-IDRI-0001/1.3.6.1.4.1.14519.5.2.1.6279.6001.2988/1.3.6.1.4.1.14519.5.2.1.6279.6001.1790/1-001.dcm"],
+                  1, None),
+    "lits": (["Training Batch 1/volume-0.nii", "Training Batch 1/segmentation-0.nii", "Training Batch 2/volume-28.nii",
+              "Training Batch 2/segmentation-28.nii"], 2, 2),
+    "kits23": (["dataset/case_00000/imaging.nii.gz", "dataset/case_00000/segmentation.nii.gz",
+                "dataset/case_00000/instances/tumor_instance-1_annotation-1.nii.gz"], 1, 1),
+    "btcv": (["RawData/Training/img/img0001.nii.gz", "RawData/Training/label/label0001.nii.gz",
+              "RawData/Testing/img/img0061.nii.gz"], 1, 1),
+    "flare22": (["FLARE22Train/images/FLARE22_Tr_0001_0000.nii.gz", "FLARE22Train/labels/FLARE22_Tr_0001.nii.gz"], 1, 1),
+    "msd-task03-liver": (["imagesTr/liver_0.nii.gz", "labelsTr/liver_0.nii.gz", "imagesTs/liver_132.nii.gz",
+                          "dataset.json"], 1, 1),
+    "msd-task06-lung": (["imagesTr/lung_001.nii.gz", "labelsTr/lung_001.nii.gz", "dataset.json"], 1, 1),
+    "msd-task09-spleen": (["imagesTr/spleen_2.nii.gz", "labelsTr/spleen_2.nii.gz", "dataset.json"], 1, 1),
+    "msd-task10-colon": (["imagesTr/colon_001.nii.gz", "labelsTr/colon_001.nii.gz", "dataset.json"], 1, 1),
+    "kmader-lungs": (["2d_images/ID_0000_Z_0142.tif", "2d_masks/ID_0000_Z_0142.tif"], 1, 1),
+    "aeanomaly-phantoms": (["normal/phantom_0000.nii.gz", "abnormal/phantom_0001.nii.gz",
+                            "masks/phantom_0001_mask.nii.gz", "labels.csv"], 2, 1),
+}
+
+
+@pytest.mark.parametrize("mid", sorted(EXAMPLE_TREES))
+def test_each_manifest_finds_its_published_layout(mid, tmp_path):
+    files, n_images, n_pairs = EXAMPLE_TREES[mid]
+    for f in files:
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text(f"seriesuid,coordX,coordY,coordZ,diameter_mm\n{UID},1,2,3,4\n" if f.endswith(".csv") else "x")
+    assert {m["id"] for m in list_manifests()} == set(EXAMPLE_TREES)
+    rep = verify(mid, tmp_path, subset=True)
+    assert rep.ok, rep.lines()
+    assert rep.counts["images"][0] == n_images and rep.counts["patients"][0] == 1 + (mid == "lits") + (mid == "aeanomaly-phantoms")
+    if n_pairs is not None:
+        assert rep.counts["pairs"][0] == n_pairs
+    if mid == "luna16":
+        assert rep.counts["abnormal"] == (1, 601) and rep.counts["annotations"] == (1, 1186)
