@@ -232,19 +232,13 @@ def calibrate(bundle, normal_dir, method, fpr, strict, quiet):
                 f"{cal.threshold_:.5g} at target FPR {det.target_fpr}")
 
 
+from .cli_data import data  # noqa: E402
 from .cli_evaluate import evaluate  # noqa: E402
+from .cli_head import fit_head  # noqa: E402
 from .cli_score import score  # noqa: E402
 
-main.add_command(score)
-main.add_command(evaluate)
-
-try:  # optional command groups live in their own modules
-    from .cli_data import data  # noqa: E402
-
-    main.add_command(data)
-except ImportError:  # pragma: no cover
-    pass
-
+for _command in (score, evaluate, fit_head, data):
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

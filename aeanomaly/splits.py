@@ -34,8 +34,9 @@ def split_scans(
 ) -> Split:
     """Random split of ``n_scans`` scans by group (patient; default each scan its own group).
 
-    Each side gets at least one group; the fractions are of groups. Raises ConfigError when there are
-    fewer than three groups or the fractions leave no training data.
+    Training and validation get at least one group and calibration at least two (a calibrator needs
+    two scores); the fractions are of groups. Raises ConfigError when there are fewer than four groups
+    or the fractions leave no training data.
     """
     if not (0 < val_fraction < 1 and 0 < calib_fraction < 1 and val_fraction + calib_fraction < 1):
         raise ConfigError(
@@ -46,17 +47,17 @@ def split_scans(
         raise ConfigError(f"{len(groups)} group ids given for {n_scans} scans")
     uniq = sorted(set(map(str, groups)))
     g = len(uniq)
-    if g < 3:
+    if g < 4:
         raise ConfigError(
             f"too few scans for the train / validation / calibration splits: {g} "
-            f"{'patients' if g != n_scans else 'scans'}, need at least 3 (calibration needs about "
+            f"{'patients' if g != n_scans else 'scans'}, need at least 4 (calibration needs about "
             "1/target_fpr held-out normal scans to be exact)"
         )
     order = np.random.default_rng(seed).permutation(g)
     n_val = max(1, int(round(val_fraction * g)))
-    n_cal = max(1, int(round(calib_fraction * g)))
+    n_cal = max(2, int(round(calib_fraction * g)))
     if n_val + n_cal >= g:
-        n_val, n_cal = 1, max(1, min(n_cal, g - 2))
+        n_val, n_cal = 1, max(2, min(n_cal, g - 2))
     side = np.empty(g, dtype=object)
     side[order[:n_cal]] = "calib"
     side[order[n_cal : n_cal + n_val]] = "val"

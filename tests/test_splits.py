@@ -24,11 +24,11 @@ def test_split_by_patient_never_crosses_sides():
 
 
 def test_too_few_scans_and_bad_fractions():
-    with pytest.raises(ConfigError, match="too few scans.*2 scans"):
-        split_scans(2)
+    with pytest.raises(ConfigError, match="too few scans.*3 scans"):
+        split_scans(3)
     with pytest.raises(ConfigError, match="patients"):
         split_scans(5, groups=["a", "a", "b", "b", "b"])
     with pytest.raises(ConfigError, match="fraction"):
         split_scans(10, 0.6, 0.5)
-    s = split_scans(3)
-    assert len(s.train) == len(s.val) == len(s.calib) == 1
+    s = split_scans(4)
+    assert len(s.train) == len(s.val) == 1 and len(s.calib) == 2

@@ -294,3 +294,65 @@ def test_estimator_checks_its_input():
         SupervisedHead(kind="cnn", classes=["only"], size=S).fit(x, np.zeros(4, int))
     assert SupervisedHead(kind="unet", classes=["a", "b"])._augment_params()["flip"] == 0.0
     assert SupervisedHead(kind="unet")._augment_params()["flip"] == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# real CT (skipped without ../shared/data)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_unet_segments_real_lungs_on_held_out_slices(shared_data):
+    """kmader-lungs-64: 213 real lung CT slices (many LUNA16 patients) with manual lung masks.
+    Trained on 170 slices, the U-Net reaches a held-out lung Dice of about 0.96 (≥ 0.85 checked)."""
+    from aeanomaly.io import load_label, load_scan
+    from aeanomaly.preprocess import HUWindow, mask_to_model_grid, prepare_volume
+
+    root = shared_data / "kmader-lungs-64"
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    xs, ys = [], []
+    for p in sorted((root / "images").glob("*.png")):
+        scan = load_scan(p)
+        prep = prepare_volume(scan.hu, scan.spacing, scan.affine, is_hu=scan.is_hu, window=HUWindow.parse("lung"),
+                              size=64)
+        xs.append(prep.x)
+        ys.append(mask_to_model_grid(load_label(root / "masks" / p.name, like=scan) > 0, 64).astype(np.int64))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert x.shape == (213, 64, 64, 1)
+    order = np.random.default_rng(0).permutation(len(x))
+    train, test = order[:170], order[170:]
+    head = SupervisedHead(kind="unet", classes=["lung"], size=64, window="lung", depth=3, base_filters=8, epochs=6,
+                          batch_size=8, jit_compile=False, seed=0).fit(x[train], y[train])
+    dice = overlap_scores(head.predict_labels(x[test]), y[test], 1)[0][0]
+    region = head.region_mask(x[test])
+    dice_clean = 2 * np.sum(region & (y[test] > 0)) / (region.sum() + (y[test] > 0).sum())
+    print(f"held-out lung Dice {dice:.3f} (cleaned region {dice_clean:.3f})")
+    assert dice >= 0.85 and dice_clean >= 0.85, (dice, dice_clean)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_unet_segments_real_abdominal_organs_on_held_out_slabs(shared_data):
+    """TotalSegmentator example CT (30 slices at 3 mm, one patient): liver (5), spleen (1) and kidneys
+    (2, 3 merged) at 64 px. Trained on alternate 5-slice slabs, tested on the others; over seeds 0–2
+    the held-out Dice was liver 0.93, spleen 0.87–0.92, kidney 0.76–0.85 (floors 0.85 / 0.7 / 0.6)."""
+    from aeanomaly.io import load_label, load_scan
+    from aeanomaly.preprocess import HUWindow, mask_to_model_grid, prepare_volume
+
+    root = shared_data / "totalseg-examples"
+    if not (root / "example_seg.nii.gz").is_file():
+        pytest.skip(f"{root} is absent")
+    scan = load_scan(root / "example_ct_sm.nii.gz")
+    labels = load_label(root / "example_seg.nii.gz", like=scan)
+    prep = prepare_volume(scan.hu, scan.spacing, scan.affine, is_hu=True, window=HUWindow.parse("abdomen"), size=64)
+    y = np.zeros(prep.body.shape, np.int64)
+    for c, values in enumerate([[5], [1], [2, 3]], start=1):
+        y[mask_to_model_grid(np.isin(labels, values), 64)] = c
+    train = (np.arange(len(y)) // 5) % 2 == 0
+    head = SupervisedHead(kind="unet", classes=["liver", "spleen", "kidney"], size=64, window="abdomen", depth=3,
+                          base_filters=16, epochs=20, batch_size=2, patience=20, jit_compile=False, seed=0)
+    head.fit(prep.x[train], y[train])
+    dice = overlap_scores(head.predict_labels(prep.x[~train]), y[~train], 3)[0]
+    print("held-out Dice liver {:.3f}, spleen {:.3f}, kidney {:.3f}".format(*dice))
+    assert dice[0] >= 0.85 and dice[1] >= 0.7 and dice[2] >= 0.6, dice
