@@ -96,7 +96,9 @@ def _otsu(values: np.ndarray) -> float:
 
 
 def body_mask(volume: np.ndarray, is_hu: bool = True, threshold_hu: float = -500.0, open_px: int = 2) -> np.ndarray:
-    """Body mask per axial slice: threshold, opening (drops the table), largest component, holes filled.
+    """Body mask per axial slice: threshold, holes filled, opening (drops the table), largest component,
+    holes filled again. Filling before the opening keeps a thin chest wall (a few pixels at low
+    resolution) closed around the lungs, so the opening cannot break it and lose the lungs.
 
     Parameters
     ----------
@@ -120,7 +122,7 @@ def body_mask(volume: np.ndarray, is_hu: bool = True, threshold_hu: float = -500
     for k in range(vol.shape[0]):
         sl = vol[k]
         thr = threshold_hu if is_hu else _otsu(sl)
-        m = sl > thr
+        m = ndimage.binary_fill_holes(sl > thr)
         if disk is not None:
             m = ndimage.binary_opening(m, structure=disk)
         lab, n = ndimage.label(m)

@@ -112,3 +112,16 @@ def test_prepare_volume_shapes_and_spacing():
     assert prep.body.shape == (4, 32, 32)
     np.testing.assert_array_equal(prep.keep, [False, True, True, True])
     np.testing.assert_allclose(prep.spacing, (5.0, 2.4, 2.4))
+
+
+def test_body_mask_keeps_lungs_inside_a_thin_chest_wall():
+    """At 64 px the chest wall can be 2 px thick; the opening must not break it and lose the lungs."""
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 32, xx - 32)
+    hu = np.full((1, 64, 64), -1000.0, np.float32)
+    hu[0][r < 24] = 40.0                       # body
+    hu[0][(r < 22) & (np.abs(xx - 32) > 3)] = -850.0  # two lungs, 2 px of wall left
+    hu[0][56:58, 4:60] = 200.0                # a thin table below the body
+    body = body_mask(hu)
+    assert body[0][r < 23].all(), "lungs lost from the body mask"
+    assert not body[0][56:58, 4:10].any(), "table kept"
