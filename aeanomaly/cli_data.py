@@ -62,7 +62,7 @@ def verify_cmd(manifest, directory, layout, subset, deep, checksums, quiet):
 
     Prints the report; exits 0 when everything matches, 1 when something is missing or wrong.
     """
-    from .datasets.manifests import verify
+    from .datasets.verify import verify
 
     try:
         report = verify(manifest, directory, layout=layout, subset=subset, deep=deep, checksums=checksums,

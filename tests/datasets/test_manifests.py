@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from aeanomaly.datasets.manifests import (
-    glob_regex, list_manifests, load_manifest, manifest_dir, schema_errors, verify,
-)
+from aeanomaly.datasets.manifests import glob_regex, list_manifests, load_manifest, manifest_dir, schema_errors
+from aeanomaly.datasets.verify import verify
 from aeanomaly.datasets.prepare import output_names, prepare, split_patients
 from aeanomaly.errors import ConfigError, DataManifestError, EmptyInputError
 
