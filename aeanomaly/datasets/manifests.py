@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import string
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,15 @@ _SHOW = 10  # paths listed per problem kind in a report
 
 
 def manifest_dir() -> Path:
-    """Folder of the manifests: ``$AEANOMALY_MANIFESTS`` or ``data_manifests/`` beside the package."""
+    """Folder of the manifests: ``$AEANOMALY_MANIFESTS``, else ``data_manifests/`` beside the package
+    (a source checkout or editable install), else ``<prefix>/share/aeanomaly/data_manifests`` (a wheel
+    install, where setup.cfg's data_files put them)."""
     env = os.environ.get("AEANOMALY_MANIFESTS")
-    return Path(env) if env else Path(aeanomaly.__file__).resolve().parents[1] / "data_manifests"
+    if env:
+        return Path(env)
+    beside = Path(aeanomaly.__file__).resolve().parents[1] / "data_manifests"
+    installed = Path(sys.prefix) / "share" / "aeanomaly" / "data_manifests"
+    return installed if not beside.is_dir() and installed.is_dir() else beside
 
 
 # ------------------------------------------------------------------------------------------------
