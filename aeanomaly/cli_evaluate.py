@@ -63,20 +63,44 @@ def gather(normal, abnormal, labels_csv, masks_dir) -> list[tuple[Path, int, Pat
     return items
 
 
+def pair_organ_masks(det, items, organ_dir) -> list[Path | None]:
+    """The organ label map of each scan in ``organ_dir`` (paired by file name like ``--masks``);
+    checked up front: the bundle needs a U-Net head and at least one scan a map."""
+    if not organ_dir:
+        return [None] * len(items)
+    od = Path(organ_dir)
+    if not od.is_dir():
+        raise ConfigError("organ masks folder does not exist", od)
+    head = getattr(det, "head_", None)
+    if head is None or head.kind != "unet":
+        raise ConfigError("--organ-masks needs a bundle with a U-Net head (aeanomaly fit-head BUNDLE --kind unet)",
+                          getattr(det, "bundle_path_", None))
+    paired = [find_mask(p, od) for p, _, _ in items]
+    if not any(paired):
+        raise ConfigError(f"no organ label map matches any of the {len(items)} scans "
+                          "(looked for the same file name or <stem>_mask.<ext>)", od)
+    return paired
+
+
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--normal", multiple=True, type=click.Path(), help="Folder(s) of normal scans.")
 @click.option("--abnormal", multiple=True, type=click.Path(), help="Folder(s) of abnormal scans.")
 @click.option("--labels", "labels_csv", type=click.Path(), help="labels.csv with scan,label[,mask] columns.")
 @click.option("--masks", "masks_dir", type=click.Path(), help="Folder of lesion masks (<scan>_mask.nii.gz or same name).")
+@click.option("--organ-masks", "organ_dir", type=click.Path(),
+              help="Folder of organ label maps (paired like --masks): Dice/IoU per class of the U-Net head.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False))
 @click.option("--overlays", default=2, show_default=True, type=click.IntRange(0), help="TP/FP/FN overlays per abnormal scan.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--quiet", is_flag=True)
-def evaluate(bundle, normal, abnormal, labels_csv, masks_dir, out, overlays, overwrite, quiet):
+def evaluate(bundle, normal, abnormal, labels_csv, masks_dir, organ_dir, out, overlays, overwrite, quiet):
     """Scan-, slice- and pixel-level metrics of BUNDLE on labelled scans (metrics.json, plots, overlays).
 
     Labels come from --normal/--abnormal folders, a labels.csv, or the presence of a lesion mask.
+    With a CNN head, metrics.json adds the classifier's and the fused probability's scan metrics
+    (scan_classifier, scan_fused); with a U-Net head and --organ-masks, Dice and IoU per organ class
+    (organ_segmentation).
     """
     from tqdm.auto import tqdm
 
@@ -91,10 +115,12 @@ def evaluate(bundle, normal, abnormal, labels_csv, masks_dir, out, overlays, ove
             raise ConfigError("output folder exists and is not empty; pass --overwrite to replace it", out)
         det = AnomalyDetector.load(bundle)
         items = gather(normal, abnormal, labels_csv, masks_dir)
+        organ_masks = pair_organ_masks(det, items, organ_dir)
         with atomic_dir(out, overwrite=True) as tmp:
             acc = _Accumulator(det)
-            for path, y, mask in tqdm(items, desc="evaluate", unit="scan", disable=quiet):
-                acc.add(path, y, mask, tmp, overlays)
+            for (path, y, mask), organ in tqdm(list(zip(items, organ_masks)), desc="evaluate", unit="scan",
+                                               disable=quiet):
+                acc.add(path, y, mask, tmp, overlays, organ)
             metrics = acc.metrics()
             _write(tmp, metrics, acc, det)
     except AeAnomalyError as err:
@@ -104,6 +130,14 @@ def evaluate(bundle, normal, abnormal, labels_csv, masks_dir, out, overlays, ove
                 f"specificity {_f(s['specificity'])} at target FPR {det.target_fpr} (observed {_f(s['observed_fpr'])})")
     if metrics.get("pixel"):
         _say(quiet, f"pixel AUROC {_f(metrics['pixel']['pixel_auroc'])}, Dice {_f(metrics['pixel']['dice'])}")
+    for key, what in (("scan_classifier", "classifier"), ("scan_fused", "fused")):
+        if metrics.get(key):
+            _say(quiet, f"{what} AUROC {_f(metrics[key]['auroc'])}, sensitivity {_f(metrics[key]['sensitivity'])}, "
+                        f"specificity {_f(metrics[key]['specificity'])} at P ≥ {metrics[key]['threshold']}")
+    if metrics.get("organ_segmentation"):
+        seg = metrics["organ_segmentation"]
+        _say(quiet, "organ Dice " + ", ".join(f"{c} {_f(d)}" for c, d in seg["dice"].items())
+             + f" ({seg['n_scans']} scans)")
     _say(quiet, f"metrics in {out / 'metrics.json'}")
 
 
@@ -119,8 +153,13 @@ class _Accumulator:
         self.rows, self.slice_y, self.slice_s, self.slice_p = [], [], [], []
         self.heat, self.truth, self.body, self.pred, self.lesions = [], [], [], [], []
         self.n_errors = 0
+        head = getattr(det, "head_", None)
+        self.n_organs = len(head.classes_) if head is not None and head.kind == "unet" else 0
+        self.organ_counts = np.zeros((self.n_organs, 3), np.int64)
+        self.organ_per_scan: list = []
 
-    def add(self, path: Path, y: int, mask_path: Path | None, out: Path, n_overlays: int) -> None:
+    def add(self, path: Path, y: int, mask_path: Path | None, out: Path, n_overlays: int,
+            organ_path: Path | None = None) -> None:
         from .evaluate import lesion_detection
         from .io import load_label
         from .preprocess import erode_mask, mask_to_model_grid
@@ -137,7 +176,10 @@ class _Accumulator:
             truth = mask_to_model_grid(load_label(mask_path, like=res.scan) > 0, det.size)
             y = int(y or truth.any())
         self.rows.append({"scan": str(path), "label": y, "scan_score": res.scan_score, "p_value": res.p_value,
-                          "predicted": int(res.label == "abnormal"), "n_lesions": len(res.lesions), "error": ""})
+                          "predicted": int(res.label == "abnormal"), "n_lesions": len(res.lesions), "error": "",
+                          "head_proba": res.head_proba, "fused_proba": res.fused_proba})
+        if organ_path is not None and res.organ_labels is not None:
+            self._add_organs(res, organ_path)
         scored = np.isfinite(res.slice_scores)
         if truth is not None or y == 0:
             sy = truth.reshape(len(truth), -1).any(axis=1) if truth is not None else np.zeros(res.n_slices, bool)
@@ -154,6 +196,20 @@ class _Accumulator:
                 self.lesions += lesion_detection(truth, res.lesion_labels, res.prepared.spacing)
                 self._overlays(res, truth, out, n_overlays)
 
+    def _add_organs(self, res, organ_path: Path) -> None:
+        """Dice / IoU counts of the head's organ labels against a reference map, on the scored slices."""
+        from .evaluate import overlap_counts
+        from .hybrid import label_map_to_model_grid
+        from .io import load_label
+        from .model.head_train import overlap_scores
+
+        ref = label_map_to_model_grid(load_label(organ_path, like=res.scan), self.det.head_.label_values,
+                                      self.det.size)
+        keep = res.prepared.keep
+        pred, ref = res.organ_labels[keep], ref[keep]
+        self.organ_counts += overlap_counts(pred, ref, self.n_organs)
+        self.organ_per_scan.append(overlap_scores(pred, ref, self.n_organs))
+
     def _overlays(self, res, truth, out: Path, n: int) -> None:
         from .io.results import output_names
         from .report import save_eval_overlay
@@ -165,7 +221,8 @@ class _Accumulator:
                               truth[k], title=f"{name} slice {k}: TP yellow, FP green, FN red")
 
     def metrics(self) -> dict:
-        from .evaluate import classification_metrics, detection_rate_by_size, pixel_metrics
+        from .evaluate import (classification_metrics, detection_rate_by_size, head_classification_metrics,
+                               organ_segmentation_metrics, pixel_metrics)
 
         ok = [r for r in self.rows if not r["error"]]
         if not ok:
@@ -176,6 +233,13 @@ class _Accumulator:
             "n_scans": len(self.rows), "n_errors": self.n_errors,
             "scan": classification_metrics(y, [r["scan_score"] for r in ok], [r["predicted"] for r in ok]),
         }
+        head = getattr(self.det, "head_", None)
+        if head is not None:
+            m["head"] = {"kind": head.kind, "classes": list(head.classes_),
+                         "fusion": getattr(head, "fusion_", None) is not None}
+            m.update(head_classification_metrics(y, [r["head_proba"] for r in ok], [r["fused_proba"] for r in ok]))
+        if self.organ_per_scan:
+            m["organ_segmentation"] = organ_segmentation_metrics(head.classes_, self.organ_counts, self.organ_per_scan)
         if self.slice_y:
             m["slice"] = classification_metrics(self.slice_y, self.slice_s, self.slice_p)
         if any(t.any() for t in self.truth):
@@ -190,7 +254,8 @@ def _write(out: Path, metrics: dict, acc: _Accumulator, det) -> None:
     from .report import save_roc_pr, save_score_distribution
 
     dump_json(out / "metrics.json", metrics)
-    write_csv(out / "scans.csv", ["scan", "label", "scan_score", "p_value", "predicted", "n_lesions", "error"], acc.rows)
+    write_csv(out / "scans.csv", ["scan", "label", "scan_score", "p_value", "predicted", "n_lesions", "error",
+                                  "head_proba", "fused_proba"], acc.rows)
     ok = [r for r in acc.rows if not r["error"]]
     y = np.array([r["label"] for r in ok])
     s = np.array([r["scan_score"] for r in ok])

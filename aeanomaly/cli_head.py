@@ -3,6 +3,11 @@
 The head sees the scans exactly as the bundle's autoencoder does (``AnomalyDetector.prepare``: same
 window, model grid and channels). Scans are split into training and validation by scan, never by
 slice. The bundle is rewritten atomically: copied beside itself, the head added, then swapped in.
+
+A U-Net head changes where residuals count (its organ region replaces the body / lung region), so
+when one is added or replaced the calibration is refitted on normal scans (``--calib-dir``, else the
+bundle's own calibration scans) and calibration.json is swapped in with the head. A CNN head leaves
+the autoencoder's scores alone; with validation scans of both classes its fusion is fitted.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import AeAnomalyError, BundleError, ConfigError, EmptyInputError
+from .errors import AeAnomalyError, BundleError, ConfigError, EmptyInputError, ScanError
 
 _EXTS = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png", ".dcm")
 
@@ -153,6 +158,7 @@ def _gather(kind, images, masks, labels_csv, normal, abnormal, names, values):
 
 def _slices(det, path: Path, k, mask_path, kind, values, normal_k):
     """Kept model-grid slices of one scan and their labels (U-Net maps or CNN class ids)."""
+    from .hybrid import label_map_to_model_grid
     from .io import load_label, load_scan
     from .preprocess import mask_to_model_grid
 
@@ -161,13 +167,7 @@ def _slices(det, path: Path, k, mask_path, kind, values, normal_k):
     keep = prep.keep
     labels = load_label(mask_path, like=scan) if mask_path is not None else None
     if kind == "unet":
-        if values is None:
-            y = mask_to_model_grid(labels > 0, det.size).astype(np.int16)
-        else:
-            y = np.zeros(prep.body.shape, np.int16)
-            for c, vals in enumerate(values, start=1):
-                y[mask_to_model_grid(np.isin(labels, vals), det.size)] = c
-        return prep.x[keep], y[keep]
+        return prep.x[keep], label_map_to_model_grid(labels, values, det.size)[keep]
     y = np.full(prep.x.shape[0], k, np.int16)
     if labels is not None:  # lesion mask: slices without lesion are normal
         lesion = mask_to_model_grid(labels > 0, det.size).reshape(len(y), -1).any(axis=1)
@@ -193,7 +193,9 @@ def split_by_scan(strata: list[int], val_fraction: float, seed: int) -> tuple[li
     return [i for i in range(n) if i not in set(val)], sorted(val)
 
 
-def _write_head(bundle: Path, head) -> None:
+def _write_head(bundle: Path, head, calibration: dict | None = None) -> None:
+    """Swap in a copy of ``bundle`` with the new head (and calibration.json when given)."""
+    from .bundle import dump_json
     from .io.writers import atomic_dir
     from .model.heads import HEAD_FILES
 
@@ -202,6 +204,33 @@ def _write_head(bundle: Path, head) -> None:
         for f in HEAD_FILES:
             (tmp / f).unlink(missing_ok=True)
         head.save_to(tmp)
+        if calibration is not None:
+            (tmp / "calibration.json").unlink()
+            dump_json(tmp / "calibration.json", calibration)
+
+
+def _recalibrate(det, calib_dirs, kind: str, quiet: bool) -> tuple[dict | None, str]:
+    """Refit the calibration with the region the new head gives (a U-Net head restricts residuals to
+    its organ region, so the bundle's normal scores no longer apply). Calibration scans: ``calib_dirs``,
+    else the bundle's own calibration scans where they still exist. Returns (calibration.json content or
+    None when there is nothing to refit on, a note for the summary line)."""
+    from .cli import _collect_scans
+    from .fitting import calibration_pass
+
+    paths = _collect_scans(calib_dirs) if calib_dirs else [
+        Path(p) for p in det.calibration_sources_ if Path(p).exists()]
+    if len(paths) < 2:
+        click.echo("warning: calibration NOT refitted for the new head (the bundle's calibration scans are gone); "
+                   "run `aeanomaly calibrate BUNDLE --normal-dir DIR`, or pass --calib-dir", err=True)
+        return None, "calibration not refitted (see warning)"
+    try:
+        cal = calibration_pass(det, paths, strict=False, verbose=0 if quiet else 1)
+    except ScanError:
+        raise ConfigError(f"the new {kind} head leaves no scorable region on any of the {len(paths)} normal "
+                          "calibration scans; nothing written (train longer, or check the masks)") from None
+    cal.pop("skipped")
+    det._set_calibration(**cal, note=f"fit-head {kind}")
+    return det.calibration_dict(), f"calibration refitted on {len(cal['sources'])} normal scans"
 
 
 def _fusion(det, head, items, val_idx, per_scan, normal_k) -> str:
@@ -242,10 +271,13 @@ def _fusion(det, head, items, val_idx, per_scan, normal_k) -> str:
 @click.option("--no-augment", is_flag=True, help="Disable rotation/flip/zoom/elastic augmentation.")
 @click.option("--no-jit", is_flag=True, help="Disable XLA compilation (starts faster; for tiny runs).")
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--calib-dir", multiple=True, type=click.Path(),
+              help="Normal scans to refit the calibration on when the region changes (a U-Net head is added "
+                   "or replaced); default: the bundle's own calibration scans.")
 @click.option("--overwrite", is_flag=True, help="Replace a head the bundle already holds.")
 @click.option("--quiet", is_flag=True)
 def fit_head(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters, epochs,
-             batch_size, learning_rate, patience, val_fraction, no_augment, no_jit, seed, overwrite, quiet):
+             batch_size, learning_rate, patience, val_fraction, no_augment, no_jit, seed, calib_dir, overwrite, quiet):
     """Train a supervised head (U-Net or CNN) on labelled scans and add it to BUNDLE.
 
     \b
@@ -259,14 +291,14 @@ def fit_head(bundle, kind, images, masks, labels_csv, normal, abnormal, classes,
     try:
         message = _run(Path(bundle), kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters,
                        epochs, batch_size, learning_rate, patience, val_fraction, not no_augment, not no_jit, seed,
-                       overwrite, quiet)
+                       calib_dir, overwrite, quiet)
     except AeAnomalyError as err:
         _fail(str(err))
     _say(quiet, message)
 
 
 def _run(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters, epochs, batch_size,
-         learning_rate, patience, val_fraction, augment, jit, seed, overwrite, quiet) -> str:
+         learning_rate, patience, val_fraction, augment, jit, seed, calib_dir, overwrite, quiet) -> str:
     from tqdm.auto import tqdm
 
     from .bundle import read_bundle_json
@@ -282,6 +314,7 @@ def _run(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, dep
     normal_k = names.index("normal") if "normal" in names else 0
     items, n_unpaired = _gather(kind, images, masks, labels_csv, normal, abnormal, names, values)
     det = AnomalyDetector.load(bundle)
+    old_head, det.head_ = getattr(det, "head_", None), None
     per_scan, kept, skipped = [], [], []
     for path, k, m in tqdm(items, desc="load", unit="scan", disable=quiet):
         try:
@@ -313,15 +346,20 @@ def _run(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, dep
         seed=seed, verbose=0 if quiet else 2,
     )
     head.fit(x_tr, y_tr.astype(np.int64), val=(x_va, y_va.astype(np.int64)) if len(x_va) else None)
-    note = ""
+    note, calibration = "", None
+    if kind == "unet" or getattr(old_head, "kind", None) == "unet":
+        det.head_ = head if kind == "unet" else None
+        calibration, cal_note = _recalibrate(det, calib_dir, kind, quiet)
+        note += "; " + cal_note
+        det.head_ = None
     if kind == "cnn" and val_idx:
-        note = "; " + _fusion(det, head, kept, val_idx, per_scan, normal_k)
+        note += "; " + _fusion(det, head, kept, val_idx, per_scan, normal_k)
     head.train_info_ = {
         "images": images, "masks": masks, "labels": labels_csv, "normal": list(normal), "abnormal": list(abnormal),
         "train_scans": [str(kept[i][0]) for i in train_idx], "val_scans": [str(kept[i][0]) for i in val_idx],
         "skipped": skipped, "unpaired_scans": n_unpaired,
     }
-    _write_head(bundle, head)
+    _write_head(bundle, head, calibration)
     if kind == "unet":
         held = ", ".join(f"{c} {d:.3f}" for c, d in head.val_dice_.items() if d is not None) or "n/a"
         metric = f"held-out Dice {held}"

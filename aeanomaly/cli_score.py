@@ -35,6 +35,18 @@ def write_scan_outputs(res, name: str, out: Path, *, heatmaps: str, overlays: in
     return pngs
 
 
+def head_summary(det) -> dict:
+    """Report header lines describing the bundle's supervised head (empty without one)."""
+    head = getattr(det, "head_", None)
+    if head is None:
+        return {}
+    what = {"unet": "U-Net organ region", "cnn": "CNN slice classifier"}[head.kind]
+    out = {"supervised head": f"{what} ({', '.join(head.classes_)})"}
+    if head.kind == "cnn":
+        out["fusion"] = "logistic stacking of p-value and classifier" if getattr(head, "fusion_", None) else "not fitted"
+    return out
+
+
 @click.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("scans", nargs=-1, required=True, type=click.Path())
@@ -95,11 +107,14 @@ def score(bundle, scans, out, fpr, heatmaps, overlays, report, strict, fail_on_a
                                           pixel_threshold=det.pixel_threshold_)
                 rows.append({"scan": str(path), "n_slices": res.n_slices, "scan_score": res.scan_score,
                              "p_value": res.p_value, "label": res.label, "top_slice": res.top_slice,
-                             "n_lesions": len(res.lesions), "error": ""})
+                             "n_lesions": len(res.lesions), "error": "", "head_proba": res.head_proba,
+                             "fused_proba": res.fused_proba})
+                head_p = res.slice_head_proba
                 for k, (s, p, lab) in enumerate(zip(res.slice_scores, res.slice_p_values, res.slice_labels)):
                     if np.isfinite(s):
                         slice_rows.append({"scan": str(path), "slice": k, "score": s, "p_value": p,
-                                           "label": "abnormal" if lab else "normal"})
+                                           "label": "abnormal" if lab else "normal",
+                                           "head_proba": None if head_p is None else head_p[k]})
                 les_rows.extend(lesion_rows(str(path), res.lesions))
                 report_items.append({**rows[-1], "overlays": pngs, "lesions": res.lesions})
             write_csv(tmp / "scores.csv", SCORE_COLUMNS, rows)
@@ -111,7 +126,7 @@ def score(bundle, scans, out, fpr, heatmaps, overlays, report, strict, fail_on_a
                 cal = det.calibrator_
                 summary = {"bundle": str(bundle), "calibration method": cal.method, "target FPR": det.target_fpr,
                            "threshold": cal.threshold_, "normal calibration scans": len(det.calibration_sources_),
-                           "aeanomaly version": __import__("aeanomaly").__version__}
+                           **head_summary(det), "aeanomaly version": __import__("aeanomaly").__version__}
                 write_report(tmp / "report.html", report_items, summary=summary)
     except AeAnomalyError as err:
         _fail(str(err))

@@ -22,6 +22,7 @@ import numpy as np
 from . import __version__, bundle as _bundle
 from .calibrate import Calibrator
 from .errors import AeAnomalyError, ConfigError, NotFittedError, ScanError
+from .hybrid import head_outputs, organ_labels_for
 from .io import Scan, load_scan
 from .localize import find_lesions, residual_heatmap
 from .model.train import TrainConfig
@@ -60,6 +61,13 @@ class ScanResult:
     reconstruction: np.ndarray = field(repr=False)
     prepared: PreparedScan = field(repr=False)
     scan: Scan | None = field(default=None, repr=False)
+    #: CNN head: scan probability of abnormal (max over slices) and the fused probability (None
+    #: without a fitted fusion); ``(z,)`` per-slice probabilities (NaN where not scored). None without.
+    head_proba: float | None = None
+    fused_proba: float | None = None
+    slice_head_proba: np.ndarray | None = field(default=None, repr=False)
+    #: U-Net head: int16 ``(z, size, size)`` organ labels (0 outside the organ region). None without.
+    organ_labels: np.ndarray | None = field(default=None, repr=False)
 
     def heatmap_in_input_grid(self) -> np.ndarray:
         """Heatmap ``(z, y, x)`` resampled to the input's internal slice grid (float32)."""
@@ -192,12 +200,13 @@ class AnomalyDetector:
         """The region where residuals count, bool ``(z, size, size)`` on the model grid."""
         head = getattr(self, "head_", None)
         if head is not None and head.kind == "unet":
-            return head.region_mask(prep.x) & prep.body
+            return (organ_labels_for(self, prep) > 0) & prep.body
         roi = self._roi()
         if roi == "body":
             return prep.body
         if roi == "lung":
-            return lung_region(image, prep.body, self.window_.apply(np.float32(-400.0)) if self._is_hu else None)
+            is_hu = getattr(self, "_is_hu", True)  # set by _analyse; HU unless the scan said otherwise
+            return lung_region(image, prep.body, self.window_.apply(np.float32(-400.0)) if is_hu else None)
         raise ConfigError(f"roi must be 'auto', 'body' or 'lung', got {self.roi!r}")
 
     def _analyse(self, scan: Scan):
@@ -301,7 +310,8 @@ class AnomalyDetector:
 
     # -- scoring ---------------------------------------------------------------------------------
     def score_scan(self, scan: Scan | str | os.PathLike) -> ScanResult:
-        """Score one scan: label, p-value, slice scores, heatmap and lesions."""
+        """Score one scan: label, p-value, slice scores, heatmap and lesions; with a supervised head also
+        the lesions' organs (U-Net) or the classifier and fused probabilities (CNN)."""
         self._check_fitted()
         if not isinstance(scan, Scan):
             scan = load_scan(scan)
@@ -321,11 +331,13 @@ class AnomalyDetector:
             heat, self.pixel_threshold_, prep.spacing, prep.affine, min_size_mm2=self.min_lesion_mm2,
             opening_px=int(round(self.opening_mm / prep.spacing[1])), normal_peaks=self.normal_peaks_,
         )
+        extra = head_outputs(self, prep, p, lesions, labels)
+        self._organ_cache = None
         return ScanResult(
             source=scan.source, n_slices=scan.n_slices, scan_score=float(s), p_value=p, label=label,
             top_slice=int(np.nanargmax(scores)), slice_scores=scores, slice_p_values=sp, slice_labels=sl,
-            lesions=lesions, heatmap=heat, lesion_labels=labels, image=image, reconstruction=recon,
-            prepared=prep, scan=scan,
+            heatmap=heat, lesion_labels=labels, image=image, reconstruction=recon, prepared=prep, scan=scan,
+            **extra,
         )
 
     def score(self, paths: Iterable[str | os.PathLike]) -> list[ScanResult]:

@@ -1,6 +1,7 @@
 """Detection metrics (pure): scan / slice classification, pixel-level localisation, lesion detection.
 
-Everything here takes arrays and returns plain dicts of floats, ready for metrics.json.
+Everything here takes arrays and returns plain dicts of floats, ready for metrics.json; the last three
+functions cover the optional supervised head (organ Dice / IoU, classifier and fused probabilities).
 """
 
 from __future__ import annotations
@@ -123,3 +124,89 @@ def detection_rate_by_size(records: list[dict], bins=SIZE_BINS_MM) -> list[dict]
     rows.append({"min_mm": 0.0, "max_mm": None, "n": int(d.size), "detected": int(hit.sum()),
                  "rate": _safe_div(hit.sum(), d.size), "all": True})
     return rows
+
+
+def overlap_counts(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """Per class ``1..n_classes``: ``[intersection, predicted, true]`` pixel counts.
+
+    Parameters
+    ----------
+    pred, truth : np.ndarray
+        Integer label maps of the same shape (0 = background).
+
+    Returns
+    -------
+    np.ndarray
+        int64 ``(n_classes, 3)``; sum these over scans for pooled Dice / IoU
+        (:func:`organ_segmentation_metrics`).
+    """
+    p, t = np.asarray(pred), np.asarray(truth)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from the truth's {t.shape}")
+    out = np.zeros((n_classes, 3), np.int64)
+    for k in range(1, n_classes + 1):
+        a, b = p == k, t == k
+        out[k - 1] = (np.count_nonzero(a & b), np.count_nonzero(a), np.count_nonzero(b))
+    return out
+
+
+def organ_segmentation_metrics(classes, counts: np.ndarray, per_scan: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Dice and IoU per organ class of a U-Net head's labels against reference label maps.
+
+    Parameters
+    ----------
+    classes : sequence of str
+        Class names, class ``k`` = ``classes[k - 1]``.
+    counts : np.ndarray
+        ``(n_classes, 3)`` summed :func:`overlap_counts` over all scans.
+    per_scan : list of (dice, iou)
+        Per scan, the ``(n_classes,)`` arrays of :func:`aeanomaly.model.head_train.overlap_scores`.
+
+    Returns
+    -------
+    dict
+        ``classes``, ``n_scans``, ``dice`` / ``iou`` (pooled over all pixels of all scans) and
+        ``dice_mean_per_scan`` / ``iou_mean_per_scan`` (over scans where the class occurs in the
+        prediction or the reference), each ``{class: float or None}``.
+    """
+    c = np.asarray(counts, dtype=float)
+    names = [str(n) for n in classes]
+
+    def mean_of(j: int, k: int) -> float | None:
+        vals = [s[j][k] for s in per_scan if np.isfinite(s[j][k])]
+        return float(np.mean(vals)) if vals else None
+
+    return {
+        "classes": names, "n_scans": len(per_scan),
+        "dice": {n: _safe_div(2 * c[k, 0], c[k, 1] + c[k, 2]) for k, n in enumerate(names)},
+        "iou": {n: _safe_div(c[k, 0], c[k, 1] + c[k, 2] - c[k, 0]) for k, n in enumerate(names)},
+        "dice_mean_per_scan": {n: mean_of(0, k) for k, n in enumerate(names)},
+        "iou_mean_per_scan": {n: mean_of(1, k) for k, n in enumerate(names)},
+    }
+
+
+def head_classification_metrics(y_true, head_proba, fused_proba, threshold: float = 0.5) -> dict:
+    """Scan-level metrics of a CNN head's probability and of the fused probability.
+
+    Parameters
+    ----------
+    y_true : array, ``(n,)``
+        1 = abnormal.
+    head_proba, fused_proba : sequence of float or None, ``(n,)``
+        Per scan; None entries are dropped (a metric set is left out when all are None).
+    threshold : float
+        Probability at or above which a scan is called abnormal.
+
+    Returns
+    -------
+    dict
+        ``scan_classifier`` and/or ``scan_fused``: :func:`classification_metrics` dicts, plus the
+        ``threshold`` used.
+    """
+    out = {}
+    for key, probs in (("scan_classifier", head_proba), ("scan_fused", fused_proba)):
+        p = np.array([np.nan if v is None else float(v) for v in probs], dtype=float)
+        if np.isfinite(p).any():
+            out[key] = {**classification_metrics(y_true, p, np.nan_to_num(p, nan=0.0) >= threshold),
+                        "threshold": float(threshold)}
+    return out

@@ -159,12 +159,17 @@ def _summary_header(summary: Mapping[str, Any]) -> str:
     return "<table class=meta><tbody>" + "".join(rows) + "</tbody></table>"
 
 
+#: Optional per-scan values of a CNN head: shown (scan facts and summary columns) only when present.
+_HEAD_FIELDS = (("head_proba", "classifier P(abnormal)"), ("fused_proba", "fused P(abnormal)"))
+
+
 def _scan_section(anchor: str, scan: Mapping[str, Any]) -> str:
     name = str(scan["scan"])
     parts = [f'<section id="{anchor}"><h2>{_esc(name)} {_badge(scan.get("label"))}</h2>']
     facts = [("scan score", format_float(scan.get("scan_score"))), ("p-value", format_p_value(scan.get("p_value"))),
              ("slices", _esc(scan.get("n_slices", "—"))),
              ("most anomalous slice", _esc(scan.get("top_slice") if scan.get("top_slice") is not None else "—"))]
+    facts += [(label, format_float(scan.get(key))) for key, label in _HEAD_FIELDS if scan.get(key) is not None]
     parts.append("<table><tbody>" + "".join(f"<tr><th>{k}</th><td class=num>{v}</td></tr>" for k, v in facts)
                  + "</tbody></table>")
     if scan.get("error"):
@@ -178,6 +183,7 @@ def _scan_section(anchor: str, scan: Mapping[str, Any]) -> str:
 
 def _report_html(scans: Sequence[Mapping[str, Any]], title: str, summary: Mapping[str, Any] | None) -> str:
     ordered = [s for _, s in sorted(enumerate(scans), key=_sort_key)]
+    extra = [(k, label) for k, label in _HEAD_FIELDS if any(_to_float(s.get(k)) is not None for s in ordered)]
     rows, sections = [], []
     for i, scan in enumerate(ordered, start=1):
         anchor = f"scan-{i}"
@@ -186,13 +192,15 @@ def _report_html(scans: Sequence[Mapping[str, Any]], title: str, summary: Mappin
         rows.append(f'<tr><td class=num>{i}</td><td><a href="#{anchor}">{_esc(name)}</a></td>'
                     f"<td class=num>{format_float(scan.get('scan_score'))}</td>"
                     f"<td class=num>{format_p_value(scan.get('p_value'))}</td><td>{_badge(scan.get('label'))}</td>"
-                    f"<td class=num>{n_les}</td></tr>")
+                    f"<td class=num>{n_les}</td>"
+                    + "".join(f"<td class=num>{format_float(scan.get(k))}</td>" for k, _ in extra) + "</tr>")
         sections.append(_scan_section(anchor, scan))
     counts = {k: sum(str(s.get("label", "")).lower() == k for s in ordered) for k in ("abnormal", "normal", "error")}
     overview = (f"<p>{len(ordered)} scans: {counts['abnormal']} abnormal, {counts['normal']} normal, "
                 f"{counts['error']} failed. Sorted by scan score, most anomalous first.</p>")
     table = ("<table><thead><tr><th>#</th><th>scan</th><th>score</th><th>p-value</th><th>label</th>"
-             "<th>lesions</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+             "<th>lesions</th>" + "".join(f"<th>{_esc(label)}</th>" for _, label in extra)
+             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -216,7 +224,9 @@ def write_report(path: str | os.PathLike, scans: Sequence[Mapping[str, Any]], *,
     scans : sequence of dict
         One dict per scan with keys ``scan`` (name or path, required), ``scan_score``, ``p_value``,
         ``label`` ("abnormal" / "normal" / "error"), ``error`` (message or ""), ``n_slices``,
-        ``top_slice``, ``overlays`` (PNG paths to embed) and ``lesions`` (dicts with ``id``,
+        ``top_slice``, optionally ``head_proba`` and ``fused_proba`` (a CNN head's probability of
+        abnormal and its fusion with the p-value; shown when given), ``overlays`` (PNG paths to
+        embed) and ``lesions`` (dicts with ``id``,
         ``slice_start``, ``slice_end``, ``centroid_ras_mm`` (3 floats, mm), ``area_mm2``,
         ``volume_mm3``, ``max_residual``, ``p_value``, ``severity`` and optionally ``organ``).
         Scans are listed by ``scan_score`` descending; failed scans come last.

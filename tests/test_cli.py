@@ -113,13 +113,15 @@ def scored(fitted_bundle, phantom_test, tmp_path_factory):
 def test_score_writes_tables_heatmaps_overlays_report(scored, phantom_test):
     rows = list(csv.DictReader(open(scored / "scores.csv")))
     assert len(rows) == 13
-    assert list(rows[0]) == ["scan", "n_slices", "scan_score", "p_value", "label", "top_slice", "n_lesions", "error"]
+    assert list(rows[0]) == ["scan", "n_slices", "scan_score", "p_value", "label", "top_slice", "n_lesions", "error",
+                             "head_proba", "fused_proba"]
+    assert all(r["head_proba"] == "" and r["fused_proba"] == "" for r in rows)  # no supervised head
     bad = [r for r in rows if r["label"] == "error"]
     assert len(bad) == 1 and "junk.nii.gz" in bad[0]["error"]
     good = [r for r in rows if r["label"] != "error"]
     assert all(0 < float(r["p_value"]) <= 1 for r in good)
     slices = list(csv.DictReader(open(scored / "slices.csv")))
-    assert len(slices) >= 12 and set(slices[0]) == {"scan", "slice", "score", "p_value", "label"}
+    assert len(slices) >= 12 and list(slices[0]) == ["scan", "slice", "score", "p_value", "label", "head_proba"]
     lesions = list(csv.DictReader(open(scored / "lesions.csv")))
     assert lesions and "centroid_r_mm" in lesions[0] and "severity" in lesions[0]
     # the heatmap overlays the input scan: same shape and affine

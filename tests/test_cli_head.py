@@ -76,7 +76,9 @@ def _one_error_line(r, text):
 
 
 def _snapshot(bundle: Path) -> dict:
-    return {p.name: p.read_bytes() for p in bundle.iterdir() if p.is_file() and not p.name.startswith("head.")}
+    """Bundle files other than the head and the calibration (which a U-Net head refits)."""
+    return {p.name: p.read_bytes() for p in bundle.iterdir()
+            if p.is_file() and not p.name.startswith("head.") and p.name != "calibration.json"}
 
 
 def test_fit_head_unet_then_refuse_then_replace_with_cnn(data, tmp_path):
@@ -98,8 +100,11 @@ def test_fit_head_unet_then_refuse_then_replace_with_cnn(data, tmp_path):
     assert info["kind"] == "unet" and info["classes"] == ["liver", "spleen"] and info["label_values"] == [[5], [1]]
     assert (info["size"], info["channels"], info["window"]) == (32, 1, "abdomen")
     assert len(info["training_data"]["val_scans"]) == 2 and info["training_data"]["unpaired_scans"] == 0
-    assert _snapshot(bundle) == before  # the autoencoder, calibration ... are untouched
+    assert _snapshot(bundle) == before  # the autoencoder, history ... are untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temp folder left beside it
+    assert "calibration refitted on 6 normal scans" in r.output  # the region changed: p-values refitted
+    cal = json.loads((bundle / "calibration.json").read_text())
+    assert cal["log"][-1]["what"] == "fit-head unet" and len(cal["calibration_scans"]) == 6
     det = AnomalyDetector.load(bundle)
     assert isinstance(det.head_, SupervisedHead) and det.head_.classes_ == ("liver", "spleen")
     from aeanomaly.io import load_scan
@@ -120,6 +125,8 @@ def test_fit_head_unet_then_refuse_then_replace_with_cnn(data, tmp_path):
     assert info["fusion"] is not None and len(info["fusion"]["coef"]) == 2  # both classes among validation scans
     assert 0.0 <= info["metrics"]["val_accuracy"] <= 1.0
     assert _snapshot(bundle) == before
+    # the U-Net region is gone, so the calibration is refitted on the plain region again
+    assert json.loads((bundle / "calibration.json").read_text())["log"][-1]["what"] == "fit-head cnn"
     head = AnomalyDetector.load(bundle).head_
     p = head.abnormal_proba(prep.x)
     assert head.kind == "cnn" and p.shape == (6,) and ((p >= 0) & (p <= 1)).all()
@@ -199,3 +206,22 @@ def test_split_by_scan_is_stratified_and_disjoint():
     assert split_by_scan([0, 0, 0], 0.0, seed=0) == ([0, 1, 2], [])
     with pytest.raises(ConfigError):
         split_by_scan([0], 0.2, seed=0)
+
+
+def test_fit_head_unet_recalibrates_on_calib_dir_or_warns(data, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(data / "bundle", bundle)
+    cal = json.loads((bundle / "calibration.json").read_text())
+    cal["calibration_scans"] = [str(tmp_path / "gone" / f"n{i}.nii.gz") for i in range(6)]  # the bundle moved
+    (bundle / "calibration.json").write_text(json.dumps(cal))
+    args = (bundle, "--kind", "unet", "--images", data / "images", "--masks", data / "masks", "--val-fraction", "0")
+    r = CliRunner().invoke(fit_head, [str(a) for a in (*args, *FAST[:-1])], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "calibration NOT refitted" in r.output and "aeanomaly calibrate" in r.output
+    assert json.loads((bundle / "calibration.json").read_text()) == cal  # left as it was
+    r = run(*args, "--overwrite", "--calib-dir", data / "normal", *FAST)
+    assert r.exit_code == 0, r.output
+    new = json.loads((bundle / "calibration.json").read_text())
+    assert new["log"][-1]["what"] == "fit-head unet" and len(new["calibration_scans"]) == 6

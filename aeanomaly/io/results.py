@@ -11,8 +11,11 @@ import numpy as np
 
 from .writers import atomic_path, save_like_input
 
-SCORE_COLUMNS = ["scan", "n_slices", "scan_score", "p_value", "label", "top_slice", "n_lesions", "error"]
-SLICE_COLUMNS = ["scan", "slice", "score", "p_value", "label"]
+#: ``head_proba`` / ``fused_proba``: a CNN head's scan probability of abnormal and its fusion with the
+#: p-value (empty without a CNN head / a fitted fusion). ``organ`` (lesions): a U-Net head's organ.
+SCORE_COLUMNS = ["scan", "n_slices", "scan_score", "p_value", "label", "top_slice", "n_lesions", "error",
+                 "head_proba", "fused_proba"]
+SLICE_COLUMNS = ["scan", "slice", "score", "p_value", "label", "head_proba"]
 LESION_COLUMNS = [
     "scan", "lesion", "slice_start", "slice_end", "centroid_z", "centroid_y", "centroid_x",
     "centroid_r_mm", "centroid_a_mm", "centroid_s_mm", "area_mm2", "volume_mm3",
