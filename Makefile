@@ -26,9 +26,12 @@ demo: $(STAMP)
 		--calib-fraction 0.42 --val-fraction 0.1 --seed 0
 	$(BIN)/aeanomaly info $(DEMO)/bundle
 	$(BIN)/aeanomaly score $(DEMO)/bundle $(DEMO)/test/normal $(DEMO)/test/abnormal --out $(DEMO)/results
+	$(BIN)/aeanomaly evaluate $(DEMO)/bundle --normal $(DEMO)/test/normal --abnormal $(DEMO)/test/abnormal \
+		--masks $(DEMO)/test/masks --out $(DEMO)/evaluation
 	@echo
 	@echo "Done. Open $(DEMO)/results/report.html (scores in $(DEMO)/results/scores.csv, lesions in lesions.csv,"
-	@echo "heatmaps aligned with each input scan in $(DEMO)/results/heatmaps/)."
+	@echo "heatmaps aligned with each input scan in $(DEMO)/results/heatmaps/); detection metrics against the"
+	@echo "injected lesion masks in $(DEMO)/evaluation/metrics.json (ROC/PR in roc_pr.png)."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra

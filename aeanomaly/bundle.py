@@ -5,6 +5,7 @@ bundle/
   bundle.json        format_version, aeanomaly version, created, parameters, input spec, split
   model.keras        the autoencoder (loaded with safe_mode=True)
   calibration.json   scan- and slice-level calibrators, their normal scores, the pixel threshold
+  calibration.png    normal calibration scores, fitted density, threshold and goodness of fit
   history.csv        training curves; training.png
   head.keras         optional supervised head, with head.json
 ```
@@ -78,6 +79,7 @@ def save_bundle(path: str | os.PathLike, det, overwrite: bool = False) -> Path:
             det.model_.save(tmp / "model.keras")
             dump_json(tmp / "bundle.json", bundle_info(det))
             dump_json(tmp / "calibration.json", det.calibration_dict())
+            save_calibration_figure(tmp / "calibration.png", det)
             history = getattr(det, "history_", {}) or {}
             write_history_csv(tmp / "history.csv", history)
             if history.get("loss"):
@@ -162,4 +164,31 @@ def update_calibration(path: str | os.PathLike, det) -> Path:
     read_bundle_json(path)
     with atomic_path(path / "calibration.json") as tmp:
         dump_json(tmp, det.calibration_dict())
+    save_calibration_figure(path / "calibration.png", det)
+    return path
+
+
+def save_calibration_figure(path: Path, det) -> Path | None:
+    """calibration.png: the normal calibration scan scores, the calibrator's fitted density and the
+    threshold, titled with the goodness of fit (KS statistic / p-value of a parametric fit, and the
+    in-sample FPR). Written atomically; None when there are too few finite scores to draw."""
+    from .report import save_score_distribution
+
+    cal = det.calibrator_
+    scores = np.asarray(cal.scores_, float)
+    if np.isfinite(scores).sum() < 2:
+        return None
+    gof = getattr(cal, "gof_", {}) or {}
+    parts = [f"{cal.method} calibrator, target FPR {det.target_fpr:g}, n={int(np.isfinite(scores).sum())}"]
+    if "ks_statistic" in gof:
+        parts.append(f"KS D={gof['ks_statistic']:.3f} (p={gof['ks_pvalue']:.3g})")
+    if "in_sample_fpr" in gof:
+        parts.append(f"in-sample FPR {gof['in_sample_fpr']:.3f}")
+
+    def density(x):  # the empirical calibrator's density is a KDE, for the picture only
+        return np.nan_to_num(np.asarray(cal.density(x), float), nan=0.0, posinf=0.0, neginf=0.0)
+
+    with atomic_path(path) as tmp:
+        save_score_distribution(tmp, scores, threshold=float(cal.threshold_), density=density,
+                                title="; ".join(parts))
     return path

@@ -102,6 +102,22 @@ def _collect_scans(inputs) -> list[Path]:
     return paths
 
 
+def parse_augment(spec: str | None) -> bool | dict:
+    """``--augment 'flip=0,rotate_deg=15'`` → ``{"flip": 0.0, "rotate_deg": 15.0}`` (True when None)."""
+    if spec is None:
+        return True
+    out = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, eq, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            eq = ""
+        if not eq:
+            raise ConfigError(f"--augment: expected KEY=NUMBER, got {part!r}")
+    return out
+
+
 @main.command()
 @click.option("--normal-dir", required=True, multiple=True, type=click.Path(), help="Folder(s) of normal scans.")
 @click.option("--out", "out", required=True, type=click.Path(), help="Bundle directory to write.")
@@ -122,6 +138,8 @@ def _collect_scans(inputs) -> list[Path]:
 @click.option("--learning-rate", default=1e-3, show_default=True, type=float)
 @click.option("--patience", default=8, show_default=True, type=click.IntRange(1))
 @click.option("--no-augment", is_flag=True, help="Disable augmentation of training slices.")
+@click.option("--augment", "augment_spec", default=None, metavar="K=V,...",
+              help="Augmentation settings, e.g. 'flip=0,rotate_deg=15,scale=0.1,shift=0.05,gain=0.05,offset=0.02'.")
 @click.option("--val-fraction", default=0.15, show_default=True, type=float)
 @click.option("--calib-fraction", default=0.3, show_default=True, type=float)
 @click.option("--target-fpr", default=0.05, show_default=True, type=float)
@@ -134,7 +152,7 @@ def _collect_scans(inputs) -> list[Path]:
 @click.option("--quiet", is_flag=True)
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base_filters, latent, latent_kind, loss,
-        epochs, batch_size, learning_rate, patience, no_augment, val_fraction, calib_fraction, target_fpr,
+        epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction, target_fpr,
         calib_method, seed, resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle."""
     from .detector import AnomalyDetector
@@ -152,7 +170,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base
         window=window or REGION_WINDOWS[region], size=size, channels=channels, depth=depth, base_filters=base_filters,
         latent=latent_kind, latent_dim=latent, skip=model_kind == "dae", noise_std=0.2 if model_kind == "dae" else 0.0,
         loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-        augment=not no_augment, val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr,
+        augment=False if no_augment else parse_augment(augment_spec), val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr,
         calib_method=calib_method, seed=seed,
     )
     work = out.with_name(out.name + ".partial")
@@ -164,8 +182,10 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base
     except KeyboardInterrupt:
         click.echo(f"interrupted: resume with the same command and --resume (state in {work})", err=True)
         sys.exit(130)
-    except AeAnomalyError:
+    except AeAnomalyError as err:
         shutil.rmtree(work, ignore_errors=True)  # bad input: leave nothing half-written
+        if err.path is None:  # a problem of the whole set (too few scans ...): name the folder(s)
+            raise type(err)(err.reason, ", ".join(normal_dir)) from None
         raise
     if det.train_state_.get("resumed_from"):
         _say(quiet, f"resumed from epoch {det.train_state_['resumed_from']}")

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import AeAnomalyError, BundleError, ConfigError, EmptyInputError, ScanError
 
-_EXTS = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png", ".dcm")
+_EXTS = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png", ".dcm", ".mhd", ".mha")
 
 
 def parse_classes(text: str | None, kind: str) -> tuple[list[str], list[list[int]] | None]:

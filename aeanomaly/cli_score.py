@@ -53,6 +53,10 @@ def head_summary(det) -> dict:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Results folder.")
 @click.option("--fpr", type=float, default=None, help="Target FPR for this run (refits the threshold from the "
               "bundle's normal calibration scores; the bundle is not changed).")
+@click.option("--slice-fdr", type=float, default=None,
+              help="Label slices by Benjamini-Hochberg across each scan's slices at this FDR (default: each "
+                   "slice against the slice-level threshold).")
+@click.option("--min-lesion-mm3", type=float, default=None, help="Drop lesions smaller than this volume (mm³).")
 @click.option("--heatmaps", type=click.Choice(["nifti", "npy", "none"]), default="nifti", show_default=True)
 @click.option("--overlays", default=3, show_default=True, type=click.IntRange(0),
               help="PNG overlays of the N top-scoring slices per scan (0 = none).")
@@ -61,7 +65,8 @@ def head_summary(det) -> dict:
 @click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any scan is labelled abnormal.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @click.option("--quiet", is_flag=True)
-def score(bundle, scans, out, fpr, heatmaps, overlays, report, strict, fail_on_anomaly, overwrite, quiet):
+def score(bundle, scans, out, fpr, slice_fdr, min_lesion_mm3, heatmaps, overlays, report, strict, fail_on_anomaly,
+          overwrite, quiet):
     """Score scans (files or folders) with a fitted BUNDLE.
 
     \b
@@ -83,7 +88,15 @@ def score(bundle, scans, out, fpr, heatmaps, overlays, report, strict, fail_on_a
             raise ConfigError("results folder exists and is not empty; pass --overwrite to replace it", out)
         if fpr is not None and not 0 < fpr < 1:
             raise ConfigError(f"--fpr must be in (0, 1), got {fpr}")
+        if slice_fdr is not None and not 0 < slice_fdr < 1:
+            raise ConfigError(f"--slice-fdr must be in (0, 1), got {slice_fdr}")
+        if min_lesion_mm3 is not None and min_lesion_mm3 < 0:
+            raise ConfigError(f"--min-lesion-mm3 must be ≥ 0, got {min_lesion_mm3}")
         det = AnomalyDetector.load(bundle)
+        if slice_fdr is not None:
+            det.set_params(slice_fdr=slice_fdr)
+        if min_lesion_mm3 is not None:
+            det.set_params(min_lesion_mm3=min_lesion_mm3)
         if fpr is not None:
             det.set_threshold(target_fpr=fpr, reason="score --fpr")
         paths = _collect_scans(scans)

@@ -20,20 +20,22 @@ from typing import Iterable
 import numpy as np
 
 from . import __version__, bundle as _bundle
-from .calibrate import Calibrator
+from .calibrate import Calibrator, benjamini_hochberg
 from .errors import AeAnomalyError, ConfigError, NotFittedError, ScanError
 from .hybrid import head_outputs, organ_labels_for
 from .io import Scan, load_scan
 from .localize import find_lesions, residual_heatmap
 from .model.train import TrainConfig
-from .preprocess import HUWindow, PreparedScan, erode_mask, from_model_grid, lung_region, prepare_volume
+from .preprocess import (HUWindow, PreparedScan, erode_mask, from_model_grid, lung_region, model_to_input_yx,
+                         prepare_volume)
 from .scoring import residual_map, scan_score, slice_scores
 from .splits import Split, split_scans
 
 #: Scoring parameters (the benchmark chooses the defaults; see README "Benchmarks").
 SCORING_DEFAULTS = dict(
     roi="auto", slice_score="mae", scan_aggregation="max", residual_sign="auto", sigma_mm=6.0, erode_mm=6.0,
-    opening_mm=2.0, pixel_quantile=0.999, min_lesion_mm2=12.0, min_body_fraction=0.05,
+    opening_mm=2.0, pixel_quantile=0.999, min_lesion_mm2=12.0, min_lesion_mm3=None, min_body_fraction=0.05,
+    slice_fdr=None,
 )
 
 
@@ -92,9 +94,14 @@ class AnomalyDetector:
     window : str
         HU window preset (``lung``, ``abdomen``, ``liver``, ``mediastinum``, ``bone``) or ``"W,L"``.
     size, channels, depth, base_filters, latent, latent_dim, skip, norm, loss, noise_std,
-    noise_resolution, epochs, batch_size, learning_rate, patience, augment, seed
+    noise_resolution, epochs, batch_size, learning_rate, patience, seed
         Model and training (see :class:`aeanomaly.model.train.TrainConfig`). ``noise_std > 0`` trains a
         coarse-noise denoising autoencoder; ``skip=False, noise_std=0`` is the classic bottleneck AE.
+    augment : bool or dict
+        Augmentation of the normal training slices (never at validation): True for the defaults of
+        :class:`aeanomaly.model.data.Augment` (flip probability, rotation in degrees, scale, shift as
+        a fraction of the size, intensity gain / offset), False for none, or a dict overriding some
+        of them, e.g. ``{"flip": 0.0, "rotate_deg": 15}``.
     val_fraction, calib_fraction : float
         Fractions of the normal scans (or patients) held out for validation and calibration.
     target_fpr : float
@@ -110,16 +117,22 @@ class AnomalyDetector:
         ``auto`` keeps positive residuals (tissue brighter than its reconstruction: nodules, ground
         glass) in the lung region and absolute residuals elsewhere (hypo- and hyperdense lesions).
     slice_score, scan_aggregation, sigma_mm, erode_mm, opening_mm, pixel_quantile, min_lesion_mm2,
-    min_body_fraction
+    min_lesion_mm3, min_body_fraction
         Scoring and localisation (see :mod:`aeanomaly.scoring` and :mod:`aeanomaly.localize`):
-        in-plane smoothing σ, erosion of the region and opening radius of lesion masks, all in mm.
+        in-plane smoothing σ, erosion of the region and opening radius of lesion masks, all in mm;
+        lesions smaller than ``min_lesion_mm2`` in their largest cross-section, or (when set) than
+        ``min_lesion_mm3`` in volume, are dropped.
+    slice_fdr : float, optional
+        Slice labels by Benjamini–Hochberg across the scan's slices at this false-discovery rate,
+        instead of each slice against the slice-level threshold (which, over hundreds of slices,
+        flags some normal slices in most scans). None (default): per-slice threshold.
     """
 
     def __init__(
         self, window: str = "lung", size: int = 128, channels: int = 1, depth: int = 4, base_filters: int = 16,
         latent: str = "spatial", latent_dim: int = 64, skip: bool = True, norm: str = "group", loss: str = "mae",
         noise_std: float = 0.2, noise_resolution: int = 16, epochs: int = 30, batch_size: int = 16,
-        learning_rate: float = 1e-3, patience: int = 8, augment: bool = True, seed: int = 0,
+        learning_rate: float = 1e-3, patience: int = 8, augment: bool | dict = True, seed: int = 0,
         val_fraction: float = 0.15, calib_fraction: float = 0.3, target_fpr: float = 0.05, calib_method: str = "auto",
         roi: str = SCORING_DEFAULTS["roi"],
         slice_score: str = SCORING_DEFAULTS["slice_score"], scan_aggregation: str = SCORING_DEFAULTS["scan_aggregation"],
@@ -127,7 +140,9 @@ class AnomalyDetector:
         erode_mm: float = SCORING_DEFAULTS["erode_mm"], opening_mm: float = SCORING_DEFAULTS["opening_mm"],
         pixel_quantile: float = SCORING_DEFAULTS["pixel_quantile"],
         min_lesion_mm2: float = SCORING_DEFAULTS["min_lesion_mm2"],
+        min_lesion_mm3: float | None = SCORING_DEFAULTS["min_lesion_mm3"],
         min_body_fraction: float = SCORING_DEFAULTS["min_body_fraction"],
+        slice_fdr: float | None = SCORING_DEFAULTS["slice_fdr"],
     ):
         params = dict(locals())
         params.pop("self")
@@ -155,8 +170,23 @@ class AnomalyDetector:
         return HUWindow.parse(self.window)
 
     def _train_config(self) -> TrainConfig:
-        names = set(TrainConfig.__dataclass_fields__) - {"augment_params"}
-        return TrainConfig(**{n: getattr(self, n) for n in names})
+        from dataclasses import asdict as _asdict, fields
+
+        from .model.data import Augment
+
+        names = set(TrainConfig.__dataclass_fields__) - {"augment_params", "augment"}
+        aug = self.augment
+        params = _asdict(Augment())
+        if isinstance(aug, dict):
+            unknown = sorted(set(aug) - {f.name for f in fields(Augment)})
+            if unknown:
+                raise ConfigError(f"unknown augmentation setting(s) {', '.join(unknown)}; "
+                                  f"known: {', '.join(f.name for f in fields(Augment))}")
+            params.update({k: float(v) for k, v in aug.items()})
+        elif not isinstance(aug, (bool, np.bool_)):
+            raise ConfigError(f"augment must be True, False or a dict of Augment settings, got {aug!r}")
+        return TrainConfig(**{n: getattr(self, n) for n in names}, augment=bool(aug) if not isinstance(aug, dict)
+                           else True, augment_params=params)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
@@ -253,6 +283,7 @@ class AnomalyDetector:
 
         paths = [Path(p) for p in paths]
         self.window_  # validates the window early
+        self._train_config()  # and the training / augmentation settings
         split = split_scans(len(paths), self.val_fraction, self.calib_fraction, self.seed, groups)
         tmp_dir = None
         if work_dir is None:
@@ -326,11 +357,20 @@ class AnomalyDetector:
         sl = np.zeros(scores.shape, bool)
         if finite.any():
             sp[finite] = self.slice_calibrator_.p_value(scores[finite])
-            sl[finite] = self.slice_calibrator_.predict(scores[finite])
+            if self.slice_fdr is None:
+                sl[finite] = self.slice_calibrator_.predict(scores[finite])
+            else:
+                if not 0 < float(self.slice_fdr) < 1:
+                    raise ConfigError(f"slice_fdr must be in (0, 1), got {self.slice_fdr!r}")
+                sl[finite] = benjamini_hochberg(sp[finite], float(self.slice_fdr))
         lesions, labels = find_lesions(
             heat, self.pixel_threshold_, prep.spacing, prep.affine, min_size_mm2=self.min_lesion_mm2,
+            min_volume_mm3=self.min_lesion_mm3,
             opening_px=int(round(self.opening_mm / prep.spacing[1])), normal_peaks=self.normal_peaks_,
         )
+        for les in lesions:  # the centroid on the scan's own slice grid too (model grid → input pixels)
+            cz, cy, cx = les["centroid_zyx"]
+            les["centroid_zyx_input"] = (float(cz), *model_to_input_yx(cy, cx, prep.grid))
         extra = head_outputs(self, prep, p, lesions, labels)
         self._organ_cache = None
         return ScanResult(

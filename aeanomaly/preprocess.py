@@ -347,6 +347,13 @@ def from_model_grid(stack: np.ndarray, grid: GridSpec) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def model_to_input_yx(y: float, x: float, grid: GridSpec) -> tuple[float, float]:
+    """A model-grid pixel position ``(y, x)`` (pixel centres at integers) as a position on the
+    input slice grid ``(ny, nx)``: undoes the resampling to ``size`` and the square padding."""
+    f = grid.side / grid.size
+    return (float(y) + 0.5) * f - 0.5 - grid.pad_y, (float(x) + 0.5) * f - 0.5 - grid.pad_x
+
+
 def mask_to_model_grid(mask: np.ndarray, size: int) -> np.ndarray:
     """A bool/label mask ``(z, y, x)`` on the model grid (area fraction ≥ 0.5 → True)."""
     res, _ = to_model_grid(np.asarray(mask) > 0, size, pad_value=0.0)

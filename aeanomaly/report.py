@@ -295,7 +295,8 @@ def _training_figure(history: Mapping[str, Sequence[float]], dpi: int = 100, pat
 
 # ------------------------------------------------------------------------------ score distribution
 def save_score_distribution(path: PathLike, normal_scores, abnormal_scores=None, threshold: float | None = None,
-                            density: Callable[[np.ndarray], np.ndarray] | None = None, dpi: int = 100) -> Path:
+                            density: Callable[[np.ndarray], np.ndarray] | None = None, dpi: int = 100,
+                            title: str = "scan score distribution") -> Path:
     """Write a PNG histogram of scan scores with the decision threshold and a fitted density.
 
     Parameters
@@ -313,6 +314,8 @@ def save_score_distribution(path: PathLike, normal_scores, abnormal_scores=None,
         distribution; drawn over the histograms, which are then normalised to unit area.
     dpi : int
         Resolution of the PNG.
+    title : str
+        Axes title (e.g. the calibrator and its goodness of fit).
 
     Returns
     -------
@@ -324,12 +327,12 @@ def save_score_distribution(path: PathLike, normal_scores, abnormal_scores=None,
     ConfigError
         No finite normal score, or ``density`` returns something other than one finite value per x.
     """
-    fig = _score_figure(normal_scores, abnormal_scores, threshold, density, dpi=dpi, path=path)
+    fig = _score_figure(normal_scores, abnormal_scores, threshold, density, dpi=dpi, path=path, title=title)
     return _save_figure(fig, path, dpi)
 
 
 def _score_figure(normal_scores, abnormal_scores=None, threshold=None, density=None, dpi: int = 100,
-                  path: PathLike = "") -> Figure:
+                  path: PathLike = "", title: str = "scan score distribution") -> Figure:
     normal = _finite_1d(normal_scores, "normal_scores", path)
     abnormal = None if abnormal_scores is None else np.asarray(abnormal_scores, dtype=float).ravel()
     if abnormal is not None:
@@ -362,7 +365,7 @@ def _score_figure(normal_scores, abnormal_scores=None, threshold=None, density=N
     ax.set_ylabel("density" if as_density else "scans")
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    ax.set_title("scan score distribution")
+    ax.set_title(title, fontsize=9 if len(title) > 50 else None)
     return fig
 
 

@@ -72,3 +72,38 @@ def fitted_bundle(phantom_train, tmp_path_factory) -> Path:
 
     det = AnomalyDetector(window="lung", **TINY).fit(find_scans(phantom_train / "normal"), verbose=0)
     return det.save(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
+def _write_mhd(path, data_zyx, spacing_xyz=(0.7, 0.7, 2.5), offset_xyz=(-180.0, -200.0, -300.0),
+               direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), dtype="<i2", local=False, compressed=False, extra=""):
+    """Write a MetaImage as LUNA16 does (.mhd + .raw, LPS world frame); ``data_zyx`` is z-slowest."""
+    import zlib
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.ascontiguousarray(np.asarray(data_zyx).astype(dtype))
+    blob = arr.tobytes()
+    if compressed:
+        blob = zlib.compress(blob)
+    etype = {"<i2": "MET_SHORT", ">i2": "MET_SHORT", "<f4": "MET_FLOAT", "|u1": "MET_UCHAR", "<u2": "MET_USHORT"}[
+        np.dtype(dtype).str]
+    nd = arr.ndim
+    head = (f"ObjectType = Image\nNDims = {nd}\nBinaryData = True\n"
+            f"BinaryDataByteOrderMSB = {'True' if np.dtype(dtype).str.startswith('>') else 'False'}\n"
+            f"CompressedData = {'True' if compressed else 'False'}\n"
+            f"TransformMatrix = {' '.join(map(str, direction))}\nOffset = {' '.join(map(str, offset_xyz))}\n"
+            f"AnatomicalOrientation = RAI\nElementSpacing = {' '.join(map(str, spacing_xyz))}\n"
+            f"DimSize = {' '.join(str(s) for s in arr.shape[::-1])}\nElementType = {etype}\n{extra}")
+    if local:
+        path.write_bytes((head + "ElementDataFile = LOCAL\n").encode() + blob)
+    else:
+        raw = path.with_suffix(".raw")
+        raw.write_bytes(blob)
+        path.write_text(head + f"ElementDataFile = {raw.name}\n")
+    return path
+
+
+@pytest.fixture
+def write_mhd():
+    """A function writing MetaImage test files (see ``_write_mhd``)."""
+    return _write_mhd

@@ -66,22 +66,37 @@ def bad_dirs(tmp_path_factory, phantom_train):
 
 
 def test_fit_bad_inputs_exit_2_with_one_line(bad_dirs, fitted_bundle, tmp_path):
+    # (arguments, the path the line must name or None, the reason text it must give)
     cases = [
-        (["--normal-dir", bad_dirs / "empty"], "empty"),
-        (["--normal-dir", bad_dirs / "nope"], "does not exist"),
-        (["--normal-dir", bad_dirs / "few"], "too few scans"),
-        (["--normal-dir", bad_dirs / "mixed", "--strict"], "broken.nii.gz"),
-        (["--normal-dir", bad_dirs / "few", "--window", "abc"], "window"),
+        (["--normal-dir", bad_dirs / "empty"], bad_dirs / "empty", ["no scans found", "NIfTI"]),
+        (["--normal-dir", bad_dirs / "nope"], bad_dirs / "nope", ["does not exist"]),
+        (["--normal-dir", bad_dirs / "few"], bad_dirs / "few",
+         ["too few scans for the train / validation / calibration splits", "2 scans, need at least"]),
+        (["--normal-dir", bad_dirs / "mixed", "--strict"], bad_dirs / "mixed" / "broken.nii.gz",
+         ["corrupt or truncated NIfTI"]),
+        (["--normal-dir", bad_dirs / "few", "--window", "abc"], None,
+         ["window 'abc' is neither a preset", "'W,L' in HU"]),
     ]
-    for args, msg in cases:
+    for args, path, reasons in cases:
         out = tmp_path / "bundle"
         r = run("fit", *args, "--out", out, *TINY_ARGS)
         assert r.exit_code == 2, (args, r.output)
-        lines = [ln for ln in r.output.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:") and msg in lines[0], (args, r.output)
+        assert r.stdout.strip() == "", (args, r.stdout)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, r.stderr)
+        if path is not None:
+            assert lines[0].startswith(f"error: {path}: "), (args, lines[0])
+        for reason in reasons:
+            assert reason in lines[0], (args, reason, lines[0])
         assert not out.exists() and not (tmp_path / "bundle.partial").exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
+    before = sorted(p.name for p in fitted_bundle.iterdir())
     r = run("fit", "--normal-dir", bad_dirs / "few", "--out", fitted_bundle, *TINY_ARGS)
-    assert r.exit_code == 2 and "already exists" in r.output
+    assert r.exit_code == 2 and r.stdout.strip() == ""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(fitted_bundle) in lines[0] and "already exists" in lines[0], r.stderr
+    assert sorted(p.name for p in fitted_bundle.iterdir()) == before
+    assert not fitted_bundle.with_name(fitted_bundle.name + ".partial").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
 
 

@@ -118,3 +118,72 @@ def test_load_refuses_unknown_format_and_broken_bundles(fitted_bundle, tmp_path)
         AnomalyDetector.load(bad)
     with pytest.raises(BundleError, match="not a bundle"):
         AnomalyDetector.load(tmp_path / "nothing")
+
+
+def test_slice_fdr_labels_slices_by_benjamini_hochberg(det, phantom_test):
+    from aeanomaly.calibrate import benjamini_hochberg
+
+    path = find_scans(phantom_test / "abnormal")[0]
+    plain = det.score_scan(path)
+    try:
+        det.set_params(slice_fdr=0.1)
+        bh = det.score_scan(path)
+        ok = np.isfinite(bh.slice_scores)
+        np.testing.assert_array_equal(bh.slice_labels[ok], benjamini_hochberg(bh.slice_p_values[ok], 0.1))
+        assert not bh.slice_labels[~ok].any()
+        np.testing.assert_allclose(bh.slice_p_values[ok], plain.slice_p_values[ok])
+        assert bh.scan_score == plain.scan_score and bh.label == plain.label  # scan level unchanged
+        det.set_params(slice_fdr=1.5)
+        with pytest.raises(ConfigError, match="slice_fdr must be in"):
+            det.score_scan(path)
+    finally:
+        det.set_params(slice_fdr=None)
+
+
+def test_min_lesion_volume_drops_small_lesions(det, phantom_test):
+    path = find_scans(phantom_test / "abnormal")[0]
+    base = det.score_scan(path).lesions
+    assert base, "the tiny model should find at least one lesion in an abnormal phantom"
+    vols = sorted(les["volume_mm3"] for les in base)
+    try:
+        det.set_params(min_lesion_mm3=vols[-1] + 1.0)
+        assert det.score_scan(path).lesions == []
+        det.set_params(min_lesion_mm3=vols[0])
+        kept = det.score_scan(path).lesions
+        assert len(kept) == len(base)
+    finally:
+        det.set_params(min_lesion_mm3=None)
+
+
+def test_bundle_has_calibration_figure_rewritten_on_recalibration(fitted_bundle, phantom_test, tmp_path):
+    from aeanomaly.bundle import update_calibration
+
+    copy = tmp_path / "b"
+    shutil.copytree(fitted_bundle, copy)
+    png = copy / "calibration.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    png.unlink()
+    det2 = AnomalyDetector.load(copy).recalibrate(find_scans(phantom_test / "normal"), method="gamma")
+    update_calibration(copy, det2)
+    assert png.stat().st_size > 1000
+    assert not [p for p in copy.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_lesion_centroids_are_given_on_the_input_slice_grid(det, phantom_test):
+    from scipy import ndimage
+
+    from aeanomaly.io.results import lesion_rows
+
+    res = det.score_scan(find_scans(phantom_test / "abnormal")[0])
+    assert res.lesions
+    labels_in = res.lesion_labels_in_input_grid()
+    rows = lesion_rows("s", res.lesions)
+    for les, row in zip(res.lesions, rows):
+        z, y, x = les["centroid_zyx_input"]
+        assert (row["centroid_z"], row["centroid_y"], row["centroid_x"]) == (z, y, x)
+        assert 0 <= y < labels_in.shape[1] and 0 <= x < labels_in.shape[2]
+        own = labels_in == les["id"]
+        if own.any():  # the centroid lies on (or next to) the lesion's own pixels in the input grid
+            dist = ndimage.distance_transform_edt(~own[int(round(z))]) if own[int(round(z))].any() else None
+            if dist is not None:
+                assert dist[int(round(y)), int(round(x))] <= 2.0

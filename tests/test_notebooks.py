@@ -104,7 +104,7 @@ def test_tuning_notebook_saves_the_threshold_that_score_uses(fast_env, tmp_path)
     cwd.mkdir()
     nb = run_notebook("02_threshold_tuning.ipynb", cwd, tmp_path, extra_cells=(
         "print('RESULT', json.dumps({'bundle': str(BUNDLE.resolve()), 'labels': str(LABELS.resolve()), "
-        "'saved': SAVED, 'state': state, 'scores': scores.tolist(), 'y': y.tolist()}))",))
+        "'saved': SAVED, 'state': state, 'calibrated': calibrated, 'scores': scores.tolist(), 'y': y.tolist()}))",))
     out = json.loads(_stdout(nb.cells[-1]).split("RESULT", 1)[1])
     assert _has_png(nb)
     # the widget cell displayed its sliders
@@ -128,6 +128,28 @@ def test_tuning_notebook_saves_the_threshold_that_score_uses(fast_env, tmp_path)
     assert ev["tp"] == int(np.sum((s > threshold) & y)) and ev["fp"] == int(np.sum((s > threshold) & ~y))
     assert ev["sensitivity"] >= 0.8   # the notebook starts at sensitivity >= MIN_SENSITIVITY = 0.8
 
+    # The saved threshold must change what `aeanomaly score` says, or the check below could pass with
+    # the old calibrated threshold still in force: it must differ from it and relabel at least one scan.
+    calibrated = out["calibrated"]   # det.calibrator_.threshold_ before the notebook saved (inf allowed)
+    assert threshold != calibrated
+
+    def labels_at(t, scores):
+        return ["abnormal" if v > t else "normal" for v in scores]   # the package's rule: strictly >
+
+    if labels_at(threshold, s) == labels_at(calibrated, s):
+        # the notebook's choice splits the labelled scans like the calibrated threshold: move the
+        # operating point, through the same public API, into a gap between two scan scores where the
+        # labels must change
+        from aeanomaly.tuning import save_operating_point
+
+        u = np.unique(s)
+        gaps = (u[:-1] + u[1:]) / 2
+        threshold = float(next(g for g in gaps if labels_at(g, s) != labels_at(calibrated, s)))
+        entry = save_operating_point(bundle, threshold=threshold, reason="test: a threshold that relabels scans")
+        assert entry["threshold"] == threshold
+        assert json.loads((bundle / "calibration.json").read_text())["scan"]["threshold"] == threshold
+    assert labels_at(threshold, s) != labels_at(calibrated, s)
+
     # `aeanomaly score` labels with exactly that threshold
     labels_csv = Path(out["labels"])
     res = CliRunner().invoke(main, ["score", str(bundle), str(labels_csv.parent / "normal"),
@@ -139,7 +161,9 @@ def test_tuning_notebook_saves_the_threshold_that_score_uses(fast_env, tmp_path)
     assert len(rows) == len(out["y"])
     labels = [r["label"] for r in rows]
     cli_scores = np.array([float(r["scan_score"]) for r in rows])
-    assert labels == ["abnormal" if v > threshold else "normal" for v in cli_scores]
-    # same scans, same order (normal/, then abnormal/ as in labels.csv): the notebook's labels too
-    assert labels == ["abnormal" if v > threshold else "normal" for v in s]
-    assert {"normal", "abnormal"} <= set(labels) or ev["fp"] + ev["tp"] in (0, len(labels))
+    # same scans, same order (normal/, then abnormal/ as in labels.csv), same scores as in the notebook
+    np.testing.assert_allclose(cli_scores, s, rtol=1e-4)
+    assert labels == labels_at(threshold, cli_scores)
+    assert labels == labels_at(threshold, s)
+    # ... and not what the old calibrated threshold would have said
+    assert labels != labels_at(calibrated, cli_scores)

@@ -125,3 +125,14 @@ def test_body_mask_keeps_lungs_inside_a_thin_chest_wall():
     body = body_mask(hu)
     assert body[0][r < 23].all(), "lungs lost from the body mask"
     assert not body[0][56:58, 4:10].any(), "table kept"
+
+
+def test_model_to_input_yx_undoes_padding_and_resampling():
+    from aeanomaly.preprocess import GridSpec, model_to_input_yx
+
+    g = GridSpec(ny=100, nx=60, size=50)  # padded to 100 x 100 (20 px each side in x), then halved
+    assert model_to_input_yx(0, 0, g) == (0.5, -19.5)
+    assert model_to_input_yx(49, 49, g) == (98.5, 78.5)
+    y, x = model_to_input_yx(24.5, 24.5, g)  # the model grid centre is the input slice centre
+    assert (y, x) == (49.5, 29.5)
+    assert model_to_input_yx(10, 10, GridSpec(ny=64, nx=64, size=64)) == (10.0, 10.0)

@@ -26,8 +26,8 @@ from pathlib import Path
 import aeanomaly
 from ..errors import DataManifestError
 
-#: Formats the aeanomaly.io loaders read (``metaimage`` is described but not readable).
-READABLE_FORMATS = ("nifti", "dicom", "tiff", "png", "npy")
+#: Formats the aeanomaly.io loaders read.
+READABLE_FORMATS = ("nifti", "dicom", "metaimage", "tiff", "png", "npy")
 _EXTS = (".nii.gz", ".nii", ".tiff", ".tif", ".png", ".npy", ".mhd", ".raw", ".dcm", ".csv", ".json")
 _SHOW = 10  # paths listed per problem kind in a report
 

@@ -30,10 +30,12 @@ import numpy as np
 
 from .. import __version__
 from ..errors import AeAnomalyError, ConfigError, DataManifestError, EmptyInputError
+from ..io.metaimage import metaimage_data_file
 from .manifests import READABLE_FORMATS, Item, discover, find_csv, load_manifest, read_csv_keys, split_name
 
 COLUMNS = ["scan", "label", "patient", "mask", "split"]
-_MASK_EXT = {"nifti": ".nii.gz", "dicom": ".nii.gz", "tiff": ".tif", "png": ".png", "npy": ".npy"}
+_MASK_EXT = {"nifti": ".nii.gz", "dicom": ".nii.gz", "metaimage": ".nii.gz", "tiff": ".tif", "png": ".png",
+             "npy": ".npy"}
 
 
 @dataclass
@@ -307,6 +309,10 @@ def _write_item(m, root: Path, tmp: Path, it: Item, name: str, split: str, unit:
             shutil.copytree(src, dst)
         else:
             shutil.copyfile(src, dst)
+            data = metaimage_data_file(src)
+            if data is not None:  # a .mhd header names its voxel file: bring it along, same name
+                written.append(dst.parent / data.name)
+                shutil.copyfile(data, dst.parent / data.name)
         mask = None
         if abnormal and masks and it.label is not None:
             mask = tmp / "masks" / f"{name}_mask{_MASK_EXT[m['format']]}"

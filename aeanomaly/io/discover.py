@@ -10,6 +10,7 @@ import numpy as np
 from ..errors import EmptyInputError, ScanError, UnsupportedFormatError
 from .dicom import is_dicom_file, load_dicom
 from .image import load_image, load_image_label
+from .metaimage import load_metaimage, load_metaimage_label
 from .nifti import load_nifti, load_nifti_label
 from .numpy import load_npy, load_npy_label
 from .scan import Scan
@@ -22,8 +23,9 @@ def load_scan(path: str | os.PathLike, series_uid: str | None = None) -> Scan:
     Parameters
     ----------
     path : str or PathLike
-        A NIfTI file (.nii, .nii.gz), a DICOM series folder or a single DICOM file, a PNG/TIFF
-        slice, or a ``.npy`` array already in ``(z, y, x)`` order.
+        A NIfTI file (.nii, .nii.gz), a DICOM series folder or a single DICOM file, a MetaImage
+        (.mhd with its data file, or .mha), a PNG/TIFF slice, or a ``.npy`` array already in
+        ``(z, y, x)`` order.
     series_uid : str, optional
         SeriesInstanceUID to read from a DICOM folder holding several series.
 
@@ -47,6 +49,8 @@ def load_scan(path: str | os.PathLike, series_uid: str | None = None) -> Scan:
         return load_dicom(path, series_uid=series_uid)
     if fmt == "image":
         return load_image(path)
+    if fmt == "metaimage":
+        return load_metaimage(path)
     return load_npy(path)
 
 
@@ -56,7 +60,7 @@ def load_label(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray:
     Parameters
     ----------
     path : str or PathLike
-        NIfTI, PNG/TIFF or ``.npy`` label file (DICOM-SEG is not supported).
+        NIfTI, MetaImage, PNG/TIFF or ``.npy`` label file (DICOM-SEG is not supported).
     like : Scan, optional
         When given, the labels must have the shape of ``like.hu``.
 
@@ -72,8 +76,10 @@ def load_label(path: str | os.PathLike, like: Scan | None = None) -> np.ndarray:
         labels = load_image_label(path)
     elif fmt == "npy":
         labels = load_npy_label(path)
+    elif fmt == "metaimage":
+        labels = load_metaimage_label(path)
     else:
-        raise UnsupportedFormatError("DICOM label maps are not supported; use NIfTI, PNG, TIFF or .npy", path)
+        raise UnsupportedFormatError("DICOM label maps are not supported; use NIfTI, MetaImage, PNG, TIFF or .npy", path)
     if like is not None and tuple(labels.shape) != tuple(like.hu.shape):
         raise ScanError(f"label shape {tuple(labels.shape)} (z, y, x) differs from the scan's "
                         f"{tuple(like.hu.shape)} ({like.source or 'scan'})", path)
@@ -108,7 +114,7 @@ def find_scans(folder: str | os.PathLike) -> list[Path]:
                 continue
             f = here / name
             fmt = suffix_format(f)
-            if fmt in ("nifti", "image", "npy"):
+            if fmt in ("nifti", "image", "npy", "metaimage"):
                 found.append(f)
             elif not has_dicom and is_dicom_file(f):
                 has_dicom = True

@@ -43,10 +43,13 @@ def write_csv(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> 
 
 
 def lesion_rows(scan_name: str, lesions: list[dict]) -> list[dict]:
-    """Flatten lesion records of :func:`aeanomaly.localize.find_lesions` into lesions.csv rows."""
+    """Flatten lesion records of :func:`aeanomaly.localize.find_lesions` into lesions.csv rows.
+
+    ``centroid_z/y/x`` are on the scan's own internal slice grid (axial slice index, row, column;
+    ``centroid_zyx_input`` as :meth:`AnomalyDetector.score_scan` adds it), else on the model grid."""
     rows = []
     for les in lesions:
-        cz, cy, cx = les["centroid_zyx"]
+        cz, cy, cx = les.get("centroid_zyx_input", les["centroid_zyx"])
         r, a, s = les["centroid_ras_mm"]
         rows.append({
             "scan": scan_name, "lesion": les["id"], "slice_start": les["slice_start"], "slice_end": les["slice_end"],
@@ -61,7 +64,7 @@ def output_names(paths: list[str | os.PathLike]) -> list[str]:
     names, seen = [], {}
     for p in paths:
         base = Path(p).name
-        for ext in (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png", ".dcm"):
+        for ext in (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png", ".dcm", ".mhd", ".mha"):
             if base.lower().endswith(ext):
                 base = base[: -len(ext)]
                 break

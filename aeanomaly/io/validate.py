@@ -22,8 +22,9 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 NPY_SUFFIXES = (".npy",)
 DICOM_SUFFIXES = (".dcm",)
+METAIMAGE_SUFFIXES = (".mhd", ".mha")
 
-SUPPORTED_TEXT = "NIfTI (.nii, .nii.gz), DICOM (a series folder or .dcm), PNG, TIFF or .npy"
+SUPPORTED_TEXT = "NIfTI (.nii, .nii.gz), DICOM (a series folder or .dcm), MetaImage (.mhd, .mha), PNG, TIFF or .npy"
 
 _MAX_REASON = 160
 
@@ -79,10 +80,10 @@ def has_dicom_preamble(path: str | os.PathLike) -> bool:
 
 
 def suffix_format(path: str | os.PathLike) -> str | None:
-    """Format named by a file's extension: ``nifti``, ``image``, ``npy``, ``dicom`` or None."""
+    """Format named by a file's extension: ``nifti``, ``image``, ``npy``, ``dicom``, ``metaimage`` or None."""
     name = Path(path).name.lower()
     for fmt, suffixes in (("nifti", NIFTI_SUFFIXES), ("image", IMAGE_SUFFIXES),
-                          ("npy", NPY_SUFFIXES), ("dicom", DICOM_SUFFIXES)):
+                          ("npy", NPY_SUFFIXES), ("dicom", DICOM_SUFFIXES), ("metaimage", METAIMAGE_SUFFIXES)):
         if name.endswith(suffixes):
             return fmt
     return None

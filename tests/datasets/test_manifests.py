@@ -272,8 +272,32 @@ def test_verify_luna16_companions_and_annotations(tmp_path):
     assert rep.counts["annotations"] == (3, 1186) and rep.counts["abnormal"] == (1, 601)
     assert rep.counts["patients"] == (2, None)
     assert "1 annotated scan(s) of annotations.csv are not in the folder" in "\n".join(rep.lines())
-    with pytest.raises(DataManifestError, match="cannot read mhd|convert the scans to NIfTI"):
-        prepare("luna16", root, tmp_path / "out")
+    with pytest.raises(EmptyInputError, match="nothing written for luna16.*corrupt MetaImage header: no ElementDataFile"):
+        prepare("luna16", root, tmp_path / "out")  # the placeholder headers are unreadable
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_luna16_reads_metaimage_and_brings_the_raw_files(tmp_path, write_mhd):
+    from aeanomaly.io import load_scan
+
+    root = tmp_path / "luna"
+    uids = [f"1.3.6.1.4.1.14519.5.2.1.6279.6001.{n}" for n in (101, 202, 303, 404)]
+    rng = np.random.default_rng(0)
+    vols = {}
+    for i, u in enumerate(uids):
+        vols[u] = rng.normal(-700, 150, (4, 40, 40)).round().astype(np.int16)
+        write_mhd(root / f"subset{i % 2}" / f"{u}.mhd", vols[u])
+    (root / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n"
+                                          f"{uids[1]},1,2,3,5.5\n{uids[3]},4,5,6,7.0\n")
+    res = prepare("luna16", root, tmp_path / "out")
+    assert not res.skipped
+    rows = read_rows(tmp_path / "out" / "labels.csv")
+    by_uid = {r["scan"].split("/")[-1][: -len(".mhd")]: r for r in rows}
+    assert set(by_uid) == set(uids)
+    assert {u for u, r in by_uid.items() if r["label"] == "abnormal"} == {uids[1], uids[3]}
+    for u, r in by_uid.items():
+        scan = load_scan(tmp_path / "out" / r["scan"])  # the copied header finds its copied .raw
+        np.testing.assert_array_equal(np.sort(scan.hu.ravel()), np.sort(vols[u].ravel().astype(np.float32)))
 
 
 def test_verify_checks_published_checksums(tmp_path):

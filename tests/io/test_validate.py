@@ -26,7 +26,7 @@ def test_missing_path(tmp_path):
     _assert_one_line(err, path, "no such file or folder")
 
 
-@pytest.mark.parametrize("name", ["scan.jpg", "scan.mha", "scan"])
+@pytest.mark.parametrize("name", ["scan.jpg", "scan.hdr", "scan"])
 def test_unsupported_extension(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"\0" * 300)
