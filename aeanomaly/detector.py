@@ -214,7 +214,7 @@ class AnomalyDetector:
             import tensorflow as tf
 
             model = self.model_
-            self._infer_fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True)
+            self._infer_fn = tf.function(lambda t: model(t, training=False), reduce_retracing=True, autograph=False)
         return self._infer_fn(np.ascontiguousarray(batch, dtype=np.float32))
 
     def _roi(self) -> str:

@@ -29,6 +29,18 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_flags() -> list[str]:
+    """The SIMD flags that matter for BLAS / convolution speed (avx*, amx*, fma, f16c)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                f = set(line.split(":", 1)[1].split())
+                return sorted(x for x in f if x.startswith(("avx", "amx", "fma", "f16c")))
+    except OSError:
+        pass
+    return []
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -46,6 +58,7 @@ def machine_info() -> dict:
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable_cpus(),
         "cpu_model": _cpu_model(),
+        "cpu_flags": cpu_flags(),
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
@@ -56,12 +69,19 @@ def machine_info() -> dict:
         info["load_avg"] = [round(v, 2) for v in os.getloadavg()]
     except Exception:  # noqa: BLE001
         pass
-    for mod in ("aeanomaly", "numpy", "scipy", "sklearn", "tensorflow", "keras", "nibabel"):
+    for mod in ("aeanomaly", "numpy", "scipy", "sklearn", "tensorflow", "keras", "torch", "nibabel"):
         try:
             m = sys.modules.get(mod) or __import__(mod)
             info[mod] = getattr(m, "__version__", "?")
         except Exception:  # noqa: BLE001
             info[mod] = None
+    try:
+        import subprocess
+
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True, timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        info["git_commit"] = None
     try:
         import tensorflow as tf
 
@@ -71,13 +91,13 @@ def machine_info() -> dict:
     return info
 
 
-def _jsonable(o):
+def jsonable(o):
     if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
+        return {str(k): jsonable(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
+        return [jsonable(v) for v in o]
     if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
+        return jsonable(o.tolist())
     if isinstance(o, (np.bool_,)):
         return bool(o)
     if isinstance(o, np.integer):
@@ -95,7 +115,7 @@ def write_json(path: str | os.PathLike, payload: dict) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".tmp-{p.name}")
-    tmp.write_text(json.dumps(_jsonable(payload), indent=1) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(jsonable(payload), indent=1) + "\n", encoding="utf-8")
     os.replace(tmp, p)
     return p
 

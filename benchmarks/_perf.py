@@ -1,16 +1,13 @@
-"""Helpers shared by the speed, memory and training-throughput benchmarks.
+"""Timing helpers of the speed, memory and training-throughput benchmarks.
 
-Machine info, robust timing (median of repeats), peak RSS of this process or of a child, model
-FLOP counting, a numpy sgemm reference and the JSON writer. Only numpy/psutil at import time;
+Robust timing (median of repeats), peak RSS of this process or of a child, model FLOP counting and a
+numpy sgemm reference; machine info and the JSON writer come from :mod:`_common`. Only numpy/psutil at import time;
 TensorFlow is imported lazily so that thread settings can still be applied by the caller.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -18,102 +15,22 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                f = set(line.split(":", 1)[1].split())
-                return sorted(x for x in f if x.startswith(("avx", "amx", "fma", "f16c")))
-    except OSError:
-        pass
-    return []
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def machine_info() -> dict:
-    """Machine and library versions (TF/Keras only when already imported or importable)."""
-    info = {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": usable_cpus(),
-        "cpu_model": cpu_model(),
-        "cpu_flags": cpu_flags(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-    }
-    try:
-        import psutil
-
-        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-        info["load_avg_at_start"] = [round(v, 2) for v in os.getloadavg()]
-    except Exception:  # noqa: BLE001
-        pass
-    for mod in ("tensorflow", "keras", "torch", "scipy", "nibabel"):
-        try:
-            m = sys.modules.get(mod) or __import__(mod)
-            info[mod] = getattr(m, "__version__", "?")
-        except Exception:  # noqa: BLE001
-            info[mod] = None
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                            text=True, timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        info["git_commit"] = None
-    return info
+from _common import RESULTS, ROOT, machine_info, usable_cpus  # noqa: E402,F401  (shared with the other benchmarks)
+import _common  # noqa: E402
 
 
 def write_json(name: str, payload: dict) -> Path:
-    """Write ``results/<name>.json`` (atomically) and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_default, allow_nan=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
+    """Write ``results/<name>.json`` (atomically; NaN/inf → null) and return its path."""
+    return _common.write_json(RESULTS / f"{name}.json", payload)
 
 
 def clean(obj):
-    """Replace non-finite floats by None, recursively (for JSON with allow_nan=False)."""
-    if isinstance(obj, dict):
-        return {k: clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    return obj
+    """Replace non-finite floats by None and numpy values by Python ones, recursively."""
+    return _common.jsonable(obj)
 
 
 def timed(fn, repeats: int = 3, warmup: int = 1) -> dict:

@@ -187,3 +187,18 @@ def test_lesion_centroids_are_given_on_the_input_slice_grid(det, phantom_test):
             dist = ndimage.distance_transform_edt(~own[int(round(z))]) if own[int(round(z))].any() else None
             if dist is not None:
                 assert dist[int(round(y)), int(round(x))] <= 2.0
+
+
+@pytest.mark.slow
+def test_fit_is_reproducible_with_a_seed(phantom_train, tmp_path):
+    """Same scans, same seed: the same split, training curve and weights (CPU)."""
+    paths = find_scans(phantom_train / "normal")[:6]
+    kw = dict(window="lung", size=32, depth=2, base_filters=4, latent_dim=8, epochs=2, batch_size=8, seed=3)
+    a = AnomalyDetector(**kw).fit(paths, verbose=0)
+    b = AnomalyDetector(**kw).fit(paths, verbose=0)
+    assert a.split_ == b.split_
+    np.testing.assert_allclose(a.history_["loss"], b.history_["loss"], rtol=1e-5)
+    for wa, wb in zip(a.model_.get_weights(), b.model_.get_weights()):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-6)
+    c = AnomalyDetector(**{**kw, "seed": 4}).fit(paths, verbose=0)
+    assert c.split_ != a.split_ or not np.allclose(c.history_["loss"], a.history_["loss"])

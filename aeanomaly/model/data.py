@@ -141,7 +141,9 @@ class SliceDataset(keras.utils.PyDataset):
 
     The target is the clean centre slice; the input is the (augmented) slice stack, plus coarse noise
     when ``noise_std > 0`` (denoising training). Shuffled per epoch from ``seed`` and the epoch
-    number, so a resumed run sees the same batches as an uninterrupted one.
+    number, so a resumed run sees the same batches as an uninterrupted one. ``same_each_epoch``
+    (validation) draws the same noise and augmentation every epoch, so the validation loss of one
+    epoch compares with the next and does not depend on where a resumed run started.
     """
 
     def __init__(
@@ -156,8 +158,10 @@ class SliceDataset(keras.utils.PyDataset):
         noise_std: float = 0.0,
         noise_resolution: int = 16,
         start_epoch: int = 0,
+        same_each_epoch: bool = False,
     ):
         super().__init__(workers=1, use_multiprocessing=False)
+        self.same_each_epoch = bool(same_each_epoch)
         self.store = store
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = int(batch_size)
@@ -180,7 +184,7 @@ class SliceDataset(keras.utils.PyDataset):
     def __getitem__(self, idx: int):
         sel = np.sort(self._order[idx * self.batch_size : (idx + 1) * self.batch_size])
         x = self.store.read(sel)
-        rng = np.random.default_rng([self.seed, self.epoch, idx, 1])
+        rng = np.random.default_rng([self.seed, 0 if self.same_each_epoch else self.epoch, idx, 1])
         if self.augment is not None:
             x = self.augment.apply(x, rng)
         c = x.shape[-1] // 2

@@ -135,7 +135,7 @@ def train_autoencoder(
         )
         val_ds = SliceDataset(
             store, val_idx, config.batch_size, shuffle=False, seed=config.seed,
-            noise_std=config.noise_std, noise_resolution=config.noise_resolution,
+            noise_std=config.noise_std, noise_resolution=config.noise_resolution, same_each_epoch=True,
         ) if len(val_idx) else None
         model.fit(
             train_ds,

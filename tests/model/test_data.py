@@ -55,3 +55,19 @@ def test_augment_keeps_range_and_changes_image():
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
     assert not np.allclose(out, x)
     assert out.sum() > 0.5 * x.sum()
+
+
+def test_validation_batches_are_the_same_every_epoch_and_after_resume(tmp_path):
+    st, _ = _store(tmp_path)
+    val = SliceDataset(st, np.arange(15), 4, shuffle=False, seed=1, noise_std=0.2, same_each_epoch=True)
+    first = val[1][0].copy()
+    val.on_epoch_end()
+    val.on_epoch_end()
+    np.testing.assert_array_equal(val[1][0], first)  # same noisy inputs: val losses compare across epochs
+    resumed = SliceDataset(st, np.arange(15), 4, shuffle=False, seed=1, noise_std=0.2, start_epoch=7,
+                           same_each_epoch=True)
+    np.testing.assert_array_equal(resumed[1][0], first)
+    train = SliceDataset(st, np.arange(15), 4, shuffle=False, seed=1, noise_std=0.2)
+    a = train[1][0].copy()
+    train.on_epoch_end()
+    assert not np.array_equal(train[1][0], a)  # training noise is fresh every epoch

@@ -1,0 +1,108 @@
+"""Print the README's benchmark tables (Markdown) from benchmarks/results/*.json.
+
+    python benchmarks/tables.py            # quality.json, fit.json, speed.json where present
+
+Every number in the README's Benchmarks section is printed by this script from a committed result.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def f(v, nd: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def quality(q: dict) -> str:
+    parts = []
+    r = q.get("real_ct")
+    if r and not r.get("skipped"):
+        d = r["data"]
+        parts.append(f"Real CT: {d['set']}, {d['n_slices']} slices in {d['n_pseudo_patients']} pseudo-patients; "
+                     f"test = {d['n_test_normal']} normal + {d['n_test_abnormal']} lesion slices of held-out "
+                     f"pseudo-patients; target FPR {q['target_fpr']}.")
+        rows = []
+        for name, m in r["test"].items():
+            s, p = m["scan"], m["pixel"]
+            rows.append([name, f(s["auroc"]), f(s["auprc"]), f(m["tuning_kinds"]["auroc"]), f(m["held_out_kinds"]["auroc"]),
+                         f(s["sensitivity"], 2), f(s["observed_fpr"], 3), f(p.get("pixel_auroc")), f(p.get("pixel_auprc")),
+                         f(p.get("dice")), f(m["false_lesions_per_normal_slice"], 2)])
+        parts.append(table(["detector", "AUROC", "AUPRC", "AUROC tuning kinds", "AUROC held-out kinds",
+                            "sensitivity", "observed FPR", "pixel AUROC", "pixel AUPRC", "Dice",
+                            "false lesions / normal slice"], rows))
+        kinds = sorted(next(iter(r["test"].values()))["per_kind"])
+        rows = [[name] + [f(m["per_kind"][k]["auroc"]) for k in kinds] for name, m in r["test"].items()]
+        parts.append("Slice AUROC per lesion kind (normal test slices vs that kind):\n\n"
+                     + table(["detector"] + kinds, rows))
+        t = r["tuning"]
+        parts.append(f"Scoring chosen on the tune split ({t['criterion']}): `{t['chosen']}` "
+                     f"(before: `{t['defaults_before']}`).")
+        lr = r.get("lung_region")
+        if lr:
+            rows = [[name, f(m["scan"]["auroc"]), f(m["held_out_kinds"]["auroc"]), f(m["scan"]["sensitivity"], 2),
+                     f(m["scan"]["observed_fpr"], 3), f(m["pixel"].get("pixel_auroc")), f(m["pixel"].get("dice")),
+                     f(m["false_lesions_per_normal_slice"], 2)] for name, m in lr["rows"].items()]
+            parts.append(f"Where residuals count (DAE, residual sign `{lr['sign']}`; U-Net lung Dice on the "
+                         f"test slices {f(lr['unet_test_dice'])}):\n\n"
+                         + table(["region", "AUROC", "AUROC held-out kinds", "sensitivity", "observed FPR",
+                                  "pixel AUROC", "Dice", "false lesions / normal slice"], rows))
+    ph = q.get("phantoms")
+    if ph:
+        rows = [[c["n_scans"], c["n_train_slices"], f(c["scan"]["auroc"]), f(c["scan"]["sensitivity"], 2),
+                 f(c["scan"]["observed_fpr"], 3), f(c["slice"]["auroc"]), f(c["pixel"]["pixel_auroc"]),
+                 f(c["pixel"]["dice"])] for c in ph["learning_curve"]]
+        parts.append(f"Phantoms (chest, {ph['n_test_normal']} normal + {ph['n_test_abnormal']} abnormal test scans, "
+                     f"{ph['model_size_px']} px, {ph['epochs']} epochs), learning curve:\n\n"
+                     + table(["normal scans", "train slices", "scan AUROC", "sensitivity", "observed FPR",
+                              "slice AUROC", "pixel AUROC", "Dice"], rows))
+        parts.append("Scan aggregation of slice scores (largest training set), scan AUROC: "
+                     + ", ".join(f"{k} {f(v)}" for k, v in ph["scan_aggregation_auroc"].items()) + ".")
+    return "\n\n".join(parts)
+
+
+def fit(d: dict) -> str:
+    s = d.get("summary", {})
+    rows = [[k, f(v, 3) if isinstance(v, float) else f(v)] for k, v in s.items()]
+    return table(["fit benchmark", "value"], rows)
+
+
+def speed(d: dict) -> str:
+    rows = []
+    for k, v in d.get("targets", {}).items():
+        if "skipped" in v:
+            rows.append([k, "skipped: " + str(v["skipped"]), "—"])
+        else:
+            val = v.get("value", v.get("value_s"))
+            rows.append([k, f(val, 3), f(v.get("met"))])
+    return table(["speed target", "measured", "met"], rows)
+
+
+def main() -> int:
+    for name, fn in (("quality", quality), ("fit", fit), ("speed", speed)):
+        p = RESULTS / f"{name}.json"
+        if p.is_file():
+            print(f"<!-- {name}: from {p.relative_to(RESULTS.parent.parent)} -->\n")
+            print(fn(json.loads(p.read_text())))
+            print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
