@@ -36,10 +36,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
+# Quality, training and speed benchmarks (about 1.5 h on 2 cores); JSON in benchmarks/results/,
+# the README tables from `python benchmarks/tables.py`.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/fit.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/tables.py
 
 clean:
 	rm -rf $(DEMO) build *.egg-info
