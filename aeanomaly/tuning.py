@@ -436,6 +436,8 @@ class ThresholdTuner:
         _both_classes(self.y_)
         s = np.asarray(scores, dtype=float).ravel()
         keep = np.isfinite(s)
+        if names is not None and len(names) != s.size:
+            raise ConfigError(f"{len(names)} names given for {s.size} scores")
         self.names_ = [str(n) for n, k in zip(names, keep) if k] if names is not None else None
         self.calibrator = calibrator
         self.table_ = threshold_table(self.y_, self.scores_)

@@ -30,6 +30,15 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def auroc_ci95(auc, n_pos: int, n_neg: int) -> float | None:
+    """Half-width of the 95 % interval of an AUROC (Hanley & McNeil 1982 standard error)."""
+    if auc is None or not n_pos or not n_neg:
+        return None
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    return 1.96 * max(var, 0.0) ** 0.5
+
+
 def quality(q: dict) -> str:
     parts = []
     r = q.get("real_ct")
@@ -41,10 +50,11 @@ def quality(q: dict) -> str:
         rows = []
         for name, m in r["test"].items():
             s, p = m["scan"], m["pixel"]
-            rows.append([name, f(s["auroc"]), f(s["auprc"]), f(m["tuning_kinds"]["auroc"]), f(m["held_out_kinds"]["auroc"]),
+            rows.append([name, f(s["auroc"]) + " ± " + f(auroc_ci95(s["auroc"], s["n_abnormal"], s["n_normal"]), 3),
+                         f(s["auprc"]), f(m["tuning_kinds"]["auroc"]), f(m["held_out_kinds"]["auroc"]),
                          f(s["sensitivity"], 2), f(s["observed_fpr"], 3), f(p.get("pixel_auroc")), f(p.get("pixel_auprc")),
                          f(p.get("dice")), f(m["false_lesions_per_normal_slice"], 2)])
-        parts.append(table(["detector", "AUROC", "AUPRC", "AUROC tuning kinds", "AUROC held-out kinds",
+        parts.append(table(["detector", "AUROC ± 95% CI", "AUPRC", "AUROC tuning kinds", "AUROC held-out kinds",
                             "sensitivity", "observed FPR", "pixel AUROC", "pixel AUPRC", "Dice",
                             "false lesions / normal slice"], rows))
         kinds = sorted(next(iter(r["test"].values()))["per_kind"])
@@ -56,21 +66,25 @@ def quality(q: dict) -> str:
                      f"(before: `{t['defaults_before']}`).")
         lr = r.get("lung_region")
         if lr:
-            rows = [[name, f(m["scan"]["auroc"]), f(m["held_out_kinds"]["auroc"]), f(m["scan"]["sensitivity"], 2),
+            rows = [[name, f(m["scan"]["auroc"]) + " ± " + f(auroc_ci95(m["scan"]["auroc"], m["scan"]["n_abnormal"],
+                                                                       m["scan"]["n_normal"]), 3),
+                     f(m["held_out_kinds"]["auroc"]), f(m["scan"]["sensitivity"], 2),
                      f(m["scan"]["observed_fpr"], 3), f(m["pixel"].get("pixel_auroc")), f(m["pixel"].get("dice")),
                      f(m["false_lesions_per_normal_slice"], 2)] for name, m in lr["rows"].items()]
             parts.append(f"Where residuals count (DAE, residual sign `{lr['sign']}`; U-Net lung Dice on the "
                          f"test slices {f(lr['unet_test_dice'])}):\n\n"
-                         + table(["region", "AUROC", "AUROC held-out kinds", "sensitivity", "observed FPR",
+                         + table(["region", "AUROC ± 95% CI", "AUROC held-out kinds", "sensitivity", "observed FPR",
                                   "pixel AUROC", "Dice", "false lesions / normal slice"], rows))
     ph = q.get("phantoms")
     if ph:
-        rows = [[c["n_scans"], c["n_train_slices"], f(c["scan"]["auroc"]), f(c["scan"]["sensitivity"], 2),
+        n_ab, n_no = ph["n_test_abnormal"], ph["n_test_normal"]
+        rows = [[c["n_scans"], c["n_train_slices"],
+                 f(c["scan"]["auroc"]) + " ± " + f(auroc_ci95(c["scan"]["auroc"], n_ab, n_no), 3), f(c["scan"]["sensitivity"], 2),
                  f(c["scan"]["observed_fpr"], 3), f(c["slice"]["auroc"]), f(c["pixel"]["pixel_auroc"]),
                  f(c["pixel"]["dice"])] for c in ph["learning_curve"]]
         parts.append(f"Phantoms (chest, {ph['n_test_normal']} normal + {ph['n_test_abnormal']} abnormal test scans, "
                      f"{ph['model_size_px']} px, {ph['epochs']} epochs), learning curve:\n\n"
-                     + table(["normal scans", "train slices", "scan AUROC", "sensitivity", "observed FPR",
+                     + table(["normal scans", "train slices", "scan AUROC ± 95% CI", "sensitivity", "observed FPR",
                               "slice AUROC", "pixel AUROC", "Dice"], rows))
         parts.append("Scan aggregation of slice scores (largest training set), scan AUROC: "
                      + ", ".join(f"{k} {f(v)}" for k, v in ph["scan_aggregation_auroc"].items()) + ".")
@@ -79,8 +93,19 @@ def quality(q: dict) -> str:
 
 def fit(d: dict) -> str:
     s = d.get("summary", {})
-    rows = [[k, f(v, 3) if isinstance(v, float) else f(v)] for k, v in s.items()]
-    return table(["fit benchmark", "value"], rows)
+    n = s.get("N_scans")
+    rows = [
+        ["training throughput, 128 px (slices/s)", f(s.get("train_slices_per_s_128px"), 2)],
+        ["training throughput, 256 px (slices/s)", f(s.get("train_slices_per_s_256px"), 2)],
+        ["time spent producing batches (128 / 256 px)", f"{f(s.get('batch_production_fraction_128px'), 3)} / "
+                                                        f"{f(s.get('batch_production_fraction_256px'), 3)}"],
+        [f"peak RSS of `aeanomaly fit`, {n} vs {10 * n if n else '10N'} scans (MiB)",
+         f"{f(s.get('peak_rss_mib_N'), 0)} vs {f(s.get('peak_rss_mib_10N'), 0)} "
+         f"(×{f(s.get('peak_rss_ratio_10N_over_N'), 3)}; within 1.2×: {f(s.get('within_1.2x'))})"],
+        ["validation-MAE plateau (64 px, 24 scans)", f"best epoch {s.get('plateau_best_epoch')} of "
+         f"{s.get('plateau_epochs_run')}; within 2 % of the best from epoch {s.get('plateau_first_epoch_within_2pct')}"],
+    ]
+    return table(["training", "measured"], rows)
 
 
 def speed(d: dict) -> str:

@@ -482,3 +482,12 @@ def test_save_operating_point_rejects_bad_requests(fitted_bundle, tmp_path):
     assert det.calibrator_.threshold_ == before
     assert (b / "calibration.json").read_text() == original
     assert not (tmp_path / "nobundle").exists()
+
+
+def test_tuner_refuses_names_of_another_length():
+    from aeanomaly.errors import ConfigError
+    from aeanomaly.tuning import ThresholdTuner
+
+    with pytest.raises(ConfigError, match="3 names given for 4 scores"):
+        ThresholdTuner([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], names=["a", "b", "c"])
+    assert ThresholdTuner([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], names=list("abcd")).names_ == list("abcd")
