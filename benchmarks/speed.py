@@ -1,6 +1,6 @@
 """Scoring speed: bare predict, the full ``score`` pipeline, a PyTorch peer, GFLOP/s and peak RSS.
 
-    python benchmarks/speed.py            # full run  → benchmarks/results/speed.json  (~15 min on 2 cores)
+    python benchmarks/speed.py            # full run  → benchmarks/results/speed.json  (~30 min on 2 cores)
     python benchmarks/speed.py --quick    # smoke run → benchmarks/results/speed_quick.json (~3 min)
 
 All numbers come from one process run, so ratios compare like with like on a shared machine.
@@ -386,6 +386,13 @@ def main(argv=None) -> None:
     result: dict = {"benchmark": "speed", "quick": quick, "machine": _perf.machine_info(),
                     "notes": [], "config": {"scan_shape_zyx": [n_slices, 512, 512], "model_size_px": 256,
                                             "repeats": reps, "threads": threads}}
+    name = args.out or ("speed_quick" if quick else "speed")
+
+    def save_partial(next_stage: str) -> None:
+        """Write what is measured so far (a long run cut short keeps its first sections)."""
+        result["complete"], result["next_stage"] = False, next_stage
+        _perf.write_json(name, _perf.clean(result))
+
     print(f"[speed] sgemm reference", flush=True)
     result["numpy_sgemm"] = _perf.numpy_sgemm_gflops(1024 if quick else 2048)
 
@@ -411,6 +418,7 @@ def main(argv=None) -> None:
         x256_all = prep.x[prep.keep]
 
         # ---- 1. bare model.predict ----------------------------------------------------------
+        save_partial("1. bare model.predict")
         print(f"[speed] 1. bare model.predict", flush=True)
         bare = {}
         flops = {}
@@ -431,6 +439,7 @@ def main(argv=None) -> None:
         result["model_flops"] = {f"{k}px": v for k, v in flops.items()}
 
         # ---- 2. the score pipeline ------------------------------------------------------------
+        save_partial("2. score pipeline")
         print(f"[speed] 2. score pipeline on {n_slices}×512×512", flush=True)
         out_dir = work / "out"
         out_dir.mkdir()
@@ -456,6 +465,7 @@ def main(argv=None) -> None:
         print(f"   CLI {child['wall_s']:.1f}s rc={child['rc']} peak RSS {child['peak_rss_mib']:.0f} MiB", flush=True)
 
         # ---- 3. PyTorch peer ----------------------------------------------------------------
+        save_partial("3. PyTorch peer")
         print(f"[speed] 3. PyTorch peer", flush=True)
         x_peer = x256_all[: n_bare[256]]
         tp = bench_torch(model, x_peer, 32, reps, threads)
@@ -467,12 +477,13 @@ def main(argv=None) -> None:
         print(f"   {json.dumps({k: v for k, v in tp.items() if not isinstance(v, dict)})}", flush=True)
 
         # ---- make it fast: inference variants on the same slices ----------------------------
+        save_partial("variants")
         print(f"[speed] variants", flush=True)
         x = x256_all[: n_bare[256]]
         variants = []
         fn = tf_infer_fn(model)
         variants.append({"variant": "keras model.predict bs=32 (bare, item 1)", **bare["256px"]})
-        for bs in ((16, 32, 64) if quick else (8, 16, 32, 64, 128)):
+        for bs in (16, 32, 64):
             variants.append({"variant": f"tf.function bs={bs} (detector._infer path)", **bench_fn(fn, x, bs, reps)})
         try:
             xla = tf_infer_fn(model, jit=True)
@@ -498,12 +509,14 @@ def main(argv=None) -> None:
             print(f"   {v['variant']}: {v.get('slices_per_s', float('nan')):.2f} slices/s", flush=True)
         result["variants_256px"] = variants
 
+        save_partial("thread settings (child processes)")
         print(f"[speed] thread settings (child processes)", flush=True)
         result["thread_variants_256px"] = thread_variants(256, 16 if quick else 64, reps)
         for r in result["thread_variants_256px"]:
             print(f"   {r}", flush=True)
 
         # ---- overlapping scan loading with inference ----------------------------------------
+        save_partial("overlap load with compute")
         print(f"[speed] overlap load with compute", flush=True)
         k = 2 if quick else 3
         paths = [scan_path] * k
@@ -559,7 +572,8 @@ def main(argv=None) -> None:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
-    name = args.out or ("speed_quick" if quick else "speed")
+    result["complete"] = True
+    result.pop("next_stage", None)
     path = _perf.write_json(name, _perf.clean(result))
     print(f"[speed] wrote {path} in {result['wall_s']:.0f}s", flush=True)
 
