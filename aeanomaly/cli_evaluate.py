@@ -198,17 +198,17 @@ class _Accumulator:
 
     def _add_organs(self, res, organ_path: Path) -> None:
         """Dice / IoU counts of the head's organ labels against a reference map, on the scored slices."""
-        from .evaluate import overlap_counts
+        from .evaluate import dice_iou_of_counts, overlap_counts
         from .hybrid import label_map_to_model_grid
         from .io import load_label
-        from .model.head_train import overlap_scores
 
         ref = label_map_to_model_grid(load_label(organ_path, like=res.scan), self.det.head_.label_values,
                                       self.det.size)
         keep = res.prepared.keep
         pred, ref = res.organ_labels[keep], ref[keep]
-        self.organ_counts += overlap_counts(pred, ref, self.n_organs)
-        self.organ_per_scan.append(overlap_scores(pred, ref, self.n_organs))
+        counts = overlap_counts(pred, ref, self.n_organs)
+        self.organ_counts += counts
+        self.organ_per_scan.append(dice_iou_of_counts(counts))
 
     def _overlays(self, res, truth, out: Path, n: int) -> None:
         from .io.results import output_names

@@ -150,6 +150,22 @@ def overlap_counts(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.nd
     return out
 
 
+def dice_iou_of_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU per class from :func:`overlap_counts` rows ``[intersection, predicted, true]``.
+
+    Returns
+    -------
+    dice, iou : np.ndarray
+        ``(n_classes,)`` float; NaN for a class absent from both prediction and truth.
+    """
+    c = np.asarray(counts, dtype=float).reshape(-1, 3)
+    inter, both = c[:, 0], c[:, 1] + c[:, 2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(both > 0, 2.0 * inter / both, np.nan)
+        iou = np.where(both > 0, inter / (both - inter), np.nan)
+    return dice, iou
+
+
 def organ_segmentation_metrics(classes, counts: np.ndarray, per_scan: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Dice and IoU per organ class of a U-Net head's labels against reference label maps.
 
@@ -160,7 +176,7 @@ def organ_segmentation_metrics(classes, counts: np.ndarray, per_scan: list[tuple
     counts : np.ndarray
         ``(n_classes, 3)`` summed :func:`overlap_counts` over all scans.
     per_scan : list of (dice, iou)
-        Per scan, the ``(n_classes,)`` arrays of :func:`aeanomaly.model.head_train.overlap_scores`.
+        Per scan, the ``(n_classes,)`` arrays of :func:`dice_iou_of_counts`.
 
     Returns
     -------
@@ -169,17 +185,20 @@ def organ_segmentation_metrics(classes, counts: np.ndarray, per_scan: list[tuple
         ``dice_mean_per_scan`` / ``iou_mean_per_scan`` (over scans where the class occurs in the
         prediction or the reference), each ``{class: float or None}``.
     """
-    c = np.asarray(counts, dtype=float)
     names = [str(n) for n in classes]
+    pooled_dice, pooled_iou = dice_iou_of_counts(counts)
 
     def mean_of(j: int, k: int) -> float | None:
         vals = [s[j][k] for s in per_scan if np.isfinite(s[j][k])]
         return float(np.mean(vals)) if vals else None
 
+    def value(v: float) -> float | None:
+        return float(v) if np.isfinite(v) else None
+
     return {
         "classes": names, "n_scans": len(per_scan),
-        "dice": {n: _safe_div(2 * c[k, 0], c[k, 1] + c[k, 2]) for k, n in enumerate(names)},
-        "iou": {n: _safe_div(c[k, 0], c[k, 1] + c[k, 2] - c[k, 0]) for k, n in enumerate(names)},
+        "dice": {n: value(pooled_dice[k]) for k, n in enumerate(names)},
+        "iou": {n: value(pooled_iou[k]) for k, n in enumerate(names)},
         "dice_mean_per_scan": {n: mean_of(0, k) for k, n in enumerate(names)},
         "iou_mean_per_scan": {n: mean_of(1, k) for k, n in enumerate(names)},
     }

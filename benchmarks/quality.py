@@ -147,7 +147,7 @@ def calibrate_variant(det, calib_images, pixel_mm) -> dict:
     vals = heat[mask]
     peaks = np.array([heat[k][mask[k]].max() for k in range(len(heat)) if mask[k].any()])
     return {"cal": cal, "pixel_threshold": float(np.quantile(vals, det.pixel_quantile)), "peaks": np.sort(peaks),
-            "n_calib": int(ok.sum())}
+            "n_calib": int(ok.sum()), "scores": scores[ok]}
 
 
 def labelled_set(images, lungs, idx, kinds, seed) -> dict:
@@ -184,8 +184,7 @@ def evaluate_variant(det, calib_x, ds, pixel_mm, fixed_mae_rule: bool = False) -
     prep, heat, mask, scores = analyse(det, ds["x"], pixel_mm)
     s = np.nan_to_num(scores, nan=-np.inf)
     if fixed_mae_rule:
-        _, _, _, cs = analyse(det, calib_x, pixel_mm)
-        cs = cs[np.isfinite(cs)]
+        cs = c["scores"]
         thr = float(cs.mean() + 2 * cs.std())
         pred = s > thr
     else:

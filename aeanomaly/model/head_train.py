@@ -231,19 +231,9 @@ def overlap_scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple
     dice, iou : np.ndarray
         ``(n_classes,)`` float; NaN for a class absent from both.
     """
-    p, t = np.asarray(pred), np.asarray(truth)
-    if p.shape != t.shape:
-        raise ValueError(f"prediction shape {p.shape} differs from the truth's {t.shape}")
-    dice = np.full(n_classes, np.nan)
-    iou = np.full(n_classes, np.nan)
-    for k in range(1, n_classes + 1):
-        a, b = p == k, t == k
-        inter = float(np.count_nonzero(a & b))
-        na, nb = float(np.count_nonzero(a)), float(np.count_nonzero(b))
-        if na + nb > 0:
-            dice[k - 1] = 2.0 * inter / (na + nb)
-            iou[k - 1] = inter / (na + nb - inter)
-    return dice, iou
+    from ..evaluate import dice_iou_of_counts, overlap_counts
+
+    return dice_iou_of_counts(overlap_counts(pred, truth, n_classes))
 
 
 def clean_region_mask(mask: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
