@@ -21,7 +21,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	rm -rf $(DEMO)
 	$(BIN)/aeanomaly make-phantoms --out $(DEMO)/train --normal 48 --abnormal 0 --seed 1
-	$(BIN)/aeanomaly make-phantoms --out $(DEMO)/test --normal 12 --abnormal 12 --seed 2
+	$(BIN)/aeanomaly make-phantoms --out $(DEMO)/test --normal 12 --abnormal 12 --seed 2 --lesion-mm 15 40
 	$(BIN)/aeanomaly fit --normal-dir $(DEMO)/train/normal --out $(DEMO)/bundle --size 64 --epochs 12 \
 		--calib-fraction 0.42 --val-fraction 0.1 --seed 0
 	$(BIN)/aeanomaly info $(DEMO)/bundle
@@ -36,11 +36,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
-# Quality, training and speed benchmarks (about 1.5 h on 2 cores); JSON in benchmarks/results/,
+# Quality, lesion-size, training and speed benchmarks (about 1.5 h on 2 cores); JSON in benchmarks/results/,
 # the README tables from `python benchmarks/tables.py`.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/quality.py
+	$(BIN)/python benchmarks/lesion_size.py
 	$(BIN)/python benchmarks/fit.py
 	$(BIN)/python benchmarks/speed.py
 	$(BIN)/python benchmarks/tables.py

@@ -71,10 +71,15 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--slices", default=24, show_default=True, type=click.IntRange(1), help="Axial slices per volume.")
 @click.option("--matrix", default=128, show_default=True, type=click.IntRange(32), help="In-plane pixels.")
+@click.option("--lesion-mm", "lesion_mm", nargs=2, type=float, default=(5.0, 20.0), show_default=True,
+              metavar="MIN MAX", help="Range of lesion diameters in mm.")
+@click.option("--lesions-per-scan", "per_scan", nargs=2, type=int, default=(1, 3), show_default=True,
+              metavar="MIN MAX", help="Range of lesions per abnormal scan.")
+@click.option("--kinds", default=None, metavar="K1,K2", help="Lesion kinds to use (default: those that suit the organ).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
 @click.option("--quiet", is_flag=True)
 @handles_errors
-def make_phantoms(out, n_normal, n_abnormal, region, seed, slices, matrix, overwrite, quiet):
+def make_phantoms(out, n_normal, n_abnormal, region, seed, slices, matrix, lesion_mm, per_scan, kinds, overwrite, quiet):
     """Write synthetic CT phantoms (NIfTI in HU), lesion masks and labels.csv."""
     from .datasets.synthetic import write_phantom_set
 
@@ -83,7 +88,8 @@ def make_phantoms(out, n_normal, n_abnormal, region, seed, slices, matrix, overw
     spacing_xy = 350.0 / matrix
     labels = write_phantom_set(
         out, n_normal, n_abnormal, region=region, seed=seed, shape=(slices, matrix, matrix),
-        spacing=(5.0, spacing_xy, spacing_xy), overwrite=overwrite,
+        spacing=(5.0, spacing_xy, spacing_xy), lesions_per_scan=per_scan, size_mm=lesion_mm,
+        kinds=[k.strip() for k in kinds.split(",") if k.strip()] if kinds else None, overwrite=overwrite,
     )
     _say(quiet, f"wrote {n_normal} normal and {n_abnormal} abnormal {region} phantoms; labels in {labels}")
 

@@ -43,21 +43,30 @@ def read_labels_csv(path: Path) -> list[tuple[Path, int, Path | None]]:
 
 
 def gather(normal, abnormal, labels_csv, masks_dir) -> list[tuple[Path, int, Path | None]]:
-    """Scans with their labels (1 = abnormal) and masks, from folders, a labels.csv and/or masks."""
+    """Scans with their labels (1 = abnormal) and masks, from folders, a labels.csv and/or masks.
+
+    Scans from ``--normal`` folders are normal by definition and are never paired with a file of
+    ``masks_dir`` (normal and abnormal folders often reuse file names, e.g. ``scan_001.nii.gz``)."""
     from .cli import _collect_scans
 
-    items = []
+    items, pairable = [], []
     if labels_csv:
-        items += read_labels_csv(Path(labels_csv))
+        rows = read_labels_csv(Path(labels_csv))
+        items += rows
+        pairable += [True] * len(rows)
     if normal:
-        items += [(p, 0, None) for p in _collect_scans(normal)]
+        rows = [(p, 0, None) for p in _collect_scans(normal)]
+        items += rows
+        pairable += [False] * len(rows)
     if abnormal:
-        items += [(p, 1, None) for p in _collect_scans(abnormal)]
+        rows = [(p, 1, None) for p in _collect_scans(abnormal)]
+        items += rows
+        pairable += [True] * len(rows)
     if masks_dir:
         md = Path(masks_dir)
         if not md.is_dir():
             raise ConfigError("masks folder does not exist", md)
-        items = [(p, y, m if m is not None else find_mask(p, md)) for p, y, m in items]
+        items = [(p, y, find_mask(p, md) if m is None and ok else m) for (p, y, m), ok in zip(items, pairable)]
     if not items:
         raise ConfigError("no labelled scans: give --normal/--abnormal folders or --labels")
     return items

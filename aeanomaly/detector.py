@@ -28,12 +28,13 @@ from .localize import find_lesions, residual_heatmap
 from .model.train import TrainConfig
 from .preprocess import (HUWindow, PreparedScan, erode_mask, from_model_grid, lung_region, model_to_input_yx,
                          prepare_volume)
+from .parallel import map_slices
 from .scoring import residual_map, scan_score, slice_scores
 from .splits import Split, split_scans
 
 #: Scoring parameters (the benchmark chooses the defaults; see README "Benchmarks").
 SCORING_DEFAULTS = dict(
-    roi="auto", slice_score="mae", scan_aggregation="max", residual_sign="auto", sigma_mm=6.0, erode_mm=6.0,
+    roi="auto", slice_score="p99", scan_aggregation="top3", residual_sign="auto", sigma_mm=6.0, erode_mm=6.0,
     opening_mm=2.0, pixel_quantile=0.999, min_lesion_mm2=12.0, min_lesion_mm3=None, min_body_fraction=0.05,
     slice_fdr=None,
 )
@@ -73,7 +74,7 @@ class ScanResult:
 
     def heatmap_in_input_grid(self) -> np.ndarray:
         """Heatmap ``(z, y, x)`` resampled to the input's internal slice grid (float32)."""
-        return from_model_grid(self.heatmap, self.prepared.grid)
+        return map_slices(lambda h: from_model_grid(h, self.prepared.grid), self.heatmap)
 
     def lesion_labels_in_input_grid(self) -> np.ndarray:
         """Lesion label volume ``(z, y, x)`` on the input grid (nearest label by majority)."""
@@ -236,7 +237,8 @@ class AnomalyDetector:
             return prep.body
         if roi == "lung":
             is_hu = getattr(self, "_is_hu", True)  # set by _analyse; HU unless the scan said otherwise
-            return lung_region(image, prep.body, self.window_.apply(np.float32(-400.0)) if is_hu else None)
+            thr = self.window_.apply(np.float32(-400.0)) if is_hu else None
+            return map_slices(lambda im, b: lung_region(im, b, thr), image, prep.body)
         raise ConfigError(f"roi must be 'auto', 'body' or 'lung', got {self.roi!r}")
 
     def _analyse(self, scan: Scan):
@@ -250,10 +252,13 @@ class AnomalyDetector:
             recon[prep.keep] = self.reconstruct(prep.x[prep.keep])
         resid = residual_map(image, recon, self._sign())
         erode_px = int(round(self.erode_mm / max(prep.spacing[1], 1e-6)))
-        mask = erode_mask(self.region(prep, image), erode_px) & prep.keep[:, None, None]
-        heat = residual_heatmap(resid, mask=mask, sigma_mm=self.sigma_mm, spacing=prep.spacing)
-        source = resid if self.slice_score == "mae" else heat
-        scores = slice_scores(source, mask, self.slice_score)
+
+        def chunk(r, region, keep):  # all per slice (no smoothing across z): z-chunks run in threads
+            m = erode_mask(region, erode_px) & keep[:, None, None]
+            h = residual_heatmap(r, mask=m, sigma_mm=self.sigma_mm, spacing=prep.spacing)
+            return m, h, slice_scores(r if self.slice_score == "mae" else h, m, self.slice_score)
+
+        mask, heat, scores = map_slices(chunk, resid, self.region(prep, image), prep.keep)
         return prep, image, recon, heat, mask, scores
 
     # -- fit -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from .errors import ConfigError
+from .parallel import map_slices
 
 #: Window presets as (width, level) in HU.
 WINDOW_PRESETS: dict[str, tuple[float, float]] = {
@@ -430,10 +431,16 @@ def prepare_volume(
     min_body_fraction: float = 0.05,
 ) -> PreparedScan:
     """Window, mask and resize a ``(z, y, x)`` volume to the model grid (pure)."""
-    vol01 = to_unit_range(values, is_hu, window)
-    body = body_mask(values, is_hu=is_hu)
-    x, grid = to_model_grid(vol01, size, pad_value=0.0)
-    body_m = mask_to_model_grid(body, size)
+    vals = np.asarray(values)
+    if vals.ndim == 2:
+        vals = vals[None]
+
+    def chunk(v):  # every step is per slice, so z-chunks run in parallel threads
+        return to_model_grid(to_unit_range(v, is_hu, window), size, pad_value=0.0)[0], \
+            mask_to_model_grid(body_mask(v, is_hu=is_hu), size)
+
+    x, body_m = map_slices(chunk, vals)
+    grid = GridSpec(vals.shape[1], vals.shape[2], int(size))
     keep = body_fraction(body_m) >= min_body_fraction
     sz, sy, sx = spacing
     return PreparedScan(

@@ -443,7 +443,20 @@ def main(argv=None) -> None:
         print(f"[speed] 2. score pipeline on {n_slices}×512×512", flush=True)
         out_dir = work / "out"
         out_dir.mkdir()
+        # before/after of the slice-parallel CPU stages (aeanomaly.parallel): serial first
+        os.environ["AEANOMALY_THREADS"] = "1"
+        try:
+            serial = pipeline_breakdown(det, scan_path, out_dir, reps)
+        finally:
+            os.environ.pop("AEANOMALY_THREADS", None)
+        serial["slices_per_s"] = n_slices / serial["total_s"]
+        serial["ratio_to_bare_predict_256"] = serial["slices_per_s"] / bare["256px"]["slices_per_s"]
+        result["pipeline_serial_cpu_stages"] = serial
+        print(f"   serial CPU stages: total {serial['total_s']:.2f}s  stages {serial['stages_s']}", flush=True)
         pipe = pipeline_breakdown(det, scan_path, out_dir, reps)
+        from aeanomaly.parallel import n_threads
+        pipe["cpu_stage_threads"] = n_threads()
+        pipe["speedup_vs_serial_cpu_stages"] = serial["total_s"] / pipe["total_s"]
         pipe["slices_per_s"] = n_slices / pipe["total_s"]
         pipe["ratio_to_bare_predict_256"] = pipe["slices_per_s"] / bare["256px"]["slices_per_s"]
         pipe["infer_slices_per_s"] = pipe["n_slices_scored"] / max(pipe["stages_s"]["infer"], 1e-9)
@@ -508,6 +521,10 @@ def main(argv=None) -> None:
                 v["speedup_vs_bare_predict"] = v["slices_per_s"] / bare["256px"]["slices_per_s"]
             print(f"   {v['variant']}: {v.get('slices_per_s', float('nan')):.2f} slices/s", flush=True)
         result["variants_256px"] = variants
+        pkg = next(v for v in variants if v["variant"].startswith("tf.function bs=32"))
+        if not tp.get("skipped"):
+            tp["package_infer_slices_per_s"] = pkg["slices_per_s"]
+            tp["package_infer_over_torch"] = pkg["slices_per_s"] / tp["best_slices_per_s"]
 
         save_partial("thread settings (child processes)")
         print(f"[speed] thread settings (child processes)", flush=True)
@@ -556,7 +573,11 @@ def main(argv=None) -> None:
         gf = flops[256]["conv_gflop"] * n_slices
         result["targets"] = {
             "pipeline_ge_85pct_of_bare_predict": {"value": pipe["ratio_to_bare_predict_256"], "met": pipe["ratio_to_bare_predict_256"] >= 0.85},
-            "faster_than_pytorch_peer": ({"value": tp.get("keras_over_torch"), "met": (tp.get("keras_over_torch") or 0) > 1.0}
+            # what `score` runs (AnomalyDetector.reconstruct: a tf.function at batch 32) against the
+            # peer's best layout; model.predict's own ratio is keras_over_torch in pytorch_peer
+            "faster_than_pytorch_peer": ({"value": tp.get("package_infer_over_torch"),
+                                          "met": (tp.get("package_infer_over_torch") or 0) > 1.0,
+                                          "model_predict_over_torch": tp.get("keras_over_torch")}
                                          if not tp.get("skipped") else {"skipped": tp.get("reason")}),
             "score_512x512x300_at_256px_le_5s": {
                 "value_s": pipe["total_s"] * (300 / n_slices), "measured_slices": n_slices,

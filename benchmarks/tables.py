@@ -118,28 +118,64 @@ def speed(d: dict) -> str:
         rows.append([f"`score` pipeline on a {'×'.join(map(str, sc[::-1]))} NIfTI at 256 px, per scan (s)", f(p["total_s"], 1)])
         rows.append(["pipeline slices/s ÷ bare predict slices/s", f(p["ratio_to_bare_predict_256"], 2)])
         rows += [[f"  stage: {k} (s)", f(v, 2)] for k, v in p["stages_s"].items()]
+    ps = d.get("pipeline_serial_cpu_stages")
+    if ps and p:
+        rows.append([f"before: same pipeline with serial CPU stages (`AEANOMALY_THREADS=1`) (s); speed-up of "
+                     f"{p.get('cpu_stage_threads')} threads", f"{f(ps['total_s'], 1)}; ×{f(p.get('speedup_vs_serial_cpu_stages'), 2)}"])
     c = d.get("cli_score")
     if c:
         rows.append(["`aeanomaly score` CLI, whole run incl. start-up (s) / peak RSS (MiB)",
                      f"{f(c['wall_s'], 1)} / {f(c['peak_rss_mib'], 0)}"])
     t = d.get("pytorch_peer")
     if t and not t.get("skipped"):
-        rows.append([f"PyTorch peer ({t.get('torch')}), same weights (slices/s); Keras ÷ PyTorch",
-                     f"{f(t.get('best_slices_per_s'), 2)}; {f(t.get('keras_over_torch'), 2)}"])
+        rows.append([f"PyTorch peer ({t.get('torch')}), same weights (slices/s); `score`'s inference ÷ PyTorch; "
+                     "`model.predict` ÷ PyTorch",
+                     f"{f(t.get('best_slices_per_s'), 2)}; {f(t.get('package_infer_over_torch'), 2)}; "
+                     f"{f(t.get('keras_over_torch'), 2)}"])
     sg = d.get("numpy_sgemm")
     if sg:
         rows.append(["numpy sgemm (GFLOP/s)", f(sg["gflops_median"], 1)])
         b = d.get("bare_predict", {}).get("256px")
         if b:
             rows.append(["bare predict 256 px achieved (GFLOP/s)", f(b["achieved_gflops"], 1)])
+    for v in d.get("variants_256px", []):
+        if "slices_per_s" in v:
+            extra = f"; max |Δ| {f(v['max_abs_diff'], 4)}" if "max_abs_diff" in v else ""
+            rows.append([f"variant: {v['variant']} (slices/s)", f"{f(v['slices_per_s'], 2)} "
+                         f"(×{f(v.get('speedup_vs_bare_predict'), 2)} bare{extra})"])
+    o = d.get("overlap_io")
+    if o:
+        rows.append([f"loading the next scan during scoring ({o['n_scans']} scans): speed-up", f"×{f(o['speedup'], 2)}"])
+    rss = d.get("peak_rss_mib")
+    if rss:
+        rows.append(["peak RSS, benchmark process (MiB)", f(rss.get("this_process"), 0)])
     for k, v in d.get("targets", {}).items():
         val = v.get("value", v.get("value_s"))
         rows.append([f"target {k}", "skipped" if "skipped" in v else f"{f(val, 3)} (met: {f(v.get('met'))})"])
     return table(["scoring speed", "measured"], rows)
 
 
+def lesion_size(d: dict) -> str:
+    rows = []
+    dflt = d.get("package_scoring_defaults", {})
+    for b in d.get("bins", []):
+        sc, px, ld = b["scan"], b["pixel"], b["lesions_detected"]
+        kinds = ", ".join(f"{k} {f(v['auroc'], 2)}" for k, v in b.get("scan_auroc_by_kind", {}).items())
+        by = b.get("scan_auroc_by_scoring", {})
+        rows.append([f"{b['diameter_mm'][0]}–{b['diameter_mm'][1]}", f"{f(sc['auroc'], 2)} ± {f(sc.get('auroc_ci95'), 2)}",
+                     f(sc.get("sensitivity"), 2), f(sc.get("observed_fpr"), 2), f(px.get("pixel_auroc"), 2),
+                     f(px.get("dice"), 3), f"{ld.get('detected')}/{ld.get('n')}", kinds,
+                     " / ".join(f(by.get(k), 2) for k in ("mae/max", "topk/top3"))])
+    t = d.get("train", {})
+    head = (f"Trained as `make demo` does ({t.get('n_scans')} normal phantoms, `{' '.join(t.get('fit_args', []))}`), "
+            f"{d['bins'][0]['n_normal']} normal and {d['bins'][0]['n_abnormal']} one-lesion test phantoms per size; "
+            f"package scoring `{dflt.get('slice_score')}` / `{dflt.get('scan_aggregation')}`:\n\n") if d.get("bins") else ""
+    return head + table(["lesion diameter (mm)", "scan AUROC ± 95 %", "sensitivity", "observed FPR", "pixel AUROC",
+                         "Dice", "lesions found", "scan AUROC by kind", "scan AUROC with MAE/max / top-k/top3"], rows)
+
+
 def main() -> int:
-    for name, fn in (("quality", quality), ("fit", fit), ("speed", speed)):
+    for name, fn in (("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             print(f"<!-- {name}: from {p.relative_to(RESULTS.parent.parent)} -->\n")

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -49,6 +50,21 @@ def test_make_phantoms_writes_loadable_set(tmp_path):
     assert nib.load(out / ab["mask"]).shape == img.shape
     r = run("make-phantoms", "--out", out, "--normal", 1, "--abnormal", 0)
     assert r.exit_code == 2 and "error:" in r.output
+
+
+def test_make_phantoms_lesion_options(tmp_path):
+    out = tmp_path / "ph"
+    r = run("make-phantoms", "--out", out, "--normal", 0, "--abnormal", 2, "--slices", 8, "--matrix", 64,
+            "--lesion-mm", 20, 24, "--lesions-per-scan", 2, 2, "--kinds", "solid", "--quiet")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(out / "lesions.csv")))
+    assert rows and {row["kind"] for row in rows} == {"solid"}
+    assert all(20 <= float(row["diameter_mm"]) <= 24 for row in rows)
+    for bad in (["--kinds", "tumour"], ["--lesion-mm", 10, 5], ["--lesions-per-scan", 3, 1]):
+        target = tmp_path / ("bad" + str(abs(hash(str(bad)))))
+        r = run("make-phantoms", "--out", target, "--normal", 0, "--abnormal", 1, "--slices", 4, "--matrix", 64, *bad)
+        assert r.exit_code == 2 and "error:" in r.output, (bad, r.output)
+        assert not target.exists()
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +203,28 @@ def test_evaluate_writes_metrics(fitted_bundle, phantom_test, tmp_path):
     assert m["scan"]["auroc"] > 0.5 and m["pixel"]["pixel_auroc"] > 0.5
     assert (out / "roc_pr.png").is_file() and list((out / "overlays").glob("*.png"))
     assert m["lesion_detection_by_size"][-1]["n"] >= 6
+
+
+def test_evaluate_never_pairs_normal_folder_scans_with_masks(fitted_bundle, phantom_test, tmp_path):
+    """Normal and abnormal folders reusing file names: the normal scan must stay normal."""
+    import shutil
+
+    ab = sorted((phantom_test / "abnormal").glob("*.nii.gz"))[:2]
+    nd, ad, md = tmp_path / "n", tmp_path / "a", tmp_path / "m"
+    for d in (nd, ad, md):
+        d.mkdir()
+    for i, (n, a) in enumerate(zip(sorted((phantom_test / "normal").glob("*.nii.gz"))[:2], ab)):
+        shutil.copy(n, nd / f"scan_{i}.nii.gz")
+        shutil.copy(a, ad / f"scan_{i}.nii.gz")
+        shutil.copy(phantom_test / "masks" / a.name.replace(".nii.gz", "_mask.nii.gz"), md / f"scan_{i}_mask.nii.gz")
+    out = tmp_path / "ev"
+    r = run("evaluate", fitted_bundle, "--normal", nd, "--abnormal", ad, "--masks", md, "--out", out,
+            "--overlays", 0, "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["scan"]["n_normal"] == 2 and m["scan"]["n_abnormal"] == 2
+    rows = list(csv.DictReader(open(out / "scans.csv")))
+    assert sorted((Path(r["scan"]).parent.name, r["label"]) for r in rows) == [("a", "1"), ("a", "1"), ("n", "0"), ("n", "0")]
 
 
 @pytest.mark.slow
