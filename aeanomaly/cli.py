@@ -152,6 +152,8 @@ def parse_augment(spec: str | None) -> bool | dict:
 @click.option("--calib-method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default="auto",
               show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Inference arithmetic for calibration and scoring (training is float32).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted fit from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option("--strict", is_flag=True, help="Stop at an unreadable scan instead of skipping it.")
@@ -159,7 +161,7 @@ def parse_augment(spec: str | None) -> bool | dict:
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base_filters, latent, latent_kind, loss,
         epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction, target_fpr,
-        calib_method, seed, resume, overwrite, strict, quiet):
+        calib_method, seed, precision, resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle."""
     from .detector import AnomalyDetector
     from .errors import BundleError
@@ -177,7 +179,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base
         latent=latent_kind, latent_dim=latent, skip=model_kind == "dae", noise_std=0.2 if model_kind == "dae" else 0.0,
         loss=loss, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         augment=False if no_augment else parse_augment(augment_spec), val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr,
-        calib_method=calib_method, seed=seed,
+        calib_method=calib_method, seed=seed, precision=precision,
     )
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume:
@@ -226,7 +228,8 @@ def info(bundle):
                f"{len(meta.get('split', {}).get('train', []))} train / {len(meta.get('split', {}).get('val', []))} val scans")
     sc = calib["scan"]
     click.echo(f"calibration   {sc['method']} on {len(calib.get('calibration_scans', []))} normal scans, "
-               f"target FPR {calib['target_fpr']}, threshold {sc['threshold']}")
+               f"target FPR {calib['target_fpr']}, threshold {sc['threshold']}, "
+               f"inference {calib.get('precision', 'float32')}")
     click.echo(f"scoring       slice {p['slice_score']}, scan {p['scan_aggregation']}, "
                f"pixel threshold {calib['pixel_threshold']:.4g} (q={calib['pixel_quantile']})")
     if (Path(bundle) / "head.json").is_file():
@@ -239,10 +242,12 @@ def info(bundle):
 @click.option("--normal-dir", required=True, multiple=True, type=click.Path(), help="Normal scans to calibrate on.")
 @click.option("--method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default=None)
 @click.option("--fpr", "fpr", type=float, default=None, help="Target false-positive rate.")
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None,
+              help="Recalibrate in this inference arithmetic (scoring then uses it).")
 @click.option("--strict", is_flag=True)
 @click.option("--quiet", is_flag=True)
 @handles_errors
-def calibrate(bundle, normal_dir, method, fpr, strict, quiet):
+def calibrate(bundle, normal_dir, method, fpr, precision, strict, quiet):
     """Refit the calibrator on other normal scans without retraining (updates the bundle atomically)."""
     from .bundle import update_calibration
     from .detector import AnomalyDetector
@@ -251,7 +256,8 @@ def calibrate(bundle, normal_dir, method, fpr, strict, quiet):
     if fpr is not None and not 0 < fpr < 1:
         raise ConfigError(f"--fpr must be in (0, 1), got {fpr}")
     det = AnomalyDetector.load(bundle)
-    det.recalibrate(_collect_scans(normal_dir), method=method, target_fpr=fpr, strict=strict, verbose=0 if quiet else 1)
+    det.recalibrate(_collect_scans(normal_dir), method=method, target_fpr=fpr, precision=precision, strict=strict,
+                    verbose=0 if quiet else 1)
     update_calibration(bundle, det)
     cal = det.calibrator_
     _say(quiet, f"recalibrated {bundle} on {len(det.calibration_sources_)} scans: {cal.method} threshold "

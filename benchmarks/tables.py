@@ -122,6 +122,11 @@ def speed(d: dict) -> str:
     if ps and p:
         rows.append([f"before: same pipeline with serial CPU stages (`AEANOMALY_THREADS=1`) (s); speed-up of "
                      f"{p.get('cpu_stage_threads')} threads", f"{f(ps['total_s'], 1)}; ×{f(p.get('speedup_vs_serial_cpu_stages'), 2)}"])
+    bf = d.get("pipeline_bfloat16")
+    if bf:
+        rows.append(["same pipeline, `precision=\"bfloat16\"` (s); speed-up; reconstruction max / mean |Δ|",
+                     f"{f(bf['total_s'], 1)}; ×{f(bf.get('speedup_vs_float32_pipeline'), 2)}; "
+                     f"{f(bf.get('reconstruction_max_abs_diff'), 4)} / {f(bf.get('reconstruction_mean_abs_diff'), 4)}"])
     c = d.get("cli_score")
     if c:
         rows.append(["`aeanomaly score` CLI, whole run incl. start-up (s) / peak RSS (MiB)",

@@ -248,3 +248,26 @@ def test_killed_fit_resumes_from_checkpoint(phantom_train, tmp_path):
     assert f"resumed from epoch {done}" in r.stdout
     hist = list(csv.DictReader(open(out / "history.csv")))
     assert len(hist) == 6 and not (tmp_path / "b.partial").exists()
+
+
+def test_calibrate_in_bfloat16_is_used_for_scoring(fitted_bundle, phantom_test, tmp_path):
+    from aeanomaly.detector import AnomalyDetector
+
+    b = tmp_path / "b"
+    shutil.copytree(fitted_bundle, b)
+    scan = sorted((phantom_test / "abnormal").glob("*.nii.gz"))[0]
+    ref = AnomalyDetector.load(b).score_scan(scan)
+    r = run("calibrate", b, "--normal-dir", phantom_test / "normal", "--precision", "bfloat16", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((b / "calibration.json").read_text())["precision"] == "bfloat16"
+    assert "inference bfloat16" in run("info", b).output
+    det = AnomalyDetector.load(b)
+    assert det.precision == "bfloat16"
+    got = det.score_scan(scan)
+    diff = np.abs(got.reconstruction - ref.reconstruction)
+    assert 0 < diff.max() < 0.1 and diff.mean() < 0.01
+    assert np.isfinite(got.scan_score) and abs(got.scan_score - ref.scan_score) < 0.05
+    det.set_params(precision="float32")  # switching back rebuilds the inference function
+    np.testing.assert_allclose(det.score_scan(scan).reconstruction, ref.reconstruction, atol=1e-5)
+    r = run("calibrate", b, "--normal-dir", phantom_test / "normal", "--precision", "float16")
+    assert r.exit_code == 2

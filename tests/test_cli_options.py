@@ -63,3 +63,17 @@ def test_fit_refuses_bad_augment_with_exit_2(phantom_train, tmp_path, spec, reas
     assert r.exit_code == 2, r.output
     assert reason in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "b.partial").exists()
+
+
+def test_fit_precision_bfloat16_calibrates_in_bfloat16(phantom_train, tmp_path):
+    import json
+
+    out = tmp_path / "b"
+    r = CliRunner().invoke(main, ["fit", "--normal-dir", str(phantom_train / "normal"), "--out", str(out), "--size", "32",
+                                  "--depth", "2", "--base-filters", "4", "--latent", "8", "--epochs", "1",
+                                  "--precision", "bfloat16", "--quiet"])
+    assert r.exit_code == 0, r.output
+    cal = json.loads((out / "calibration.json").read_text())
+    params = json.loads((out / "bundle.json").read_text())["params"]
+    assert cal["precision"] == params["precision"] == "bfloat16"
+    assert cal["scan"]["threshold"] is not None

@@ -119,6 +119,29 @@ def build_autoencoder(
     return keras.Model(inp, out, name=name)
 
 
+#: Arithmetic of inference: float32, or bfloat16 layers with float32 weights.
+PRECISIONS = ("float32", "bfloat16")
+
+
+def inference_model(model: "keras.Model", precision: str = "float32") -> "keras.Model":
+    """The model to run inference with: ``model`` itself for ``float32``; for ``bfloat16`` a clone
+    whose layers compute in bfloat16 (Keras ``mixed_bfloat16`` policy: the variables stay float32 and
+    hold ``model``'s weights). The clone's outputs are bfloat16; cast them back to float32."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "float32":
+        return model
+
+    def clone(layer):
+        cfg = layer.get_config()
+        cfg["dtype"] = "mixed_bfloat16"
+        return type(layer).from_config(cfg)
+
+    out = keras.models.clone_model(model, clone_function=clone)
+    out.set_weights(model.get_weights())
+    return out
+
+
 def reconstruction_loss(kind: str = "mae", ssim_weight: float = 0.5):
     """Training loss on [0, 1] images: ``mae`` (L1, default), ``mse``, or ``mae_ssim``
     (``(1 - w)·L1 + w·(1 - SSIM)``)."""

@@ -39,3 +39,21 @@ def test_losses():
     assert MaeSsimLoss.from_config(loss.get_config()).ssim_weight == 0.5
     with pytest.raises(ConfigError):
         reconstruction_loss("l3")
+
+
+def test_inference_model_bfloat16_shares_weights_and_stays_close():
+    from aeanomaly.model.autoencoder import inference_model
+
+    m = build_autoencoder(size=32, depth=2, base_filters=4, latent_dim=8)
+    assert inference_model(m, "float32") is m
+    b = inference_model(m, "bfloat16")
+    assert b is not m and b.layers[1].compute_dtype == "bfloat16" and b.layers[1].variable_dtype == "float32"
+    for w1, w2 in zip(m.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(w1, w2)
+    x = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    y32 = np.asarray(m(x, training=False))
+    y16 = np.asarray(b(x, training=False)).astype(np.float32)
+    diff = np.abs(y32 - y16)
+    assert 0 < diff.max() < 0.05 and diff.mean() < 0.01  # bfloat16 has an 8-bit mantissa
+    with pytest.raises(ConfigError, match="precision"):
+        inference_model(m, "float16")
