@@ -123,7 +123,7 @@ def body_mask(volume: np.ndarray, is_hu: bool = True, threshold_hu: float = -500
     for k in range(vol.shape[0]):
         sl = vol[k]
         thr = threshold_hu if is_hu else _otsu(sl)
-        m = ndimage.binary_fill_holes(sl > thr)
+        m = fill_holes_2d(sl > thr)
         if disk is not None:
             m = ndimage.binary_opening(m, structure=disk)
         lab, n = ndimage.label(m)
@@ -131,8 +131,24 @@ def body_mask(volume: np.ndarray, is_hu: bool = True, threshold_hu: float = -500
             continue
         sizes = np.bincount(lab.ravel())
         sizes[0] = 0
-        out[k] = ndimage.binary_fill_holes(lab == int(np.argmax(sizes)))
+        out[k] = fill_holes_2d(lab == int(np.argmax(sizes)))
     return out
+
+
+def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """Holes of a 2-D bool mask filled: background not 4-connected to the image border becomes True.
+
+    The same result as ``scipy.ndimage.binary_fill_holes`` with its default structure, from one
+    labelling pass instead of a dilation iterated until it converges (several times faster on
+    512 × 512 slices)."""
+    m = np.asarray(mask, dtype=bool)
+    lab, n = ndimage.label(~m)
+    if n == 0:
+        return m.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    outside[0] = False
+    return ~outside[lab]
 
 
 @lru_cache(maxsize=16)
@@ -193,7 +209,7 @@ def lung_region(image01: np.ndarray, body: np.ndarray, threshold01: float | None
         m = np.isin(lab, np.flatnonzero(sizes >= min_px))
         m = ndimage.binary_closing(np.pad(m, close.shape[0]), structure=close)[
             close.shape[0] : -close.shape[0], close.shape[0] : -close.shape[0]]
-        out[k] = ndimage.binary_fill_holes(m) & b[k]
+        out[k] = fill_holes_2d(m) & b[k]
     return out
 
 

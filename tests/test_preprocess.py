@@ -136,3 +136,18 @@ def test_model_to_input_yx_undoes_padding_and_resampling():
     y, x = model_to_input_yx(24.5, 24.5, g)  # the model grid centre is the input slice centre
     assert (y, x) == (49.5, 29.5)
     assert model_to_input_yx(10, 10, GridSpec(ny=64, nx=64, size=64)) == (10.0, 10.0)
+
+
+def test_fill_holes_2d_equals_scipy():
+    from scipy import ndimage
+
+    from aeanomaly.preprocess import fill_holes_2d
+
+    rng = np.random.default_rng(3)
+    cases = [rng.random((40, 37)) > p for p in (0.3, 0.5, 0.7, 0.9)]
+    ring = np.zeros((20, 20), bool)
+    ring[3:15, 3:15], ring[5:13, 5:13] = True, False  # a closed ring: its inside is a hole
+    cases += [ring, np.zeros((8, 8), bool), np.ones((8, 8), bool), ring[:, 5:]]  # ring[:, 5:] is open at the left edge
+    for m in cases:
+        np.testing.assert_array_equal(fill_holes_2d(m), ndimage.binary_fill_holes(m))
+    assert fill_holes_2d(ring)[8, 8] and not fill_holes_2d(ring[:, 5:])[8, 2]
