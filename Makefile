@@ -36,7 +36,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra
 
-# Quality, lesion-size, training and speed benchmarks (about 1.5 h on 2 cores); JSON in benchmarks/results/,
+# Quality, lesion-size, training and speed benchmarks (about 1 h on 2 cores); JSON in benchmarks/results/,
 # the README tables from `python benchmarks/tables.py`.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"

@@ -45,15 +45,16 @@ def read_labels_csv(path: Path) -> list[tuple[Path, int, Path | None]]:
 def gather(normal, abnormal, labels_csv, masks_dir) -> list[tuple[Path, int, Path | None]]:
     """Scans with their labels (1 = abnormal) and masks, from folders, a labels.csv and/or masks.
 
-    Scans from ``--normal`` folders are normal by definition and are never paired with a file of
-    ``masks_dir`` (normal and abnormal folders often reuse file names, e.g. ``scan_001.nii.gz``)."""
+    Scans labelled normal (``--normal`` folders, ``normal`` rows of the labels file) are never paired
+    with a file of ``masks_dir``: normal and abnormal folders often reuse file names (``scan_001.nii.gz``).
+    A mask named in the labels file itself is always used."""
     from .cli import _collect_scans
 
     items, pairable = [], []
     if labels_csv:
         rows = read_labels_csv(Path(labels_csv))
         items += rows
-        pairable += [True] * len(rows)
+        pairable += [y == 1 for _, y, _ in rows]
     if normal:
         rows = [(p, 0, None) for p in _collect_scans(normal)]
         items += rows

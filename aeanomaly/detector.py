@@ -25,6 +25,7 @@ from .errors import AeAnomalyError, ConfigError, NotFittedError, ScanError
 from .hybrid import head_outputs, organ_labels_for
 from .io import Scan, load_scan
 from .localize import find_lesions, residual_heatmap
+from .model.autoencoder import check_precision
 from .model.train import TrainConfig
 from .preprocess import (HUWindow, PreparedScan, erode_mask, from_model_grid, lung_region, model_to_input_yx,
                          prepare_volume)
@@ -216,8 +217,8 @@ class AnomalyDetector:
         return out
 
     def _infer(self, batch: np.ndarray):
-        key = (id(self.model_), self.precision)
-        if getattr(self, "_infer_fn", None) is None or getattr(self, "_infer_key", None) != key:
+        key = getattr(self, "_infer_key", None)
+        if getattr(self, "_infer_fn", None) is None or key is None or key[0] is not self.model_ or key[1] != self.precision:
             import tensorflow as tf
 
             from .model.autoencoder import inference_model
@@ -225,7 +226,7 @@ class AnomalyDetector:
             model = inference_model(self.model_, self.precision)
             self._infer_fn = tf.function(lambda t: tf.cast(model(t, training=False), tf.float32),
                                          reduce_retracing=True, autograph=False)
-            self._infer_key = key
+            self._infer_key = (self.model_, self.precision)
         return self._infer_fn(np.ascontiguousarray(batch, dtype=np.float32))
 
     def _roi(self) -> str:
@@ -299,6 +300,7 @@ class AnomalyDetector:
         paths = [Path(p) for p in paths]
         self.window_  # validates the window early
         self._train_config()  # and the training / augmentation settings
+        check_precision(self.precision)
         split = split_scans(len(paths), self.val_fraction, self.calib_fraction, self.seed, groups)
         tmp_dir = None
         if work_dir is None:
@@ -416,15 +418,21 @@ class AnomalyDetector:
         from .fitting import calibration_pass
 
         self._check_fitted()
+        old = {"precision": self.precision, "calib_method": self.calib_method, "target_fpr": self.target_fpr}
         if precision is not None:
-            self.precision = precision
+            self.precision = check_precision(precision)
         if method is not None:
             self.calib_method = method
         if target_fpr is not None:
             self.target_fpr = float(target_fpr)
-        cal = calibration_pass(self, [Path(p) for p in paths], strict=strict, verbose=verbose)
-        self.skipped_ = cal.pop("skipped")
-        self._set_calibration(**cal, note="recalibrate")
+        try:
+            cal = calibration_pass(self, [Path(p) for p in paths], strict=strict, verbose=verbose)
+            skipped = cal.pop("skipped")
+            self._set_calibration(**cal, note="recalibrate")
+        except BaseException:
+            self.set_params(**old)  # a failed recalibration leaves the detector as it was
+            raise
+        self.skipped_ = skipped
         return self
 
     def set_threshold(self, threshold: float | None = None, *, target_fpr: float | None = None, reason: str = "") -> "AnomalyDetector":
@@ -473,7 +481,7 @@ class AnomalyDetector:
 
     def load_calibration_dict(self, d: dict) -> None:
         self.target_fpr = float(d["target_fpr"])
-        self.precision = str(d.get("precision", "float32"))
+        self.precision = check_precision(str(d.get("precision", "float32")))
         self.calibrator_ = Calibrator.from_dict(d["scan"])
         self.slice_calibrator_ = Calibrator.from_dict(d["slice"])
         self.pixel_threshold_ = float(d["pixel_threshold"])

@@ -124,7 +124,7 @@ def speed(d: dict) -> str:
                      f"{p.get('cpu_stage_threads')} threads", f"{f(ps['total_s'], 1)}; ×{f(p.get('speedup_vs_serial_cpu_stages'), 2)}"])
     bf = d.get("pipeline_bfloat16")
     if bf:
-        rows.append(["same pipeline, `precision=\"bfloat16\"` (s); speed-up; reconstruction max / mean |Δ|",
+        rows.append(["same pipeline, `precision=\"bfloat16\"` (s); speed-up; reconstruction max / mean abs. difference",
                      f"{f(bf['total_s'], 1)}; ×{f(bf.get('speedup_vs_float32_pipeline'), 2)}; "
                      f"{f(bf.get('reconstruction_max_abs_diff'), 4)} / {f(bf.get('reconstruction_mean_abs_diff'), 4)}"])
     c = d.get("cli_score")
@@ -145,7 +145,7 @@ def speed(d: dict) -> str:
             rows.append(["bare predict 256 px achieved (GFLOP/s)", f(b["achieved_gflops"], 1)])
     for v in d.get("variants_256px", []):
         if "slices_per_s" in v:
-            extra = f"; max |Δ| {f(v['max_abs_diff'], 4)}" if "max_abs_diff" in v else ""
+            extra = f"; max abs. difference {f(v['max_abs_diff'], 4)}" if "max_abs_diff" in v else ""
             rows.append([f"variant: {v['variant']} (slices/s)", f"{f(v['slices_per_s'], 2)} "
                          f"(×{f(v.get('speedup_vs_bare_predict'), 2)} bare{extra})"])
     o = d.get("overlap_io")

@@ -206,7 +206,7 @@ def test_evaluate_writes_metrics(fitted_bundle, phantom_test, tmp_path):
 
 
 def test_evaluate_never_pairs_normal_folder_scans_with_masks(fitted_bundle, phantom_test, tmp_path):
-    """Normal and abnormal folders reusing file names: the normal scan must stay normal."""
+    """Normal and abnormal folders (or labels.csv rows) reusing file names: the normal scan stays normal."""
     import shutil
 
     ab = sorted((phantom_test / "abnormal").glob("*.nii.gz"))[:2]
@@ -225,6 +225,13 @@ def test_evaluate_never_pairs_normal_folder_scans_with_masks(fitted_bundle, phan
     assert m["scan"]["n_normal"] == 2 and m["scan"]["n_abnormal"] == 2
     rows = list(csv.DictReader(open(out / "scans.csv")))
     assert sorted((Path(r["scan"]).parent.name, r["label"]) for r in rows) == [("a", "1"), ("a", "1"), ("n", "0"), ("n", "0")]
+    (tmp_path / "labels.csv").write_text("scan,label\n" + "".join(f"{d}/scan_{i}.nii.gz,{lab}\n" for d, lab in
+                                                                  (("n", "normal"), ("a", "abnormal")) for i in range(2)))
+    r = run("evaluate", fitted_bundle, "--labels", tmp_path / "labels.csv", "--masks", md, "--out", tmp_path / "ev2",
+            "--overlays", 0, "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "ev2" / "metrics.json").read_text())
+    assert m["scan"]["n_normal"] == 2 and m["scan"]["n_abnormal"] == 2 and m["pixel"]["pixel_auroc"] is not None
 
 
 @pytest.mark.slow
@@ -271,3 +278,18 @@ def test_calibrate_in_bfloat16_is_used_for_scoring(fitted_bundle, phantom_test, 
     np.testing.assert_allclose(det.score_scan(scan).reconstruction, ref.reconstruction, atol=1e-5)
     r = run("calibrate", b, "--normal-dir", phantom_test / "normal", "--precision", "float16")
     assert r.exit_code == 2
+
+
+def test_recalibrate_failure_keeps_precision_and_bad_precision_is_refused_early(fitted_bundle, phantom_train, tmp_path):
+    from aeanomaly.detector import AnomalyDetector
+    from aeanomaly.errors import AeAnomalyError, ConfigError
+
+    det = AnomalyDetector.load(fitted_bundle)
+    before, fpr = det.calibrator_.threshold_, det.target_fpr
+    with pytest.raises(AeAnomalyError):
+        det.recalibrate([tmp_path / "missing.nii.gz"], precision="bfloat16", target_fpr=0.01)
+    assert det.precision == "float32" and det.target_fpr == fpr and det.calibrator_.threshold_ == before
+    with pytest.raises(ConfigError, match="precision"):
+        det.recalibrate([tmp_path / "missing.nii.gz"], precision="float16")
+    with pytest.raises(ConfigError, match="precision"):
+        AnomalyDetector(precision="float16").fit(sorted((phantom_train / "normal").glob("*.nii.gz")))

@@ -123,13 +123,18 @@ def build_autoencoder(
 PRECISIONS = ("float32", "bfloat16")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a :class:`ConfigError`."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def inference_model(model: "keras.Model", precision: str = "float32") -> "keras.Model":
     """The model to run inference with: ``model`` itself for ``float32``; for ``bfloat16`` a clone
     whose layers compute in bfloat16 (Keras ``mixed_bfloat16`` policy: the variables stay float32 and
     hold ``model``'s weights). The clone's outputs are bfloat16; cast them back to float32."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "float32":
+    if check_precision(precision) == "float32":
         return model
 
     def clone(layer):
