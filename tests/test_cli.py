@@ -286,7 +286,7 @@ def test_recalibrate_failure_keeps_precision_and_bad_precision_is_refused_early(
 
     det = AnomalyDetector.load(fitted_bundle)
     before, fpr = det.calibrator_.threshold_, det.target_fpr
-    with pytest.raises(AeAnomalyError):
+    with pytest.raises(AeAnomalyError), pytest.warns(UserWarning, match="skipped unreadable scan"):
         det.recalibrate([tmp_path / "missing.nii.gz"], precision="bfloat16", target_fpr=0.01)
     assert det.precision == "float32" and det.target_fpr == fpr and det.calibrator_.threshold_ == before
     with pytest.raises(ConfigError, match="precision"):
