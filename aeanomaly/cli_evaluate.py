@@ -50,24 +50,18 @@ def gather(normal, abnormal, labels_csv, masks_dir) -> list[tuple[Path, int, Pat
     A mask named in the labels file itself is always used."""
     from .cli import _collect_scans
 
-    items, pairable = [], []
+    items = []
     if labels_csv:
-        rows = read_labels_csv(Path(labels_csv))
-        items += rows
-        pairable += [y == 1 for _, y, _ in rows]
+        items += read_labels_csv(Path(labels_csv))
     if normal:
-        rows = [(p, 0, None) for p in _collect_scans(normal)]
-        items += rows
-        pairable += [False] * len(rows)
+        items += [(p, 0, None) for p in _collect_scans(normal)]
     if abnormal:
-        rows = [(p, 1, None) for p in _collect_scans(abnormal)]
-        items += rows
-        pairable += [True] * len(rows)
+        items += [(p, 1, None) for p in _collect_scans(abnormal)]
     if masks_dir:
         md = Path(masks_dir)
         if not md.is_dir():
             raise ConfigError("masks folder does not exist", md)
-        items = [(p, y, find_mask(p, md) if m is None and ok else m) for (p, y, m), ok in zip(items, pairable)]
+        items = [(p, y, find_mask(p, md) if m is None and y == 1 else m) for p, y, m in items]
     if not items:
         raise ConfigError("no labelled scans: give --normal/--abnormal folders or --labels")
     return items

@@ -101,7 +101,7 @@ def run(work: Path, quick: bool) -> dict:
         abnormal = sorted((d / "abnormal").glob("*.nii.gz"))
         rows.append({
             "diameter_mm": [lo, hi], "n_normal": n_test, "n_abnormal": n_test,
-            "scan": {"auroc": auc, "auroc_ci95": auroc_ci95(auc, n_test, n_test) if auc is not None else None,
+            "scan": {"auroc": auc, "auroc_ci95": auroc_ci95(auc, n_test, n_test),
                      **{k: m["scan"].get(k) for k in ("auprc", "sensitivity", "specificity", "observed_fpr")}},
             "pixel": {k: m.get("pixel", {}).get(k) for k in ("pixel_auroc", "pixel_auprc", "dice", "iou")},
             "lesions_detected": {k: det_all.get(k) for k in ("n", "detected", "rate")},

@@ -158,6 +158,13 @@ def pipeline_breakdown(det, path: Path, out: Path, repeats: int) -> dict:
     }
 
 
+def add_rates(run: dict, n_slices: int, bare_slices_per_s: float) -> dict:
+    """Slices/s of a :func:`pipeline_breakdown` run and its ratio to bare ``model.predict``."""
+    run["slices_per_s"] = n_slices / run["total_s"]
+    run["ratio_to_bare_predict_256"] = run["slices_per_s"] / bare_slices_per_s
+    return run
+
+
 # ------------------------------------------------------------------------------------------------
 # Keras inference variants
 # ------------------------------------------------------------------------------------------------
@@ -187,22 +194,6 @@ def batched(fn, x: np.ndarray, bs: int) -> np.ndarray:
 def bench_fn(fn, x: np.ndarray, bs: int, repeats: int) -> dict:
     t = _perf.timed(lambda: batched(fn, x, bs), repeats=repeats)
     return {**t, "slices_per_s": slices_per_s(len(x), t), "batch_size": bs}
-
-
-def mixed_precision_model(model, policy: str):
-    """The same architecture under a Keras mixed-precision policy, with the fp32 model's weights."""
-    import keras
-    from aeanomaly.model.autoencoder import build_autoencoder
-
-    old = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        size = model.input_shape[1]
-        m = build_autoencoder(size=size, channels=model.input_shape[-1])
-    finally:
-        keras.config.set_dtype_policy(old)
-    m.set_weights(model.get_weights())
-    return m
 
 
 # ------------------------------------------------------------------------------------------------
@@ -381,7 +372,7 @@ def main(argv=None) -> None:
     import keras
 
     from aeanomaly.detector import AnomalyDetector
-    from aeanomaly.model.autoencoder import build_autoencoder, inference_model
+    from aeanomaly.model.autoencoder import build_autoencoder, with_dtype_policy
 
     result: dict = {"benchmark": "speed", "quick": quick, "machine": _perf.machine_info(),
                     "notes": [], "config": {"scan_shape_zyx": [n_slices, 512, 512], "model_size_px": 256,
@@ -449,28 +440,25 @@ def main(argv=None) -> None:
             serial = pipeline_breakdown(det, scan_path, out_dir, reps)
         finally:
             os.environ.pop("AEANOMALY_THREADS", None)
-        serial["slices_per_s"] = n_slices / serial["total_s"]
-        serial["ratio_to_bare_predict_256"] = serial["slices_per_s"] / bare["256px"]["slices_per_s"]
+        add_rates(serial, n_slices, bare["256px"]["slices_per_s"])
         result["pipeline_serial_cpu_stages"] = serial
         print(f"   serial CPU stages: total {serial['total_s']:.2f}s  stages {serial['stages_s']}", flush=True)
         pipe = pipeline_breakdown(det, scan_path, out_dir, reps)
         from aeanomaly.parallel import n_threads
         pipe["cpu_stage_threads"] = n_threads()
         pipe["speedup_vs_serial_cpu_stages"] = serial["total_s"] / pipe["total_s"]
-        pipe["slices_per_s"] = n_slices / pipe["total_s"]
-        pipe["ratio_to_bare_predict_256"] = pipe["slices_per_s"] / bare["256px"]["slices_per_s"]
+        add_rates(pipe, n_slices, bare["256px"]["slices_per_s"])
         pipe["infer_slices_per_s"] = pipe["n_slices_scored"] / max(pipe["stages_s"]["infer"], 1e-9)
         result["pipeline"] = pipe
         # the package's bfloat16 inference (AnomalyDetector(precision="bfloat16")), same threads
+        ref_recon = det.reconstruct(x256_all[:32])
         det.set_params(precision="bfloat16")
         try:
             bf = pipeline_breakdown(det, scan_path, out_dir, reps)
-            ref_recon = det.__class__.load(bundle).reconstruct(x256_all[:32])
             bf_recon = det.reconstruct(x256_all[:32])
         finally:
             det.set_params(precision="float32")
-        bf["slices_per_s"] = n_slices / bf["total_s"]
-        bf["ratio_to_bare_predict_256"] = bf["slices_per_s"] / bare["256px"]["slices_per_s"]
+        add_rates(bf, n_slices, bare["256px"]["slices_per_s"])
         bf["speedup_vs_float32_pipeline"] = pipe["total_s"] / bf["total_s"]
         bf["reconstruction_max_abs_diff"] = float(np.abs(bf_recon - ref_recon).max())
         bf["reconstruction_mean_abs_diff"] = float(np.abs(bf_recon - ref_recon).mean())
@@ -521,7 +509,7 @@ def main(argv=None) -> None:
         ref = batched(fn, x, 32)
         for policy in ("mixed_bfloat16", "mixed_float16"):
             try:
-                mp = inference_model(model, "bfloat16") if policy == "mixed_bfloat16" else mixed_precision_model(model, policy)
+                mp = with_dtype_policy(model, policy)
                 mfn = tf_infer_fn(mp)
                 r = bench_fn(mfn, x, 32, 1 if quick else 2)
                 got = batched(mfn, x, 32)

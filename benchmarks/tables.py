@@ -39,6 +39,11 @@ def auroc_ci95(auc, n_pos: int, n_neg: int) -> float | None:
     return 1.96 * max(var, 0.0) ** 0.5
 
 
+def auroc_pm(auc, n_pos: int, n_neg: int) -> str:
+    """``AUROC ± 95 % half-width`` as printed in the tables."""
+    return f(auc) + " ± " + f(auroc_ci95(auc, n_pos, n_neg), 3)
+
+
 def quality(q: dict) -> str:
     parts = []
     r = q.get("real_ct")
@@ -50,7 +55,7 @@ def quality(q: dict) -> str:
         rows = []
         for name, m in r["test"].items():
             s, p = m["scan"], m["pixel"]
-            rows.append([name, f(s["auroc"]) + " ± " + f(auroc_ci95(s["auroc"], s["n_abnormal"], s["n_normal"]), 3),
+            rows.append([name, auroc_pm(s["auroc"], s["n_abnormal"], s["n_normal"]),
                          f(s["auprc"]), f(m["tuning_kinds"]["auroc"]), f(m["held_out_kinds"]["auroc"]),
                          f(s["sensitivity"], 2), f(s["observed_fpr"], 3), f(p.get("pixel_auroc")), f(p.get("pixel_auprc")),
                          f(p.get("dice")), f(m["false_lesions_per_normal_slice"], 2)])
@@ -66,8 +71,7 @@ def quality(q: dict) -> str:
                      f"(before: `{t['defaults_before']}`).")
         lr = r.get("lung_region")
         if lr:
-            rows = [[name, f(m["scan"]["auroc"]) + " ± " + f(auroc_ci95(m["scan"]["auroc"], m["scan"]["n_abnormal"],
-                                                                       m["scan"]["n_normal"]), 3),
+            rows = [[name, auroc_pm(m["scan"]["auroc"], m["scan"]["n_abnormal"], m["scan"]["n_normal"]),
                      f(m["held_out_kinds"]["auroc"]), f(m["scan"]["sensitivity"], 2),
                      f(m["scan"]["observed_fpr"], 3), f(m["pixel"].get("pixel_auroc")), f(m["pixel"].get("dice")),
                      f(m["false_lesions_per_normal_slice"], 2)] for name, m in lr["rows"].items()]
@@ -79,7 +83,7 @@ def quality(q: dict) -> str:
     if ph:
         n_ab, n_no = ph["n_test_abnormal"], ph["n_test_normal"]
         rows = [[c["n_scans"], c["n_train_slices"],
-                 f(c["scan"]["auroc"]) + " ± " + f(auroc_ci95(c["scan"]["auroc"], n_ab, n_no), 3), f(c["scan"]["sensitivity"], 2),
+                 auroc_pm(c["scan"]["auroc"], n_ab, n_no), f(c["scan"]["sensitivity"], 2),
                  f(c["scan"]["observed_fpr"], 3), f(c["slice"]["auroc"]), f(c["pixel"]["pixel_auroc"]),
                  f(c["pixel"]["dice"])] for c in ph["learning_curve"]]
         parts.append(f"Phantoms (chest, {ph['n_test_normal']} normal + {ph['n_test_abnormal']} abnormal test scans, "

@@ -136,10 +136,16 @@ def inference_model(model: "keras.Model", precision: str = "float32") -> "keras.
     hold ``model``'s weights). The clone's outputs are bfloat16; cast them back to float32."""
     if check_precision(precision) == "float32":
         return model
+    return with_dtype_policy(model, "mixed_bfloat16")
+
+
+def with_dtype_policy(model: "keras.Model", policy: str) -> "keras.Model":
+    """A clone of ``model`` whose layers use the Keras dtype ``policy`` (e.g. ``mixed_bfloat16``,
+    ``mixed_float16``), holding ``model``'s weights."""
 
     def clone(layer):
         cfg = layer.get_config()
-        cfg["dtype"] = "mixed_bfloat16"
+        cfg["dtype"] = policy
         return type(layer).from_config(cfg)
 
     out = keras.models.clone_model(model, clone_function=clone)
