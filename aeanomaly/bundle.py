@@ -10,7 +10,8 @@ bundle/
   head.keras         optional supervised head, with head.json
 ```
 
-Writes go to a temporary directory beside the target, renamed into place when complete.
+Writes go to a temporary directory beside the target, renamed into place when complete. This module
+is all the persistence of a fitted detector: the bundle, its supervised head and its operating point.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import BundleError
+from .calibrate import Calibration
+from .errors import BundleError, ConfigError
 from .io.writers import atomic_dir, atomic_path
 
 FORMAT_VERSION = 1
@@ -79,14 +81,13 @@ def save_bundle(path: str | os.PathLike, det, overwrite: bool = False) -> Path:
             det.model_.save(tmp / "model.keras")
             dump_json(tmp / "bundle.json", bundle_info(det))
             dump_json(tmp / "calibration.json", det.calibration_dict())
-            save_calibration_figure(tmp / "calibration.png", det)
-            history = getattr(det, "history_", {}) or {}
+            save_calibration_figure(tmp / "calibration.png", det.calibration_)
+            history = det.history_ or {}
             write_history_csv(tmp / "history.csv", history)
             if history.get("loss"):
                 save_training_curves(tmp / "training.png", history)
-            head = getattr(det, "head_", None)
-            if head is not None:
-                head.save_to(tmp)
+            if det.head_ is not None:
+                save_head_files(tmp, det.head_)
     except FileExistsError:
         raise BundleError("appeared while writing; not replaced", path) from None
     return path
@@ -100,9 +101,9 @@ def bundle_info(det) -> dict:
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "input": {"window": det.window_.to_spec(), "size": det.size, "channels": det.channels},
         "params": det.get_params(),
-        "training": getattr(det, "train_state_", {}),
-        "split": getattr(det, "split_", {}),
-        "skipped": getattr(det, "skipped_", []),
+        "training": det.train_state_,
+        "split": det.split_,
+        "skipped": det.skipped_,
     }
 
 
@@ -127,59 +128,199 @@ def read_bundle_json(path: str | os.PathLike) -> dict:
     return info
 
 
-def load_bundle(path: str | os.PathLike, cls):
-    """Load a bundle into a new detector of class ``cls``."""
+def read_calibration_json(path: str | os.PathLike) -> dict:
+    """calibration.json of a bundle directory."""
+    try:
+        return json.loads((Path(path) / "calibration.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"calibration.json is unreadable: {err}", path) from None
+
+
+def load_keras_model(file: Path, where: Path):
+    """A ``.keras`` archive loaded with ``safe_mode=True``; BundleError naming the file when it is
+    missing, truncated or corrupt."""
     import keras
 
     from .model import autoencoder  # noqa: F401  (registers custom objects)
 
+    if not file.is_file():
+        raise BundleError(f"{file.name} is missing", where)
+    try:
+        return keras.models.load_model(file, safe_mode=True, compile=False)
+    except Exception as err:  # keras raises many types for a broken archive
+        import zipfile
+
+        if not zipfile.is_zipfile(file):
+            raise BundleError(f"{file.name} is corrupt or truncated (not a .keras zip archive)", where) from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BundleError(f"{file.name} cannot be loaded (corrupt or written by an incompatible version): {first}",
+                          where) from None
+
+
+def load_parts(path: str | os.PathLike) -> dict:
+    """Everything a bundle holds, checked: ``info`` (bundle.json), ``model`` (Keras), ``calibration``
+    (:class:`~aeanomaly.calibrate.Calibration`), ``history``, ``head`` (or None).
+
+    The detector turns these into its fitted state (:meth:`aeanomaly.detector.AnomalyDetector.load`).
+    """
     path = Path(path)
     info = read_bundle_json(path)
+    params = info.get("params", {})
     try:
-        calib = json.loads((path / "calibration.json").read_text(encoding="utf-8"))
+        calibration = Calibration.from_dict(read_calibration_json(path), params.get("pixel_quantile", 0.999))
+    except ConfigError as err:
+        raise BundleError(f"calibration.json: {err.reason}", path) from None
+    model = load_keras_model(path / "model.keras", path)
+    head = load_head(path) if (path / "head.json").is_file() else None
+    return {"info": info, "model": model, "calibration": calibration,
+            "history": read_history_csv(path / "history.csv"), "head": head}
+
+
+# ---------------------------------------------------------------------------------------------
+# The supervised head
+# ---------------------------------------------------------------------------------------------
+
+#: The head's files inside a bundle.
+HEAD_FILES = ("head.keras", "head.json")
+
+
+def save_head_files(directory: str | os.PathLike, head) -> list[Path]:
+    """Write ``head.keras`` and ``head.json`` of a fitted head into ``directory``, each atomically."""
+    d = Path(directory)
+    info = json.dumps(head.to_dict(), indent=2, allow_nan=False, default=_json_default)
+    with atomic_path(d / "head.keras") as tmp:
+        head.model_.save(tmp)
+    with atomic_path(d / "head.json") as tmp:
+        Path(tmp).write_text(info, encoding="utf-8")
+    return [d / f for f in HEAD_FILES]
+
+
+def load_head(bundle_dir: str | os.PathLike):
+    """The head stored in a bundle directory (``head.json`` + ``head.keras``, safe_mode)."""
+    from .model.heads import SupervisedHead
+
+    d = Path(bundle_dir)
+    missing = [f for f in HEAD_FILES if not (d / f).is_file()]
+    if missing:
+        raise BundleError(f"incomplete head: missing {', '.join(missing)}", d)
+    try:
+        info = json.loads((d / "head.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise BundleError(f"calibration.json is unreadable: {err}", path) from None
-    det = cls(**info["params"])
+        raise BundleError(f"head.json is unreadable: {err}", d) from None
+    model = load_keras_model(d / "head.keras", d)
     try:
-        det.model_ = keras.models.load_model(path / "model.keras", safe_mode=True, compile=False)
-    except Exception as err:  # keras raises many types for a broken archive
-        raise BundleError(f"model.keras cannot be loaded: {str(err).splitlines()[0]}", path) from None
-    det._infer_fn = None
-    det.load_calibration_dict(calib)
-    det.history_ = read_history_csv(path / "history.csv")
-    det.train_state_ = info.get("training", {})
-    det.split_ = info.get("split", {})
-    det.skipped_ = info.get("skipped", [])
-    det.bundle_path_ = str(path)
-    if (path / "head.json").is_file():
-        from .model.heads import load_head
-
-        det.head_ = load_head(path)
-    return det
+        return SupervisedHead.from_dict(info, model)
+    except ConfigError as err:
+        raise BundleError(f"head.json: {err.reason}", d) from None
 
 
-def update_calibration(path: str | os.PathLike, det) -> Path:
-    """Rewrite calibration.json of an existing bundle atomically (recalibrate, set_threshold)."""
+def save_head(path: str | os.PathLike, head, calibration: dict | None = None) -> Path:
+    """Swap in a copy of the bundle at ``path`` holding ``head`` (replacing any head it had) and, when
+    given, a new calibration.json (a U-Net head changes where residuals count). Atomic: copied beside
+    the bundle, changed, then renamed into place."""
     path = Path(path)
     read_bundle_json(path)
-    with atomic_path(path / "calibration.json") as tmp:
-        dump_json(tmp, det.calibration_dict())
-    save_calibration_figure(path / "calibration.png", det)
+    with atomic_dir(path, overwrite=True) as tmp:
+        shutil.copytree(path, tmp, symlinks=True, dirs_exist_ok=True)
+        for f in HEAD_FILES:
+            (tmp / f).unlink(missing_ok=True)
+        save_head_files(tmp, head)
+        if calibration is not None:
+            (tmp / "calibration.json").unlink()
+            dump_json(tmp / "calibration.json", calibration)
+            save_calibration_figure(tmp / "calibration.png", Calibration.from_dict(calibration))
     return path
 
 
-def save_calibration_figure(path: Path, det) -> Path | None:
+# ---------------------------------------------------------------------------------------------
+# The operating point
+# ---------------------------------------------------------------------------------------------
+
+
+def update_calibration(path: str | os.PathLike, det) -> Path:
+    """Rewrite calibration.json of an existing bundle atomically from a fitted detector (after
+    ``recalibrate`` or ``set_threshold``)."""
+    return write_calibration(path, det.calibration_)
+
+
+def write_calibration(path: str | os.PathLike, calibration: Calibration) -> Path:
+    """Rewrite calibration.json (and calibration.png) of an existing bundle atomically."""
+    path = Path(path)
+    read_bundle_json(path)
+    with atomic_path(path / "calibration.json") as tmp:
+        dump_json(tmp, calibration.to_dict())
+    save_calibration_figure(path / "calibration.png", calibration)
+    return path
+
+
+def save_operating_point(bundle: str | os.PathLike, *, threshold: float | None = None,
+                         target_fpr: float | None = None, reason: str, evidence=None, detector=None) -> dict:
+    """Set the bundle's scan-level operating point and record when and why in its calibration.json.
+
+    Exactly one of ``threshold`` (a scan-score threshold) or ``target_fpr`` (refit the calibrator on
+    the bundle's normal calibration scores at that rate) is applied; calibration.json is rewritten
+    atomically. ``aeanomaly score BUNDLE …`` then labels a scan abnormal exactly when
+    ``scan_score > threshold``.
+
+    Parameters
+    ----------
+    bundle : path
+        The bundle directory to update.
+    threshold, target_fpr : float
+        The operating point (give exactly one).
+    reason : str
+        Why this point was chosen (required, non-empty); stored in the log entry.
+    evidence : aeanomaly.tuning.OperatingPoint, optional
+        Its confusion matrix and rates on a labelled set, stored as ``evidence`` in the log entry.
+    detector : AnomalyDetector, optional
+        A loaded detector of this bundle, updated in place (through its ``set_threshold``) too.
+
+    Returns
+    -------
+    dict
+        The new calibration log entry: ``when`` (UTC ISO 8601), ``what`` (``"set_threshold"``),
+        ``reason``, ``target_fpr``, ``threshold`` and, if given, ``evidence``.
+    """
+    import warnings
+
+    if not str(reason).strip():
+        raise ConfigError("say why this operating point was chosen: reason must not be empty")
+    if (threshold is None) == (target_fpr is None):
+        raise ConfigError("give exactly one of threshold or target_fpr")
+    if threshold is not None and not (np.isfinite(threshold) or threshold == np.inf):
+        raise ConfigError(f"threshold must be a finite number (or +inf to flag nothing), got {threshold!r}")
+    path = Path(bundle)
+    read_bundle_json(path)
+    reason = str(reason).strip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if detector is not None:
+            detector.set_threshold(threshold=None if threshold is None else float(threshold), target_fpr=target_fpr,
+                                   reason=reason)
+            calibration = detector.calibration_
+        else:
+            current = Calibration.from_dict(read_calibration_json(path))
+            calibration = (current.with_threshold(float(threshold), reason) if threshold is not None
+                           else current.with_target_fpr(float(target_fpr), reason))
+    entry = calibration.log[-1]
+    if evidence is not None:
+        entry["evidence"] = evidence.to_dict()
+    write_calibration(path, calibration)
+    return dict(entry)
+
+
+def save_calibration_figure(path: Path, calibration: Calibration) -> Path | None:
     """calibration.png: the normal calibration scan scores, the calibrator's fitted density and the
     threshold, titled with the goodness of fit (KS statistic / p-value of a parametric fit, and the
     in-sample FPR). Written atomically; None when there are too few finite scores to draw."""
     from .report import save_score_distribution
 
-    cal = det.calibrator_
+    cal = calibration.scan
     scores = np.asarray(cal.scores_, float)
     if np.isfinite(scores).sum() < 2:
         return None
     gof = getattr(cal, "gof_", {}) or {}
-    parts = [f"{cal.method} calibrator, target FPR {det.target_fpr:g}, n={int(np.isfinite(scores).sum())}"]
+    parts = [f"{cal.method_} calibrator, target FPR {calibration.target_fpr:g}, n={int(np.isfinite(scores).sum())}"]
     if "ks_statistic" in gof:
         parts.append(f"KS D={gof['ks_statistic']:.3f} (p={gof['ks_pvalue']:.3g})")
     if "in_sample_fpr" in gof:

@@ -8,6 +8,8 @@
   new normal scan exchangeable with the calibration ones is flagged with probability at most α.
   When ``k > n`` (fewer than ``1/α − 1`` normals) no finite threshold reaches α: ``threshold_`` is
   ``+inf``, ``achievable_`` is False and a warning says how many normals are needed.
+* ``auto`` chooses itself: ``empirical`` when there are enough normal scores for the target FPR
+  (``n ≥ ⌈1/α − 1⌉``), else ``gamma`` with a warning that says how many normal scans the guarantee needs.
 * ``gamma`` / ``lognormal`` fit a parametric distribution (scipy.stats), ``kde`` a Gaussian kernel
   density; ``threshold_`` is its (1 − α) quantile and ``p_value`` its survival function. They smooth the
   tail when n is small, at the price of a distributional assumption (see ``gof_``).
@@ -25,6 +27,22 @@ from scipy import stats
 from .errors import ConfigError, NotFittedError
 
 METHODS = ("empirical", "gamma", "lognormal", "kde")
+#: What a :class:`Calibrator` may be asked for (``auto`` chooses one of :data:`METHODS` in ``fit``).
+CHOICES = ("auto", *METHODS)
+#: Inference arithmetics a calibration may be computed in.
+PRECISIONS = ("float32", "bfloat16")
+#: Per calibration scan, the fraction of highest heatmap values kept to find the pixel threshold.
+TAIL_FRACTION = 0.02
+
+
+def conformal_minimum(alpha: float) -> int:
+    """Fewest normal scores with which split-conformal calibration reaches FPR ``alpha``: ⌈1/α − 1⌉."""
+    return int(math.ceil(1.0 / float(alpha) - 1.0 - 1e-9))
+
+
+def choose_method(n: int, alpha: float) -> str:
+    """``empirical`` (split-conformal) with at least :func:`conformal_minimum` scores, else ``gamma``."""
+    return "empirical" if n >= conformal_minimum(alpha) else "gamma"
 
 
 def conformal_threshold(scores, alpha: float) -> float:
@@ -53,7 +71,8 @@ class Calibrator:
 
     Parameters
     ----------
-    method : {"empirical", "gamma", "lognormal", "kde"}
+    method : {"auto", "empirical", "gamma", "lognormal", "kde"}
+        ``auto`` chooses in :meth:`fit` (see :func:`choose_method`); the choice is ``method_``.
     target_fpr : float
         α in (0, 1): the false-positive rate the threshold is set for.
     """
@@ -64,8 +83,8 @@ class Calibrator:
 
     # -- fitting -----------------------------------------------------------------------------
     def _validate(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"calibration method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method not in CHOICES:
+            raise ConfigError(f"calibration method must be one of {', '.join(CHOICES)}, got {self.method!r}")
         if not (isinstance(self.target_fpr, (int, float)) and 0.0 < float(self.target_fpr) < 1.0):
             raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr!r}")
 
@@ -79,6 +98,15 @@ class Calibrator:
             raise ConfigError(f"calibration needs at least 2 normal scores, got {s.size}")
         self.scores_ = np.sort(s)
         self.n_ = int(s.size)
+        self.method_ = self.method if self.method != "auto" else choose_method(self.n_, float(self.target_fpr))
+        if self.method == "auto" and self.method_ != "empirical":
+            warnings.warn(
+                f"{self.n_} normal calibration scores are too few for the conformal guarantee at a "
+                f"false-positive rate of {self.target_fpr}: a {self.method_} fit is used instead, whose FPR "
+                f"is only as good as its distributional assumption. Calibrate on at least "
+                f"{conformal_minimum(float(self.target_fpr))} normal scans for the guarantee.",
+                UserWarning, stacklevel=2,
+            )
         self.params_ = self._fit_params()
         self.manual_ = False
         self.reason_ = ""
@@ -102,14 +130,14 @@ class Calibrator:
 
     def _fit_params(self) -> dict:
         s = self.scores_
-        if self.method == "empirical":
+        if self.method_ == "empirical":
             return {}
-        if self.method == "kde":
+        if self.method_ == "kde":
             return {"bandwidth": float(stats.gaussian_kde(s).factor)}
         loc = self._shift()
         if np.ptp(s) == 0:
-            raise ConfigError(f"all {s.size} normal scores are equal; a {self.method} fit needs spread")
-        if self.method == "gamma":
+            raise ConfigError(f"all {s.size} normal scores are equal; a {self.method_} fit needs spread")
+        if self.method_ == "gamma":
             a, _, scale = stats.gamma.fit(s, floc=loc)
             return {"a": float(a), "loc": float(loc), "scale": float(scale)}
         shape, _, scale = stats.lognorm.fit(s, floc=loc)
@@ -117,9 +145,9 @@ class Calibrator:
 
     def _dist(self):
         p = self.params_
-        if self.method == "gamma":
+        if self.method_ == "gamma":
             return stats.gamma(p["a"], loc=p["loc"], scale=p["scale"])
-        if self.method == "lognormal":
+        if self.method_ == "lognormal":
             return stats.lognorm(p["s"], loc=p["loc"], scale=p["scale"])
         return None
 
@@ -128,9 +156,9 @@ class Calibrator:
 
     def _fitted_threshold(self) -> float:
         a = float(self.target_fpr)
-        if self.method == "empirical":
+        if self.method_ == "empirical":
             return conformal_threshold(self.scores_, a)
-        if self.method == "kde":
+        if self.method_ == "kde":
             kde = self._kde()
             sd = float(np.sqrt(kde.covariance[0, 0]))
             lo, hi = self.scores_[0] - 10 * sd, self.scores_[-1] + 10 * sd
@@ -141,7 +169,7 @@ class Calibrator:
         return float(self._dist().isf(a))
 
     def _sf(self, s: np.ndarray) -> np.ndarray:
-        if self.method == "kde":
+        if self.method_ == "kde":
             kde = self._kde()
             sd = float(np.sqrt(kde.covariance[0, 0]))
             return np.array([float(stats.norm.sf(v, loc=self.scores_, scale=sd).mean()) for v in s])
@@ -149,7 +177,7 @@ class Calibrator:
 
     def _goodness_of_fit(self) -> dict:
         gof = {"in_sample_fpr": float(np.mean(self.scores_ > self.threshold_))}
-        if self.method in ("gamma", "lognormal"):
+        if self.method_ in ("gamma", "lognormal"):
             ks = stats.kstest(self.scores_, self._dist().cdf)
             gof.update(ks_statistic=float(ks.statistic), ks_pvalue=float(ks.pvalue))
         return gof
@@ -164,7 +192,7 @@ class Calibrator:
         self._check()
         s = np.asarray(scores, dtype=float)
         flat = s.ravel()
-        if self.method == "empirical":
+        if self.method_ == "empirical":
             ge = self.n_ - np.searchsorted(self.scores_, flat, side="left")
             p = (1.0 + ge) / (self.n_ + 1.0)
         else:
@@ -181,7 +209,7 @@ class Calibrator:
         the normal scores, since the conformal method itself assumes no density."""
         self._check()
         x = np.asarray(x, dtype=float)
-        if self.method in ("gamma", "lognormal"):
+        if self.method_ in ("gamma", "lognormal"):
             return self._dist().pdf(x)
         if np.ptp(self.scores_) == 0:
             return np.zeros_like(x)
@@ -207,14 +235,14 @@ class Calibrator:
         self._check()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return Calibrator(self.method, alpha).fit(self.scores_)
+            return Calibrator(self.method_, alpha).fit(self.scores_)
 
     # -- persistence ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-serialisable state; an infinite threshold is stored as ``null``."""
         self._check()
         return {
-            "method": self.method, "target_fpr": float(self.target_fpr),
+            "method": self.method_, "target_fpr": float(self.target_fpr),
             "threshold": float(self.threshold_) if np.isfinite(self.threshold_) else None,
             "scores": [float(v) for v in self.scores_], "params": self.params_, "gof": self.gof_,
             "achievable": self.achievable_, "manual": self.manual_, "reason": self.reason_,
@@ -224,8 +252,11 @@ class Calibrator:
     def from_dict(cls, d: dict) -> "Calibrator":
         cal = cls(d["method"], d["target_fpr"])
         cal._validate()
+        if cal.method == "auto":
+            raise ConfigError("a stored calibrator must name the method it was fitted with, not 'auto'")
         cal.scores_ = np.sort(np.asarray(d["scores"], dtype=float))
         cal.n_ = int(cal.scores_.size)
+        cal.method_ = cal.method
         cal.params_ = dict(d.get("params", {}))
         cal.threshold_ = float("inf") if d.get("threshold") is None else float(d["threshold"])
         cal.achievable_ = bool(d.get("achievable", np.isfinite(cal.threshold_)))
@@ -235,8 +266,191 @@ class Calibrator:
         return cal
 
     def __repr__(self) -> str:
-        fitted = f", threshold_={self.threshold_:.5g}, n_={self.n_}" if hasattr(self, "scores_") else ""
+        fitted = (f", method_={self.method_!r}, threshold_={self.threshold_:.5g}, n_={self.n_}"
+                  if hasattr(self, "scores_") else "")
         return f"Calibrator(method={self.method!r}, target_fpr={self.target_fpr}{fitted})"
 
     def __copy__(self):
         return copy.deepcopy(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pixel (lesion) threshold, and everything a detector's calibration holds
+# ---------------------------------------------------------------------------------------------
+
+
+def heatmap_tail(values: np.ndarray, fraction: float = TAIL_FRACTION) -> np.ndarray:
+    """The highest ``⌈fraction · n⌉`` (at least one) of a normal scan's heatmap values in its mask.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        1-D heatmap values of one normal scan (inside its scoring mask).
+    fraction : float
+        In (0, 1]; must exceed ``1 − pixel_quantile`` of :func:`pixel_threshold`.
+    """
+    v = np.asarray(values, dtype=np.float32).ravel()
+    if v.size == 0:
+        return v
+    k = max(1, int(np.ceil(float(fraction) * v.size)))
+    return np.partition(v, v.size - k)[v.size - k:]
+
+
+def pixel_threshold(tails, n_pixels: int, quantile: float) -> float:
+    """The pixel threshold: the ``quantile`` of all normal heatmap pixels, as the ``m``-th largest
+    value with ``m = ⌈(1 − quantile) · n_pixels⌉``.
+
+    Parameters
+    ----------
+    tails : sequence of np.ndarray
+        Per normal scan, :func:`heatmap_tail` of its heatmap values; memory stays at
+        ``TAIL_FRACTION`` of the pixels however many scans there are.
+    n_pixels : int
+        How many heatmap values the tails were taken from.
+    quantile : float
+        In (0, 1), e.g. 0.999: a 0.1 % pixel false-positive rate on normal tissue.
+
+    Notes
+    -----
+    Exact when no scan holds more than its kept fraction of the ``m`` highest pixels of all scans
+    (always so when ``1 − quantile`` ≤ ``TAIL_FRACTION`` and the highest pixels are spread over the
+    scans); otherwise a lower bound of the exact value's rank, i.e. a slightly lower threshold.
+    """
+    if not 0.0 < float(quantile) < 1.0:
+        raise ConfigError(f"pixel quantile must be in (0, 1), got {quantile}")
+    parts = [np.asarray(t, np.float32).ravel() for t in tails]
+    tail = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    if tail.size == 0 or n_pixels < 1:
+        raise ConfigError("no normal heatmap values inside the scoring region to learn a pixel threshold from")
+    if not np.isfinite(tail).all():
+        raise ConfigError("a normal heatmap holds NaN or infinite values")
+    m = max(1, int(np.ceil((1.0 - float(quantile)) * int(n_pixels))))
+    tail = np.sort(tail)[::-1]
+    return float(tail[min(m, tail.size) - 1])
+
+
+class NormalStats:
+    """What calibration needs from normal scans, gathered one scan at a time (memory stays bounded).
+
+    ``add`` takes one scored normal scan; the attributes are the scan scores, the finite slice scores,
+    the heatmap tails and pixel count (for :func:`pixel_threshold`), the per-slice heatmap peaks (the
+    reference of lesion severity) and the sources.
+    """
+
+    def __init__(self):
+        self.scan_scores: list[float] = []
+        self.slice_scores: list[float] = []
+        self.tails: list[np.ndarray] = []
+        self.n_pixels = 0
+        self.peaks: list[float] = []
+        self.sources: list[str] = []
+
+    def add(self, source: str, scan_score: float, slice_scores: np.ndarray, heatmap: np.ndarray,
+            mask: np.ndarray) -> None:
+        """One normal scan: its scan score, ``(z,)`` slice scores, ``(z, y, x)`` heatmap and bool mask."""
+        sl = np.asarray(slice_scores, float)
+        heat, m = np.asarray(heatmap), np.asarray(mask, bool)
+        vals = heat[m]
+        self.scan_scores.append(float(scan_score))
+        self.slice_scores.extend(sl[np.isfinite(sl)].tolist())
+        self.n_pixels += int(vals.size)
+        self.tails.append(heatmap_tail(vals))
+        scored = m.reshape(len(m), -1).any(axis=1)
+        self.peaks.extend(heat.reshape(len(heat), -1).max(axis=1)[scored].astype(float).tolist())
+        self.sources.append(str(source))
+
+    def __len__(self) -> int:
+        return len(self.scan_scores)
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _finite_or_none(v) -> float | None:
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+class Calibration:
+    """A fitted detector's operating point: scan- and slice-level calibrators, the pixel threshold,
+    the normal slice peaks, the calibration scans, the inference precision and a log of every change.
+
+    Build with :meth:`fit` (from :class:`NormalStats`) or :meth:`from_dict` (calibration.json); change
+    with :meth:`with_target_fpr` / :meth:`with_threshold`, which return new objects.
+    """
+
+    def __init__(self, scan: Calibrator, slice: Calibrator, pixel_threshold: float, pixel_quantile: float,
+                 normal_peaks, sources, precision: str = "float32", log=()):
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.scan = scan
+        self.slice = slice
+        self.pixel_threshold = float(pixel_threshold)
+        self.pixel_quantile = float(pixel_quantile)
+        self.normal_peaks = np.sort(np.asarray(normal_peaks, float))
+        self.sources = [str(s) for s in sources]
+        self.precision = precision
+        self.log = [dict(e) for e in log]
+
+    @property
+    def target_fpr(self) -> float:
+        return float(self.scan.target_fpr)
+
+    @classmethod
+    def fit(cls, stats: NormalStats, *, target_fpr: float, method: str = "auto", pixel_quantile: float = 0.999,
+            precision: str = "float32", note: str = "fit", log=()) -> "Calibration":
+        """Fit on the statistics of held-out normal scans (at least 2 scorable ones)."""
+        scores = np.asarray(stats.scan_scores, float)
+        if np.isfinite(scores).sum() < 2:
+            raise ConfigError("calibration needs at least 2 scorable held-out normal scans")
+        scan = Calibrator(method, target_fpr).fit(scores)
+        with warnings.catch_warnings():  # thousands of slices: the slice-level warning says nothing new
+            warnings.simplefilter("ignore", UserWarning)
+            sl = Calibrator(method, target_fpr).fit(np.asarray(stats.slice_scores, float))
+        thr = pixel_threshold(stats.tails, stats.n_pixels, pixel_quantile)
+        entry = {"when": _now(), "what": note, "method": scan.method_, "target_fpr": float(target_fpr),
+                 "threshold": _finite_or_none(scan.threshold_), "n_scans": int(len(scores))}
+        return cls(scan, sl, thr, pixel_quantile, stats.peaks, stats.sources, precision, [*log, entry])
+
+    def with_target_fpr(self, alpha: float, reason: str = "") -> "Calibration":
+        """Refitted on the same normal scores at another target FPR."""
+        new = Calibration(self.scan.with_target_fpr(alpha), self.slice.with_target_fpr(alpha), self.pixel_threshold,
+                          self.pixel_quantile, self.normal_peaks, self.sources, self.precision, self.log)
+        new.log.append({"when": _now(), "what": "set_threshold", "reason": reason, "target_fpr": float(alpha),
+                        "threshold": _finite_or_none(new.scan.threshold_)})
+        return new
+
+    def with_threshold(self, threshold: float, reason: str = "") -> "Calibration":
+        """A manual scan-level threshold (p-values stay those of the fitted distribution)."""
+        scan = copy.deepcopy(self.scan).set_threshold(float(threshold), reason=reason)
+        new = Calibration(scan, self.slice, self.pixel_threshold, self.pixel_quantile, self.normal_peaks,
+                          self.sources, self.precision, self.log)
+        new.log.append({"when": _now(), "what": "set_threshold", "reason": reason, "target_fpr": self.target_fpr,
+                        "threshold": _finite_or_none(scan.threshold_)})
+        return new
+
+    def to_dict(self) -> dict:
+        """The content of calibration.json."""
+        return {
+            "target_fpr": self.target_fpr,
+            "precision": self.precision,  # the inference arithmetic the scores were computed in
+            "scan": self.scan.to_dict(),
+            "slice": self.slice.to_dict(),
+            "pixel_threshold": self.pixel_threshold,
+            "pixel_quantile": self.pixel_quantile,
+            "normal_peaks": [float(v) for v in self.normal_peaks],
+            "calibration_scans": self.sources,
+            "log": self.log,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, pixel_quantile: float = 0.999) -> "Calibration":
+        """From calibration.json (``pixel_quantile`` when an old file lacks it)."""
+        try:
+            return cls(Calibrator.from_dict(d["scan"]), Calibrator.from_dict(d["slice"]), float(d["pixel_threshold"]),
+                       float(d.get("pixel_quantile", pixel_quantile)), d["normal_peaks"],
+                       d.get("calibration_scans", []), str(d.get("precision", "float32")), d.get("log", []))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"calibration is incomplete or malformed: {type(err).__name__} {err}") from None

@@ -1,44 +1,44 @@
-"""AnomalyDetector: the Python API that the CLI and the notebooks share.
+"""AnomalyDetector: a thin sklearn-style composition of the stages, shared by the CLI, notebooks and
+benchmarks.
 
 >>> det = AnomalyDetector(window="lung", size=128, epochs=20).fit(normal_paths)   # doctest: +SKIP
 >>> result = det.score_scan("new_scan.nii.gz")                                    # doctest: +SKIP
 >>> result.label, result.p_value, result.lesions                                  # doctest: +SKIP
 >>> det.save("bundle/")                                                           # doctest: +SKIP
+
+The flow of one scan: :func:`aeanomaly.io.load_scan` → :func:`aeanomaly.preprocess.prepare_volume`
+→ the autoencoder (:meth:`AnomalyDetector.reconstruct`) → :func:`aeanomaly.masks.scoring_region` →
+:func:`aeanomaly.scoring.analyse` → :class:`aeanomaly.calibrate.Calibration` (p-values, labels) →
+:func:`aeanomaly.localize.find_lesions` → :func:`aeanomaly.hybrid.head_outputs`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
+import inspect
 import os
 import shutil
 import tempfile
-import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from . import __version__, bundle as _bundle
-from .calibrate import Calibrator, benjamini_hochberg
-from .errors import AeAnomalyError, ConfigError, NotFittedError, ScanError
-from .hybrid import head_outputs, organ_labels_for
+from . import bundle as _bundle
+from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, NormalStats, benjamini_hochberg
+from .errors import ConfigError, NotFittedError
+from .fitting import build_store, normal_stats
+from .hybrid import head_outputs, organ_label_map
 from .io import Scan, load_scan
-from .localize import find_lesions, residual_heatmap
-from .model.autoencoder import check_precision
-from .model.train import TrainConfig
-from .preprocess import (HUWindow, PreparedScan, erode_mask, from_model_grid, lung_region, model_to_input_yx,
-                         prepare_volume)
+from .localize import Lesion, find_lesions
+from .masks import LUNG_THRESHOLD_HU, resolved_roi, scoring_region
 from .parallel import map_slices
-from .scoring import residual_map, scan_score, slice_scores
-from .splits import Split, split_scans
+from .preprocess import HUWindow, PreparedScan, from_model_grid, model_to_input_yx, prepare_volume
+from .scoring import Analysis, ScoringParams, analyse, resolved_sign
+from .splits import split_scans
 
-#: Scoring parameters (the benchmark chooses the defaults; see README "Benchmarks").
-SCORING_DEFAULTS = dict(
-    roi="auto", slice_score="p99", scan_aggregation="top3", residual_sign="auto", sigma_mm=6.0, erode_mm=6.0,
-    opening_mm=2.0, pixel_quantile=0.999, min_lesion_mm2=12.0, min_lesion_mm3=None, min_body_fraction=0.05,
-    slice_fdr=None,
-)
+#: Scoring parameters and their defaults (the benchmarks choose them; see README "Benchmarks").
+SCORING_DEFAULTS = ScoringParams().to_dict()
 
 
 @dataclass
@@ -46,7 +46,9 @@ class ScanResult:
     """What scoring one scan gives.
 
     Arrays are on the model grid ``(z, size, size)`` unless said otherwise; use
-    :meth:`heatmap_in_input_grid` for the input's slice grid.
+    :meth:`heatmap_in_input_grid` for the input's slice grid. ``note`` says why a scan was scored in
+    another region than asked for, or why it could not be scored (then ``label`` is ``normal`` and
+    ``scan_score`` / ``p_value`` are NaN).
     """
 
     source: str
@@ -58,7 +60,7 @@ class ScanResult:
     slice_scores: np.ndarray
     slice_p_values: np.ndarray
     slice_labels: np.ndarray
-    lesions: list[dict]
+    lesions: list[Lesion]
     heatmap: np.ndarray
     lesion_labels: np.ndarray
     image: np.ndarray = field(repr=False)
@@ -72,6 +74,7 @@ class ScanResult:
     slice_head_proba: np.ndarray | None = field(default=None, repr=False)
     #: U-Net head: int16 ``(z, size, size)`` organ labels (0 outside the organ region). None without.
     organ_labels: np.ndarray | None = field(default=None, repr=False)
+    note: str = ""
 
     def heatmap_in_input_grid(self) -> np.ndarray:
         """Heatmap ``(z, y, x)`` resampled to the input's internal slice grid (float32)."""
@@ -79,17 +82,20 @@ class ScanResult:
 
     def lesion_labels_in_input_grid(self) -> np.ndarray:
         """Lesion label volume ``(z, y, x)`` on the input grid (nearest label by majority)."""
-        out = np.zeros(self.scan.hu.shape if self.scan is not None else (self.n_slices, self.prepared.grid.ny, self.prepared.grid.nx), np.int32)
+        g = self.prepared.grid
+        out = np.zeros(self.scan.hu.shape if self.scan is not None else (self.n_slices, g.ny, g.nx), np.int32)
         best = np.zeros(out.shape, np.float32)
         for lab in np.unique(self.lesion_labels[self.lesion_labels > 0]):
-            frac = from_model_grid((self.lesion_labels == lab).astype(np.float32), self.prepared.grid)
+            frac = from_model_grid((self.lesion_labels == lab).astype(np.float32), g)
             sel = (frac >= 0.5) & (frac > best)
             out[sel], best[sel] = lab, frac[sel]
         return out
 
 
 class AnomalyDetector:
-    """Autoencoder anomaly detector for CT, with sklearn conventions.
+    """Autoencoder anomaly detector for CT, with sklearn conventions: the constructor stores the
+    parameters, :meth:`fit` validates them and returns self, fitted attributes end in ``_`` and exist
+    only after :meth:`fit` or :meth:`load`.
 
     Parameters
     ----------
@@ -101,38 +107,27 @@ class AnomalyDetector:
         coarse-noise denoising autoencoder; ``skip=False, noise_std=0`` is the classic bottleneck AE.
     augment : bool or dict
         Augmentation of the normal training slices (never at validation): True for the defaults of
-        :class:`aeanomaly.model.data.Augment` (flip probability, rotation in degrees, scale, shift as
-        a fraction of the size, intensity gain / offset), False for none, or a dict overriding some
-        of them, e.g. ``{"flip": 0.0, "rotate_deg": 15}``.
+        :class:`aeanomaly.model.data.Augment`, False for none, or a dict overriding some of them, e.g.
+        ``{"flip": 0.0, "rotate_deg": 15}``.
     val_fraction, calib_fraction : float
         Fractions of the normal scans (or patients) held out for validation and calibration.
     target_fpr : float
         Scan-level false-positive rate the threshold is calibrated for.
     calib_method : str
         ``auto`` (split-conformal when there are enough calibration scans for ``target_fpr``, else a
-        gamma fit), ``empirical``, ``gamma``, ``lognormal`` or ``kde``.
+        gamma fit, with a warning), ``empirical``, ``gamma``, ``lognormal`` or ``kde``.
     precision : {"float32", "bfloat16"}
-        Arithmetic of inference (calibration and scoring; training is always float32). ``bfloat16``
-        computes the layers in bfloat16 with the float32 weights (Keras ``mixed_bfloat16``): faster on
-        CPUs with AVX512-BF16 or AMX (see the speed benchmark), reconstructions differ by about 0.002
-        on average. Calibrate in the precision you score in (``aeanomaly calibrate --precision``).
-    roi : {"auto", "body", "lung"}
-        Where residuals count: the body, or the lungs (an unsupervised lung mask: dark pixels inside
-        the body, closed and hole-filled). ``auto`` = lungs for the lung window, else the body. A
-        supervised U-Net head, when the bundle has one, replaces this region.
-    residual_sign : {"auto", "abs", "positive", "negative"}
-        ``auto`` keeps positive residuals (tissue brighter than its reconstruction: nodules, ground
-        glass) in the lung region and absolute residuals elsewhere (hypo- and hyperdense lesions).
-    slice_score, scan_aggregation, sigma_mm, erode_mm, opening_mm, pixel_quantile, min_lesion_mm2,
-    min_lesion_mm3, min_body_fraction
-        Scoring and localisation (see :mod:`aeanomaly.scoring` and :mod:`aeanomaly.localize`):
-        in-plane smoothing σ, erosion of the region and opening radius of lesion masks, all in mm;
-        lesions smaller than ``min_lesion_mm2`` in their largest cross-section, or (when set) than
-        ``min_lesion_mm3`` in volume, are dropped.
-    slice_fdr : float, optional
-        Slice labels by Benjamini–Hochberg across the scan's slices at this false-discovery rate,
-        instead of each slice against the slice-level threshold (which, over hundreds of slices,
-        flags some normal slices in most scans). None (default): per-slice threshold.
+        Arithmetic of inference (calibration and scoring; training is always float32). Calibrate in
+        the precision you score in (``aeanomaly calibrate --precision``).
+    roi, slice_score, scan_aggregation, residual_sign, sigma_mm, erode_mm, opening_mm, pixel_quantile,
+    min_lesion_mm2, min_lesion_mm3, min_body_fraction, slice_fdr
+        Scoring and localisation: see :class:`aeanomaly.scoring.ScoringParams`.
+
+    Fitted attributes
+    -----------------
+    model_, window_, calibration_ (and its views calibrator_, slice_calibrator_, pixel_threshold_,
+    normal_peaks_, target_fpr_, precision_, calibration_sources_, calibration_log_), head_, history_,
+    train_state_, split_, skipped_; bundle_path_ after :meth:`load`.
     """
 
     def __init__(
@@ -151,39 +146,73 @@ class AnomalyDetector:
         min_body_fraction: float = SCORING_DEFAULTS["min_body_fraction"],
         slice_fdr: float | None = SCORING_DEFAULTS["slice_fdr"],
     ):
-        params = dict(locals())
-        params.pop("self")
-        for k, v in params.items():
-            setattr(self, k, v)
+        self.window = window
+        self.size = size
+        self.channels = channels
+        self.depth = depth
+        self.base_filters = base_filters
+        self.latent = latent
+        self.latent_dim = latent_dim
+        self.skip = skip
+        self.norm = norm
+        self.loss = loss
+        self.noise_std = noise_std
+        self.noise_resolution = noise_resolution
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.patience = patience
+        self.augment = augment
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.calib_fraction = calib_fraction
+        self.target_fpr = target_fpr
+        self.calib_method = calib_method
+        self.precision = precision
+        self.roi = roi
+        self.slice_score = slice_score
+        self.scan_aggregation = scan_aggregation
+        self.residual_sign = residual_sign
+        self.sigma_mm = sigma_mm
+        self.erode_mm = erode_mm
+        self.opening_mm = opening_mm
+        self.pixel_quantile = pixel_quantile
+        self.min_lesion_mm2 = min_lesion_mm2
+        self.min_lesion_mm3 = min_lesion_mm3
+        self.min_body_fraction = min_body_fraction
+        self.slice_fdr = slice_fdr
 
     # -- sklearn-style parameter access ---------------------------------------------------------
-    def get_params(self) -> dict:
-        """Constructor parameters (JSON-serialisable)."""
-        import inspect
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Names of the constructor parameters."""
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
+    def get_params(self, deep: bool = False) -> dict:
+        """Constructor parameters (JSON-serialisable)."""
+        return {n: getattr(self, n) for n in self.param_names()}
 
     def set_params(self, **params) -> "AnomalyDetector":
-        valid = self.get_params()
+        """Set constructor parameters (scoring parameters take effect at the next scoring call)."""
+        valid = self.param_names()
         for k, v in params.items():
             if k not in valid:
                 raise ConfigError(f"unknown parameter {k!r}")
             setattr(self, k, v)
         return self
 
-    @property
-    def window_(self) -> HUWindow:
-        return HUWindow.parse(self.window)
+    def scoring_params(self) -> ScoringParams:
+        """The scoring parameters as one validated :class:`~aeanomaly.scoring.ScoringParams`."""
+        return ScoringParams(**{n: getattr(self, n) for n in ScoringParams.names()}).validated()
 
-    def _train_config(self) -> TrainConfig:
-        from dataclasses import asdict as _asdict, fields
-
+    def train_config(self):
+        """The training settings as a validated :class:`aeanomaly.model.train.TrainConfig`."""
         from .model.data import Augment
+        from .model.train import TrainConfig
 
         names = set(TrainConfig.__dataclass_fields__) - {"augment_params", "augment"}
         aug = self.augment
-        params = _asdict(Augment())
+        params = asdict(Augment())
         if isinstance(aug, dict):
             unknown = sorted(set(aug) - {f.name for f in fields(Augment)})
             if unknown:
@@ -192,85 +221,158 @@ class AnomalyDetector:
             params.update({k: float(v) for k, v in aug.items()})
         elif not isinstance(aug, (bool, np.bool_)):
             raise ConfigError(f"augment must be True, False or a dict of Augment settings, got {aug!r}")
-        return TrainConfig(**{n: getattr(self, n) for n in names}, augment=bool(aug) if not isinstance(aug, dict)
-                           else True, augment_params=params)
+        return TrainConfig(**{n: getattr(self, n) for n in names if hasattr(self, n)},
+                           augment=bool(aug) if not isinstance(aug, dict) else True, augment_params=params)
 
+    def _validate_params(self) -> HUWindow:
+        """Check every parameter before any work; returns the parsed window."""
+        window = HUWindow.parse(self.window)
+        for name in ("size", "channels", "depth", "base_filters", "latent_dim", "epochs", "batch_size", "patience"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.channels % 2 == 0:
+            raise ConfigError(f"channels must be odd (the centre slice is scored), got {self.channels}")
+        for name in ("val_fraction", "calib_fraction"):
+            v = getattr(self, name)
+            if not 0.0 <= float(v) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {v!r}")
+        if not 0.0 < float(self.target_fpr) < 1.0:
+            raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr!r}")
+        if self.calib_method not in CALIB_METHODS:
+            raise ConfigError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.scoring_params()
+        self.train_config()
+        return window
+
+    # -- fitted state ----------------------------------------------------------------------------
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
+        if not hasattr(self, "model_") or not hasattr(self, "calibration_"):
             raise NotFittedError("this AnomalyDetector is not fitted yet: call fit(paths) or AnomalyDetector.load(bundle)")
+
+    @property
+    def calibrator_(self):
+        """Scan-level :class:`~aeanomaly.calibrate.Calibrator` in force."""
+        return self.calibration_.scan
+
+    @property
+    def slice_calibrator_(self):
+        """Slice-level :class:`~aeanomaly.calibrate.Calibrator` in force."""
+        return self.calibration_.slice
+
+    @property
+    def pixel_threshold_(self) -> float:
+        """Heatmap value above which a pixel belongs to a lesion candidate."""
+        return self.calibration_.pixel_threshold
+
+    @property
+    def normal_peaks_(self) -> np.ndarray:
+        """Per-slice heatmap maxima of the normal calibration slices (lesion severity reference)."""
+        return self.calibration_.normal_peaks
+
+    @property
+    def target_fpr_(self) -> float:
+        """The scan-level target FPR of the operating point in force."""
+        return self.calibration_.target_fpr
+
+    @property
+    def precision_(self) -> str:
+        """The inference arithmetic the calibration was computed in (and scoring uses)."""
+        return self.calibration_.precision
+
+    @property
+    def calibration_sources_(self) -> list[str]:
+        return self.calibration_.sources
+
+    @property
+    def calibration_log_(self) -> list[dict]:
+        return self.calibration_.log
 
     # -- preprocessing and inference ------------------------------------------------------------
     def prepare(self, scan: Scan) -> PreparedScan:
         """The scan on the model grid (window, body mask, resize)."""
         return prepare_volume(
-            scan.hu, scan.spacing, scan.affine, is_hu=scan.is_hu, window=self.window_, size=self.size,
+            scan.hu, scan.spacing, scan.affine, is_hu=scan.is_hu, window=HUWindow.parse(self.window), size=self.size,
             channels=self.channels, min_body_fraction=self.min_body_fraction,
         )
 
-    def reconstruct(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-        """Reconstruct ``(n, size, size, channels)`` slices in [0, 1]; returns ``(n, size, size)``."""
-        self._check_fitted()
+    def reconstruct(self, x: np.ndarray, batch_size: int | None = None, precision: str | None = None) -> np.ndarray:
+        """Reconstruct ``(n, size, size, channels)`` slices in [0, 1]; returns ``(n, size, size)``.
+
+        ``precision`` defaults to the calibrated one (``precision_``).
+        """
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this AnomalyDetector is not fitted yet: call fit(paths) or AnomalyDetector.load(bundle)")
+        fn = self._inference_function(precision or self.precision_)
         bs = int(batch_size or max(self.batch_size, 32))
         out = np.empty(x.shape[:3], dtype=np.float32)
         for i in range(0, len(x), bs):
-            out[i : i + bs] = np.asarray(self._infer(x[i : i + bs]))[..., 0]
+            out[i : i + bs] = np.asarray(fn(np.ascontiguousarray(x[i : i + bs], dtype=np.float32)))[..., 0]
         return out
 
-    def _infer(self, batch: np.ndarray):
-        key = getattr(self, "_infer_key", None)
-        if getattr(self, "_infer_fn", None) is None or key is None or key[0] is not self.model_ or key[1] != self.precision:
+    def _inference_function(self, precision: str):
+        """A compiled inference function of ``model_`` in ``precision``, cached per model and precision."""
+        cache = getattr(self, "_inference_cache", None)
+        if cache is None or cache[0] is not self.model_ or cache[1] != precision:
             import tensorflow as tf
 
             from .model.autoencoder import inference_model
 
-            model = inference_model(self.model_, self.precision)
-            self._infer_fn = tf.function(lambda t: tf.cast(model(t, training=False), tf.float32),
-                                         reduce_retracing=True, autograph=False)
-            self._infer_key = (self.model_, self.precision)
-        return self._infer_fn(np.ascontiguousarray(batch, dtype=np.float32))
+            model = inference_model(self.model_, precision)
+            fn = tf.function(lambda t: tf.cast(model(t, training=False), tf.float32), reduce_retracing=True,
+                             autograph=False)
+            self._inference_cache = cache = (self.model_, precision, fn)
+        return cache[2]
 
-    def _roi(self) -> str:
-        return self.roi if self.roi != "auto" else ("lung" if self.window_.name == "lung" else "body")
-
-    def _sign(self) -> str:
-        if self.residual_sign != "auto":
-            return self.residual_sign
-        has_unet = getattr(getattr(self, "head_", None), "kind", None) == "unet"
-        return "positive" if self._roi() == "lung" and not has_unet else "abs"
-
-    def region(self, prep: PreparedScan, image: np.ndarray) -> np.ndarray:
-        """The region where residuals count, bool ``(z, size, size)`` on the model grid."""
-        head = getattr(self, "head_", None)
-        if head is not None and head.kind == "unet":
-            return (organ_labels_for(self, prep) > 0) & prep.body
-        roi = self._roi()
-        if roi == "body":
-            return prep.body
-        if roi == "lung":
-            is_hu = getattr(self, "_is_hu", True)  # set by _analyse; HU unless the scan said otherwise
-            thr = self.window_.apply(np.float32(-400.0)) if is_hu else None
-            return map_slices(lambda im, b: lung_region(im, b, thr), image, prep.body)
-        raise ConfigError(f"roi must be 'auto', 'body' or 'lung', got {self.roi!r}")
-
-    def _analyse(self, scan: Scan):
-        """Residual heatmap and slice scores of one scan on the model grid (no calibration needed)."""
+    def analyse(self, scan: Scan | str | os.PathLike, *, precision: str | None = None) -> Analysis:
+        """Residual heatmap and slice / scan scores of one scan on the model grid (no calibration needed):
+        :meth:`prepare`, :meth:`reconstruct` and :meth:`analyse_prepared`."""
+        scan = scan if isinstance(scan, Scan) else load_scan(scan)
         prep = self.prepare(scan)
-        self._is_hu = scan.is_hu
-        c = self.channels // 2
-        image = prep.x[..., c]
-        recon = np.zeros_like(image)
-        if prep.keep.any():
-            recon[prep.keep] = self.reconstruct(prep.x[prep.keep])
-        resid = residual_map(image, recon, self._sign())
-        erode_px = int(round(self.erode_mm / max(prep.spacing[1], 1e-6)))
+        keep = self._scored_slices(prep)
+        recon = np.zeros(prep.x.shape[:3], np.float32)
+        if keep.any():
+            recon[keep] = self.reconstruct(prep.x[keep], precision=precision)
+        return self.analyse_prepared(prep, recon, is_hu=scan.is_hu)
 
-        def chunk(r, region, keep):  # all per slice (no smoothing across z): z-chunks run in threads
-            m = erode_mask(region, erode_px) & keep[:, None, None]
-            h = residual_heatmap(r, mask=m, sigma_mm=self.sigma_mm, spacing=prep.spacing)
-            return m, h, slice_scores(r if self.slice_score == "mae" else h, m, self.slice_score)
+    def _scored_slices(self, prep: PreparedScan) -> np.ndarray:
+        """Slices with enough body; when there are none, the slices with any body."""
+        return prep.keep if prep.keep.any() else prep.body.reshape(len(prep.body), -1).any(axis=1)
 
-        mask, heat, scores = map_slices(chunk, resid, self.region(prep, image), prep.keep)
-        return prep, image, recon, heat, mask, scores
+    def analyse_prepared(self, prep: PreparedScan, reconstruction: np.ndarray, *, is_hu: bool = True) -> Analysis:
+        """:func:`aeanomaly.scoring.analyse` of a prepared scan and a reconstruction of it, in the
+        detector's scoring region (the lungs, the body, or a U-Net head's organs).
+
+        A slice is scored when it has enough body (``min_body_fraction``); when no slice has, the slices
+        with any body are. In the lung region, a scan where no lung is found is scored in the body
+        region. ``Analysis.note`` says so. ``reconstruction`` may come from any model of the same
+        grid (benchmarks use this for baselines).
+        """
+        params = self.scoring_params()
+        window = HUWindow.parse(self.window)
+        notes = []
+        keep = self._scored_slices(prep)
+        if not prep.keep.any():
+            notes.append(f"no slice has {params.min_body_fraction:.0%} body: scored the slices with any body"
+                         if keep.any() else "no body found in the image: not scored")
+        image = prep.x[..., self.channels // 2]
+        head = getattr(self, "head_", None)
+        unet = head is not None and head.kind == "unet"
+        roi = resolved_roi(params.roi, window.name)
+        organs = organ_label_map(head, prep.x) if unet else None
+        thr = float(window.apply(np.float32(LUNG_THRESHOLD_HU))) if is_hu else None
+        region = scoring_region(image, prep.body, roi, thr, organs)
+        if roi == "lung" and not unet and keep.any() and not (region & keep[:, None, None]).any():
+            region, roi = prep.body.copy(), "body"
+            notes.append("no lung region found: scored in the body region")
+        sign = resolved_sign(params.residual_sign, roi, unet)
+        out = analyse(image, np.asarray(reconstruction, np.float32), region, keep, prep.spacing, params, sign,
+                      note="; ".join(notes))
+        out.prepared = prep
+        out.organ_labels = organs
+        return out
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(
@@ -293,14 +395,10 @@ class AnomalyDetector:
         strict : bool
             Stop at the first unreadable scan instead of skipping it with a warning.
         """
-        from .model.data import SliceStore
         from .model.train import train_autoencoder
-        from .fitting import build_store, calibration_pass
 
-        paths = [Path(p) for p in paths]
-        self.window_  # validates the window early
-        self._train_config()  # and the training / augmentation settings
-        check_precision(self.precision)
+        window = self._validate_params()
+        paths = list(paths)
         split = split_scans(len(paths), self.val_fraction, self.calib_fraction, self.seed, groups)
         tmp_dir = None
         if work_dir is None:
@@ -308,93 +406,117 @@ class AnomalyDetector:
         work = Path(work_dir)
         work.mkdir(parents=True, exist_ok=True)
         try:
-            store, skipped = build_store(self, paths, split, work, strict=strict, resume=resume, verbose=verbose)
+            spec = {"size": self.size, "channels": self.channels, "window": window.to_spec()}
+            store, skipped = build_store(self.prepare, paths, sorted(split.train + split.val), split.to_dict(), spec,
+                                         work, self.size, self.channels, strict=strict, resume=resume, verbose=verbose)
             train_idx = np.flatnonzero(np.isin(store.scan_ids, split.train))
             val_idx = np.flatnonzero(np.isin(store.scan_ids, split.val))
             if len(train_idx) == 0:
                 raise ConfigError("no usable training slices: every training scan was unreadable or empty")
-            model, state = train_autoencoder(
-                self._train_config(), store, train_idx, val_idx, work, resume=resume, verbose=verbose
-            )
+            model, state = train_autoencoder(self.train_config(), store, train_idx, val_idx, work, resume=resume,
+                                             verbose=verbose)
             store.close()
             self.model_ = model
-            self._infer_fn = None
+            self.window_ = window
+            self.head_ = None
             self.history_ = state["history"]
-            self.train_state_ = {k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from")}
+            self.train_state_ = {**{k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from")},
+                                 "n_train_slices": int(len(train_idx)), "n_val_slices": int(len(val_idx))}
             self.split_ = {side: [str(paths[i]) for i in getattr(split, side)] for side in ("train", "val", "calib")}
-            cal = calibration_pass(self, [paths[i] for i in split.calib], strict=strict, verbose=verbose)
-            skipped += cal.pop("skipped")
-            self._set_calibration(**cal)
-            self.skipped_ = skipped
+            stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=self.precision),
+                                              [paths[i] for i in split.calib], strict=strict, verbose=verbose)
+            self.calibration_ = Calibration.fit(stats, target_fpr=self.target_fpr, method=self.calib_method,
+                                                pixel_quantile=self.pixel_quantile, precision=self.precision)
+            self.skipped_ = skipped + cal_skipped
         finally:
             if tmp_dir is not None:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
         return self
 
-    def _calibrator_method(self, n: int) -> str:
-        if self.calib_method != "auto":
-            return self.calib_method
-        return "empirical" if n >= int(np.ceil(1.0 / self.target_fpr - 1.0 - 1e-9)) else "gamma"
+    # -- operating point -------------------------------------------------------------------------
+    def recalibrate(self, paths: Iterable[str | os.PathLike], *, method: str | None = None,
+                    target_fpr: float | None = None, precision: str | None = None, strict: bool = False,
+                    verbose: int = 0, note: str = "recalibrate") -> "AnomalyDetector":
+        """Refit the calibrators and the pixel threshold on other normal scans, without retraining
+        (optionally in another inference ``precision``, which scoring then uses). Changes the fitted
+        state only; a failure leaves the detector as it was."""
+        self._check_fitted()
+        method = self.calib_method if method is None else method
+        alpha = self.target_fpr_ if target_fpr is None else float(target_fpr)
+        precision = self.precision_ if precision is None else precision
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if method not in CALIB_METHODS:
+            raise ConfigError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
+        if not 0.0 < alpha < 1.0:
+            raise ConfigError(f"target_fpr must be in (0, 1), got {target_fpr!r}")
+        stats, skipped = normal_stats(lambda s: self.analyse(s, precision=precision), list(paths), strict=strict,
+                                      verbose=verbose)
+        self.calibration_ = Calibration.fit(stats, target_fpr=alpha, method=method, pixel_quantile=self.pixel_quantile,
+                                            precision=precision, note=note, log=self.calibration_.log)
+        self.skipped_ = skipped
+        return self
 
-    def _set_calibration(self, scan_scores, slice_scores, pixel_tail, n_pixels, normal_peaks, sources, note="fit"):
-        """Fit the scan- and slice-level calibrators and the pixel threshold on normal results."""
-        scan_scores = np.asarray(scan_scores, float)
-        if np.isfinite(scan_scores).sum() < 2:
-            raise ConfigError("calibration needs at least 2 scorable held-out normal scans")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            self.calibrator_ = Calibrator(self._calibrator_method(len(scan_scores)), self.target_fpr).fit(scan_scores)
-            sl = np.asarray(slice_scores, float)
-            self.slice_calibrator_ = Calibrator(self._calibrator_method(len(sl)), self.target_fpr).fit(sl)
-        tail = np.sort(np.asarray(pixel_tail, np.float32))[::-1]
-        m = max(1, int(np.ceil((1.0 - self.pixel_quantile) * n_pixels)))
-        self.pixel_threshold_ = float(tail[min(m, len(tail)) - 1])
-        self.normal_peaks_ = np.sort(np.asarray(normal_peaks, float))
-        self.calibration_sources_ = [str(s) for s in sources]
-        self.calibration_log_ = getattr(self, "calibration_log_", []) + [
-            {"when": _now(), "what": note, "method": self.calibrator_.method, "target_fpr": self.target_fpr,
-             "threshold": _finite_or_none(self.calibrator_.threshold_), "n_scans": int(len(scan_scores))}
-        ]
+    def set_threshold(self, threshold: float | None = None, *, target_fpr: float | None = None,
+                      reason: str = "") -> "AnomalyDetector":
+        """Choose the scan-level operating point: an explicit score threshold, or a new target FPR
+        (refitted on the stored normal calibration scores). Recorded with when and why."""
+        self._check_fitted()
+        if (threshold is None) == (target_fpr is None):
+            raise ConfigError("give exactly one of threshold or target_fpr")
+        if target_fpr is not None:
+            if not 0.0 < float(target_fpr) < 1.0:
+                raise ConfigError(f"target_fpr must be in (0, 1), got {target_fpr!r}")
+            self.calibration_ = self.calibration_.with_target_fpr(float(target_fpr), reason)
+        else:
+            self.calibration_ = self.calibration_.with_threshold(float(threshold), reason)
+        return self
+
+    def set_head(self, head) -> "AnomalyDetector":
+        """Attach a fitted :class:`aeanomaly.model.heads.SupervisedHead` (or None to drop it). A U-Net
+        head changes the scoring region: recalibrate afterwards."""
+        self._check_fitted()
+        if head is not None and (head.size != self.size or head.channels != self.channels):
+            raise ConfigError(f"the head's input ({head.size} px, {head.channels} channels) differs from the "
+                              f"autoencoder's ({self.size} px, {self.channels} channels)")
+        self.head_ = head
+        return self
 
     # -- scoring ---------------------------------------------------------------------------------
     def score_scan(self, scan: Scan | str | os.PathLike) -> ScanResult:
         """Score one scan: label, p-value, slice scores, heatmap and lesions; with a supervised head also
         the lesions' organs (U-Net) or the classifier and fused probabilities (CNN)."""
         self._check_fitted()
-        if not isinstance(scan, Scan):
-            scan = load_scan(scan)
-        prep, image, recon, heat, mask, scores = self._analyse(scan)
-        s = scan_score(scores, self.scan_aggregation)
-        if not np.isfinite(s):
-            raise ScanError("no slice with enough body to score (is this CT in the bundle's window?)", scan.source)
-        p = float(np.asarray(self.calibrator_.p_value(s)).ravel()[0])
-        label = "abnormal" if bool(np.asarray(self.calibrator_.predict(s)).ravel()[0]) else "normal"
+        scan = scan if isinstance(scan, Scan) else load_scan(scan)
+        a = self.analyse(scan)
+        params = self.scoring_params()
+        prep, scores, s = a.prepared, a.slice_scores, a.scan_score
+        cal = self.calibration_
         finite = np.isfinite(scores)
         sp = np.full(scores.shape, np.nan)
         sl = np.zeros(scores.shape, bool)
-        if finite.any():
-            sp[finite] = self.slice_calibrator_.p_value(scores[finite])
-            if self.slice_fdr is None:
-                sl[finite] = self.slice_calibrator_.predict(scores[finite])
-            else:
-                if not 0 < float(self.slice_fdr) < 1:
-                    raise ConfigError(f"slice_fdr must be in (0, 1), got {self.slice_fdr!r}")
-                sl[finite] = benjamini_hochberg(sp[finite], float(self.slice_fdr))
+        if np.isfinite(s):
+            p = float(np.asarray(cal.scan.p_value(s)).ravel()[0])
+            label = "abnormal" if bool(np.asarray(cal.scan.predict(s)).ravel()[0]) else "normal"
+            sp[finite] = cal.slice.p_value(scores[finite])
+            sl[finite] = (cal.slice.predict(scores[finite]) if params.slice_fdr is None
+                          else benjamini_hochberg(sp[finite], float(params.slice_fdr)))
+        else:  # nothing to score (no body): normal, with the reason in the note
+            p, label = float("nan"), "normal"
         lesions, labels = find_lesions(
-            heat, self.pixel_threshold_, prep.spacing, prep.affine, min_size_mm2=self.min_lesion_mm2,
-            min_volume_mm3=self.min_lesion_mm3,
-            opening_px=int(round(self.opening_mm / prep.spacing[1])), normal_peaks=self.normal_peaks_,
+            a.heatmap, cal.pixel_threshold, prep.spacing, prep.affine, min_size_mm2=params.min_lesion_mm2,
+            min_volume_mm3=params.min_lesion_mm3, opening_px=int(round(params.opening_mm / prep.spacing[1])),
+            normal_peaks=cal.normal_peaks,
         )
-        for les in lesions:  # the centroid on the scan's own slice grid too (model grid → input pixels)
-            cz, cy, cx = les["centroid_zyx"]
-            les["centroid_zyx_input"] = (float(cz), *model_to_input_yx(cy, cx, prep.grid))
-        extra = head_outputs(self, prep, p, lesions, labels)
-        self._organ_cache = None
+        lesions = [les.with_(centroid_zyx_input=(float(les.centroid_zyx[0]),
+                                                 *model_to_input_yx(les.centroid_zyx[1], les.centroid_zyx[2], prep.grid)))
+                   for les in lesions]
+        extra = head_outputs(getattr(self, "head_", None), prep, p, lesions, labels, a.organ_labels)
         return ScanResult(
             source=scan.source, n_slices=scan.n_slices, scan_score=float(s), p_value=p, label=label,
-            top_slice=int(np.nanargmax(scores)), slice_scores=scores, slice_p_values=sp, slice_labels=sl,
-            heatmap=heat, lesion_labels=labels, image=image, reconstruction=recon, prepared=prep, scan=scan,
-            **extra,
+            top_slice=int(np.nanargmax(scores)) if finite.any() else 0, slice_scores=scores, slice_p_values=sp,
+            slice_labels=sl, heatmap=a.heatmap, lesion_labels=labels, image=a.image, reconstruction=a.reconstruction,
+            prepared=prep, scan=scan, note=a.note, **extra,
         )
 
     def score(self, paths: Iterable[str | os.PathLike]) -> list[ScanResult]:
@@ -403,55 +525,8 @@ class AnomalyDetector:
 
     def decision_function(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Scan scores (higher = more anomalous), like sklearn's outlier detectors."""
-        return np.array([self._scan_score_only(p) for p in paths])
-
-    def _scan_score_only(self, path) -> float:
-        scan = path if isinstance(path, Scan) else load_scan(path)
-        return scan_score(self._analyse(scan)[5], self.scan_aggregation)
-
-    # -- operating point -------------------------------------------------------------------------
-    def recalibrate(self, paths: Iterable[str | os.PathLike], *, method: str | None = None,
-                    target_fpr: float | None = None, precision: str | None = None, strict: bool = False,
-                    verbose: int = 0) -> "AnomalyDetector":
-        """Refit the calibrators and the pixel threshold on other normal scans, without retraining
-        (optionally in another inference ``precision``, which scoring then uses)."""
-        from .fitting import calibration_pass
-
         self._check_fitted()
-        old = {"precision": self.precision, "calib_method": self.calib_method, "target_fpr": self.target_fpr}
-        if precision is not None:
-            self.precision = check_precision(precision)
-        if method is not None:
-            self.calib_method = method
-        if target_fpr is not None:
-            self.target_fpr = float(target_fpr)
-        try:
-            cal = calibration_pass(self, [Path(p) for p in paths], strict=strict, verbose=verbose)
-            skipped = cal.pop("skipped")
-            self._set_calibration(**cal, note="recalibrate")
-        except BaseException:
-            self.set_params(**old)  # a failed recalibration leaves the detector as it was
-            raise
-        self.skipped_ = skipped
-        return self
-
-    def set_threshold(self, threshold: float | None = None, *, target_fpr: float | None = None, reason: str = "") -> "AnomalyDetector":
-        """Choose the scan-level operating point: an explicit score threshold, or a new target FPR
-        (refitted on the stored normal calibration scores). Recorded with when and why."""
-        self._check_fitted()
-        if (threshold is None) == (target_fpr is None):
-            raise ConfigError("give exactly one of threshold or target_fpr")
-        if target_fpr is not None:
-            self.target_fpr = float(target_fpr)
-            self.calibrator_ = self.calibrator_.with_target_fpr(self.target_fpr)
-            self.slice_calibrator_ = self.slice_calibrator_.with_target_fpr(self.target_fpr)
-        else:
-            self.calibrator_.set_threshold(float(threshold), reason=reason)
-        self.calibration_log_ = getattr(self, "calibration_log_", []) + [
-            {"when": _now(), "what": "set_threshold", "reason": reason, "target_fpr": self.target_fpr,
-             "threshold": _finite_or_none(self.calibrator_.threshold_)}
-        ]
-        return self
+        return np.array([self.analyse(p).scan_score for p in paths])
 
     # -- persistence -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -462,37 +537,27 @@ class AnomalyDetector:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AnomalyDetector":
         """Load a fitted detector from a bundle directory."""
-        return _bundle.load_bundle(path, cls)
+        parts = _bundle.load_parts(path)
+        info = parts["info"]
+        try:
+            det = cls(**info["params"])
+            window = HUWindow.parse(det.window)
+        except (TypeError, ConfigError) as err:
+            from .errors import BundleError
+
+            raise BundleError(f"bundle.json has invalid parameters: {err}", path) from None
+        det.model_ = parts["model"]
+        det.window_ = window
+        det.calibration_ = parts["calibration"]
+        det.head_ = parts["head"]
+        det.history_ = parts["history"]
+        det.train_state_ = info.get("training", {})
+        det.split_ = info.get("split", {})
+        det.skipped_ = info.get("skipped", [])
+        det.bundle_path_ = str(path)
+        return det
 
     def calibration_dict(self) -> dict:
         """The content of calibration.json."""
         self._check_fitted()
-        return {
-            "target_fpr": self.target_fpr,
-            "precision": self.precision,  # the inference arithmetic the scores were computed in
-            "scan": self.calibrator_.to_dict(),
-            "slice": self.slice_calibrator_.to_dict(),
-            "pixel_threshold": self.pixel_threshold_,
-            "pixel_quantile": self.pixel_quantile,
-            "normal_peaks": [float(v) for v in self.normal_peaks_],
-            "calibration_scans": self.calibration_sources_,
-            "log": self.calibration_log_,
-        }
-
-    def load_calibration_dict(self, d: dict) -> None:
-        self.target_fpr = float(d["target_fpr"])
-        self.precision = check_precision(str(d.get("precision", "float32")))
-        self.calibrator_ = Calibrator.from_dict(d["scan"])
-        self.slice_calibrator_ = Calibrator.from_dict(d["slice"])
-        self.pixel_threshold_ = float(d["pixel_threshold"])
-        self.normal_peaks_ = np.asarray(d["normal_peaks"], float)
-        self.calibration_sources_ = list(d.get("calibration_scans", []))
-        self.calibration_log_ = list(d.get("log", []))
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _finite_or_none(v) -> float | None:
-    return float(v) if v is not None and np.isfinite(v) else None
+        return self.calibration_.to_dict()

@@ -3,13 +3,13 @@
 * U-Net head — an organ label map on the model grid (:func:`organ_label_map`): the head's labels,
   kept only inside the cleaned organ region (largest components, holes filled) and with the filled
   holes given the nearest organ's label. Its non-zero part is the region the residuals are restricted
-  to (:meth:`aeanomaly.detector.AnomalyDetector.region`); each lesion is named after the organ most of
-  its voxels lie in (:func:`lesion_organs`).
+  to (:func:`aeanomaly.masks.scoring_region`); each lesion is named after the organ most of its
+  voxels lie in (:func:`lesion_organs`).
 * CNN head — the per-slice and scan-level classifier probability of abnormal and, when the head holds
   a fitted fusion, the fused probability (logistic stacking of the scan p-value and the classifier
   probability) (:func:`classifier_outputs`).
 
-Pure functions on arrays; nothing here touches files.
+Pure functions of a head and arrays; nothing here touches files or a detector.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .model.head_train import clean_region_mask
+from .masks import clean_region_mask
 from .preprocess import mask_to_model_grid
 
 #: Minimum area of a kept region component, as a fraction of the slice (see ``clean_region_mask``).
@@ -75,19 +75,8 @@ def fill_region_labels(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
     return out
 
 
-def organ_labels_for(det, prep) -> np.ndarray:
-    """:func:`organ_label_map` of a prepared scan, computed once per ``prep`` (memoised on ``det``,
-    so the region and the lesion organs share one U-Net pass)."""
-    cached = getattr(det, "_organ_cache", None)
-    if cached is not None and cached[0] is prep:
-        return cached[1]
-    labels = organ_label_map(det.head_, prep.x)
-    det._organ_cache = (prep, labels)
-    return labels
-
-
-def lesion_organs(head, organ_labels: np.ndarray, lesion_labels: np.ndarray, lesions: list[dict]) -> list[dict]:
-    """Lesion records with an ``organ`` entry: the class most of the lesion's voxels lie in
+def lesion_organs(head, organ_labels: np.ndarray, lesion_labels: np.ndarray, lesions: list) -> list:
+    """Lesions with their ``organ``: the class most of the lesion's voxels lie in
     (``"background"`` when none lies in an organ).
 
     Parameters
@@ -98,18 +87,18 @@ def lesion_organs(head, organ_labels: np.ndarray, lesion_labels: np.ndarray, les
         int ``(z, size, size)`` from :func:`organ_label_map`.
     lesion_labels : np.ndarray
         int ``(z, size, size)``: lesion ``id`` ``k`` is the voxels equal to ``k``.
-    lesions : list of dict
-        Records of :func:`aeanomaly.localize.find_lesions` (with ``id``).
+    lesions : list of Lesion
+        From :func:`aeanomaly.localize.find_lesions`.
 
     Returns
     -------
-    list of dict
-        New dicts (the inputs are not modified).
+    list of Lesion
+        New lesions (the inputs are not modified).
     """
     out = []
     for les in lesions:
-        inside = (lesion_labels == les["id"]) & (organ_labels > 0)
-        out.append({**les, "organ": head.organ_of(organ_labels, inside)})
+        inside = (lesion_labels == les.id) & (organ_labels > 0)
+        out.append(les.with_(organ=head.organ_of(organ_labels, inside)))
     return out
 
 
@@ -145,8 +134,21 @@ def classifier_outputs(head, prep, p_value: float) -> tuple[np.ndarray, float | 
     return slice_proba, head_proba, fused
 
 
-def head_outputs(det, prep, p_value: float, lesions: list[dict], lesion_labels: np.ndarray) -> dict:
-    """Everything the detector's head adds to a :class:`~aeanomaly.detector.ScanResult`.
+def head_outputs(head, prep, p_value: float, lesions: list, lesion_labels: np.ndarray,
+                 organ_labels: np.ndarray | None = None) -> dict:
+    """Everything a supervised head adds to a :class:`~aeanomaly.detector.ScanResult`.
+
+    Parameters
+    ----------
+    head : SupervisedHead or None
+    prep : PreparedScan
+    p_value : float
+        The autoencoder's scan p-value.
+    lesions, lesion_labels
+        From :func:`aeanomaly.localize.find_lesions`.
+    organ_labels : np.ndarray, optional
+        A U-Net head's :func:`organ_label_map` of ``prep`` when already computed (it is computed here
+        otherwise).
 
     Returns
     -------
@@ -156,11 +158,10 @@ def head_outputs(det, prep, p_value: float, lesions: list[dict], lesion_labels: 
         None). Without a head: the lesions unchanged and None elsewhere.
     """
     out = dict(lesions=lesions, organ_labels=None, head_proba=None, fused_proba=None, slice_head_proba=None)
-    head = getattr(det, "head_", None)
     if head is None:
         return out
     if head.kind == "unet":
-        organs = organ_labels_for(det, prep)
+        organs = organ_labels if organ_labels is not None else organ_label_map(head, prep.x)
         out.update(organ_labels=organs, lesions=lesion_organs(head, organs, lesion_labels, lesions))
     else:
         sp, hp, fp = classifier_outputs(head, prep, p_value)

@@ -1,4 +1,4 @@
-"""Localisation, pure numpy/scipy: residual volumes → heatmaps → pixel threshold → lesion table.
+"""Localisation, pure numpy/scipy: a heatmap and its pixel threshold → typed lesions and a label volume.
 
 Volumes are ``(z, y, x)`` in the internal grid of :mod:`aeanomaly.io.scan` with ``spacing``
 ``(z, y, x)`` in mm and an affine mapping the index ``(x, y, z, 1)`` to RAS+ mm. Residuals are on
@@ -8,12 +8,14 @@ array is accepted wherever a volume is and treated as one slice. Inputs are neve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from scipy import ndimage
 
 from .errors import ConfigError
+from .scoring import as_volume, check_spacing
 
 #: Keys of one lesion record, in table order.
 LESION_FIELDS = (
@@ -22,97 +24,75 @@ LESION_FIELDS = (
 )
 
 
-def _as_zyx(array, name: str, dtype=np.float32) -> np.ndarray:
-    arr = np.asarray(array, dtype=dtype)
-    if arr.ndim == 2:
-        arr = arr[None]
-    if arr.ndim != 3 or arr.size == 0:
-        raise ConfigError(f"{name} must be a non-empty (z, y, x) or (y, x) array, got shape {np.shape(array)}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise ConfigError(f"{name} holds NaN or infinite values")
-    return arr
+@dataclass(frozen=True)
+class Lesion(Mapping):
+    """One lesion candidate: a connected component of the thresholded heatmap.
 
+    Read like a dict too (``les["area_mm2"]``, ``dict(les)``, ``les.to_dict()``), so tables and
+    reports take it as a row. Positions are on the model grid unless said otherwise.
 
-def _spacing(spacing) -> tuple[float, float, float]:
-    sp = tuple(float(s) for s in np.ravel(spacing))
-    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
-        raise ConfigError(f"spacing must be three positive (z, y, x) sizes in mm, got {spacing!r}")
-    return sp  # type: ignore[return-value]
-
-
-def _mask_like(mask, ref: np.ndarray, name: str = "mask") -> np.ndarray:
-    if mask is None:
-        return np.ones(ref.shape, dtype=bool)
-    m = np.asarray(mask, dtype=bool)
-    m = m[None] if m.ndim == 2 else m
-    if m.shape != ref.shape:
-        raise ConfigError(f"{name} shape {np.shape(mask)} differs from the heatmap's {ref.shape}")
-    return m
-
-
-def _fill_outside(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Copy of ``vol`` where each outside-mask pixel takes the value of the nearest in-plane mask pixel."""
-    out = vol.copy()
-    for k in np.flatnonzero(mask.any(axis=(1, 2)) & ~mask.all(axis=(1, 2))):
-        idx = ndimage.distance_transform_edt(~mask[k], return_distances=False, return_indices=True)
-        out[k] = vol[k][idx[0], idx[1]]
-    return out
-
-
-def residual_heatmap(
-    residual: np.ndarray,
-    mask: np.ndarray | None = None,
-    sigma_mm: float = 2.0,
-    spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    median_px: int = 0,
-) -> np.ndarray:
-    """Smoothed anomaly heatmap of a residual volume, zero outside the mask.
-
-    Parameters
+    Attributes
     ----------
-    residual : np.ndarray
-        ``(z, y, x)`` (or ``(y, x)``) residual, e.g. ``|x - x̂|`` on the [0, 1] windowed scale.
-    mask : np.ndarray of bool, optional
-        Same shape; the region where the heatmap is defined (e.g. the eroded body mask).
-    sigma_mm : float
-        Standard deviation of the in-plane Gaussian in mm (per-axis pixels ``sigma_mm / spacing``);
-        there is no smoothing across slices. 0 disables it.
-    spacing : (3,) float
-        Voxel size ``(z, y, x)`` in mm.
-    median_px : int
-        Radius of an optional in-plane median filter applied first: window ``(2r+1) × (2r+1)``.
-
-    Returns
-    -------
-    np.ndarray
-        float32, same shape as ``residual``; 0 outside ``mask``.
-
-    Notes
-    -----
-    Smoothing is a normalised convolution, ``G(r·m) / G(m)``: residual outside the mask never
-    bleeds in and pixels near the mask (or image) edge are not darkened. Before the median filter,
-    outside-mask pixels take the value of the nearest in-plane mask pixel, for the same reasons.
+    id : int
+        1..n, by decreasing ``max_residual``.
+    slice_start, slice_end : int
+        Inclusive z range.
+    centroid_zyx : tuple of float
+        Voxel index, weighted by the heatmap's excess over the threshold.
+    centroid_ras_mm : tuple of float
+        That centroid in RAS+ mm.
+    area_mm2, volume_mm3, equivalent_diameter_mm : float
+        Largest in-plane cross-section, volume, diameter of a circle of that area.
+    n_voxels : int
+    max_residual, mean_residual : float
+        Heatmap inside the lesion.
+    p_value : float or None
+        ``(1 + #{normal slice peaks ≥ max_residual}) / (n + 1)``; None without normal peaks.
+    severity : str
+        ``high`` (p ≤ 0.01), ``moderate`` (p ≤ 0.05), ``low``, or ``unknown``.
+    centroid_zyx_input : tuple of float, optional
+        The centroid on the input's own slice grid (set by the detector).
+    organ : str, optional
+        The organ most of its voxels lie in (with a U-Net head).
     """
-    res = _as_zyx(residual, "residual")
-    _, sy, sx = _spacing(spacing)
-    m = _mask_like(mask, res)
-    if not np.isfinite(sigma_mm) or sigma_mm < 0:
-        raise ConfigError(f"sigma_mm must be ≥ 0, got {sigma_mm}")
-    if int(median_px) != median_px or median_px < 0:
-        raise ConfigError(f"median_px must be an integer ≥ 0, got {median_px}")
-    work = res
-    if median_px > 0:
-        size = (1, 2 * int(median_px) + 1, 2 * int(median_px) + 1)
-        work = ndimage.median_filter(_fill_outside(res, m) if mask is not None else res, size=size, mode="nearest")
-    mf = m.astype(np.float32)
-    if sigma_mm > 0:
-        sig = (0.0, sigma_mm / sy, sigma_mm / sx)
-        num = ndimage.gaussian_filter(work * mf, sig, mode="constant", cval=0.0)
-        den = ndimage.gaussian_filter(mf, sig, mode="constant", cval=0.0)
-        out = np.divide(num, den, out=np.zeros_like(num), where=m & (den > 1e-6))
-    else:
-        out = np.where(m, work, np.float32(0.0))
-    return out.astype(np.float32, copy=False).reshape(np.shape(residual))
+
+    id: int
+    slice_start: int
+    slice_end: int
+    centroid_zyx: tuple
+    centroid_ras_mm: tuple
+    area_mm2: float
+    volume_mm3: float
+    equivalent_diameter_mm: float
+    n_voxels: int
+    max_residual: float
+    mean_residual: float
+    p_value: float | None
+    severity: str
+    centroid_zyx_input: tuple | None = None
+    organ: str | None = None
+
+    def _present(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name in LESION_FIELDS or getattr(self, f.name) is not None]
+
+    def __getitem__(self, key: str):
+        if key not in self._present():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._present())
+
+    def __len__(self) -> int:
+        return len(self._present())
+
+    def to_dict(self) -> dict:
+        """The lesion as a plain dict (optional fields only when set)."""
+        return {k: getattr(self, k) for k in self._present()}
+
+    def with_(self, **changes) -> "Lesion":
+        """A copy with some fields changed (e.g. ``organ``)."""
+        return replace(self, **changes)
 
 
 def slice_peaks(heatmap: np.ndarray) -> np.ndarray:
@@ -120,88 +100,7 @@ def slice_peaks(heatmap: np.ndarray) -> np.ndarray:
 
     On normal calibration slices these are the reference distribution of lesion severity.
     """
-    return _as_zyx(heatmap, "heatmap", np.float64).max(axis=(1, 2))
-
-
-def _pairs(normal_heatmaps, masks) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
-    if isinstance(normal_heatmaps, np.ndarray):
-        arrays, mlist = [normal_heatmaps], [masks]
-    else:
-        arrays = list(normal_heatmaps)
-        mlist = [None] * len(arrays) if masks is None else list(masks)
-    if len(mlist) != len(arrays):
-        raise ConfigError(f"{len(arrays)} normal heatmaps but {len(mlist)} masks")
-    for i, (a, m) in enumerate(zip(arrays, mlist)):
-        if m is not None and np.shape(m) != np.shape(a):
-            raise ConfigError(f"mask {i} shape {np.shape(m)} differs from its heatmap's {np.shape(a)}")
-    return arrays, mlist
-
-
-def _values(a, m) -> np.ndarray:
-    a = np.asarray(a)
-    v = a.ravel() if m is None else a[np.asarray(m, dtype=bool)]
-    if not np.isfinite(v).all():
-        raise ConfigError("a normal heatmap holds NaN or infinite values")
-    return v.astype(np.float64, copy=False)
-
-
-def pixel_threshold(
-    normal_heatmaps: np.ndarray | Iterable[np.ndarray],
-    quantile: float = 0.999,
-    masks: np.ndarray | Iterable[np.ndarray | None] | None = None,
-    max_values: int = 4_000_000,
-) -> float:
-    """Pixel threshold: the ``quantile`` of heatmap values inside the masks over NORMAL slices.
-
-    Parameters
-    ----------
-    normal_heatmaps : np.ndarray or iterable of np.ndarray
-        One array of any shape, or several (shapes may differ), e.g. ``(z, y, x)`` heatmaps of the
-        normal calibration scans ([0, 1] residual scale).
-    quantile : float
-        In (0, 1), e.g. 0.999 gives a 0.1 % pixel false-positive rate on normal tissue.
-    masks : np.ndarray of bool or iterable, optional
-        Matching the heatmaps (``None`` entries = every pixel counts).
-    max_values : int
-        Memory bound on the number of values held at once (besides one array's masked values).
-
-    Returns
-    -------
-    float
-        Linear-interpolated quantile, the same as ``np.quantile`` of the concatenated values.
-
-    Notes
-    -----
-    Exact whenever the upper tail it needs, ``N - floor(q (N - 1))`` values, fits in
-    ``max_values``: the arrays are scanned one at a time keeping only the running top values
-    (``np.partition``), never a concatenated copy. Otherwise each array is deterministically
-    subsampled with the stride ``ceil(N / max_values)`` (every k-th masked value, in C order), and
-    the result is the quantile of that sample: accurate to its sampling error only.
-    """
-    if not 0.0 < float(quantile) < 1.0:
-        raise ConfigError(f"quantile must be in (0, 1), got {quantile}")
-    arrays, mlist = _pairs(normal_heatmaps, masks)
-    counts = [int(np.size(a)) if m is None else int(np.count_nonzero(m)) for a, m in zip(arrays, mlist)]
-    n = sum(counts)
-    if n == 0:
-        raise ConfigError("no normal heatmap values inside the masks to learn a pixel threshold from")
-    pos = float(quantile) * (n - 1)
-    lo = int(np.floor(pos))
-    k = n - lo  # values of rank lo .. n-1 (ascending) are all that the quantile needs
-    if k > max_values:
-        stride = int(np.ceil(n / max_values))
-        sample = np.concatenate([_values(a, m)[::stride] for a, m in zip(arrays, mlist)])
-        return float(np.quantile(sample, quantile))
-    top = np.empty(0, dtype=np.float64)
-    for a, m in zip(arrays, mlist):
-        v = _values(a, m)
-        if v.size > k:
-            v = np.partition(v, v.size - k)[v.size - k:]
-        top = np.concatenate([top, v])
-        if top.size > k:
-            top = np.partition(top, top.size - k)[top.size - k:]
-    two = np.partition(top, 1)[:2] if top.size > 1 else np.repeat(top, 2)
-    return float(two[0] + (pos - lo) * (two[1] - two[0]))
+    return as_volume(heatmap, "heatmap", np.float64).max(axis=(1, 2))
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -229,7 +128,7 @@ def find_lesions(
     opening_px: int = 1,
     normal_peaks: np.ndarray | None = None,
     connectivity3d: bool = True,
-) -> tuple[list[dict], np.ndarray]:
+) -> tuple[list[Lesion], np.ndarray]:
     """Lesions as connected components of the thresholded heatmap.
 
     Parameters
@@ -256,8 +155,8 @@ def find_lesions(
 
     Returns
     -------
-    records : list of dict
-        One per lesion, keys :data:`LESION_FIELDS`, sorted by decreasing ``max_residual``:
+    records : list of Lesion
+        One per lesion, sorted by decreasing ``max_residual``:
         ``id`` (1..n), ``slice_start``/``slice_end`` (inclusive z range), ``centroid_zyx`` (voxel
         index, weighted by the heatmap's excess over ``threshold``), ``centroid_ras_mm`` (that
         centroid through ``affine``), ``area_mm2`` (largest in-plane cross-section),
@@ -268,8 +167,8 @@ def find_lesions(
     labels : np.ndarray
         int32, same shape as ``heatmap``: 0 = background, ``k`` = the voxels of lesion id ``k``.
     """
-    hm = _as_zyx(heatmap, "heatmap", np.float64)
-    sz, sy, sx = _spacing(spacing)
+    hm = as_volume(heatmap, "heatmap", np.float64)
+    sz, sy, sx = check_spacing(spacing)
     aff = np.asarray(affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.isfinite(aff).all():
         raise ConfigError(f"affine must be a finite 4x4 matrix, got shape {aff.shape}")
@@ -321,7 +220,7 @@ def find_lesions(
     for i, c in enumerate(order):
         pv = None if p is None else float(p[i])
         sev = "unknown" if pv is None else "high" if pv <= 0.01 else "moderate" if pv <= 0.05 else "low"
-        records.append({
+        records.append(Lesion(**{
             "id": i + 1,
             "slice_start": int(z_first[c]),
             "slice_end": int(z_last[c]),
@@ -335,7 +234,7 @@ def find_lesions(
             "mean_residual": float(means[c]),
             "p_value": pv,
             "severity": sev,
-        })
+        }))
     return records, out_labels
 
 

@@ -1,13 +1,183 @@
-"""Residual maps and slice / scan scores (pure functions). Higher is always more anomalous."""
+"""Scoring, pure numpy/scipy: reconstruction → residual map in the scoring region → smoothed heatmap →
+slice and scan scores. Higher is always more anomalous.
+
+:func:`analyse` is the whole stage for one prepared scan and returns an :class:`Analysis`; the
+scoring parameters are one :class:`ScoringParams`. Volumes are ``(z, y, x)`` on the model grid with
+``spacing`` ``(z, y, x)`` in mm; residuals and heatmaps are on the [0, 1] windowed intensity scale.
+Inputs are never modified.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
 import numpy as np
+from scipy import ndimage
+
 from .errors import ConfigError
+from .masks import ROIS, erode_mask
+from .parallel import map_slices
 
 SLICE_SCORES = ("mae", "p99", "p999", "topk")
 SCAN_AGGREGATIONS = ("max", "top3", "top5", "mean")
 RESIDUAL_SIGNS = ("abs", "positive", "negative")
+
+
+@dataclass(frozen=True)
+class ScoringParams:
+    """How residuals become heatmaps, scores and lesions (the benchmarks choose the defaults; see
+    README "Benchmarks").
+
+    Attributes
+    ----------
+    roi : {"auto", "body", "lung"}
+        Where residuals count (see :func:`aeanomaly.masks.resolved_roi`); a U-Net head's organ region
+        replaces it.
+    slice_score : {"mae", "p99", "p999", "topk"}
+        Slice score from the heatmap in the region (``mae``: mean residual, the seed papers' score).
+    scan_aggregation : {"max", "top3", "top5", "mean"}
+        Scan score from the slice scores.
+    residual_sign : {"auto", "abs", "positive", "negative"}
+        ``auto``: positive residuals in the lung region without a U-Net head, absolute elsewhere.
+    sigma_mm, erode_mm, opening_mm : float
+        In-plane Gaussian σ of the heatmap, erosion of the region, opening radius of lesion masks (mm).
+    pixel_quantile : float
+        Quantile of normal heatmap pixels that sets the pixel (lesion) threshold.
+    min_lesion_mm2, min_lesion_mm3 : float, optional
+        Lesions smaller in their largest cross-section (mm²) or, when set, in volume (mm³) are dropped.
+    min_body_fraction : float
+        Slices with less body than this fraction of the slice are not scored.
+    slice_fdr : float, optional
+        Slice labels by Benjamini–Hochberg at this FDR instead of the per-slice threshold.
+    """
+
+    roi: str = "auto"
+    slice_score: str = "p99"
+    scan_aggregation: str = "top3"
+    residual_sign: str = "auto"
+    sigma_mm: float = 6.0
+    erode_mm: float = 6.0
+    opening_mm: float = 2.0
+    pixel_quantile: float = 0.999
+    min_lesion_mm2: float = 12.0
+    min_lesion_mm3: float | None = None
+    min_body_fraction: float = 0.05
+    slice_fdr: float | None = None
+
+    def validated(self) -> "ScoringParams":
+        """Self, after checking every value (ConfigError naming the parameter)."""
+        choices = {"roi": ROIS, "slice_score": SLICE_SCORES, "scan_aggregation": SCAN_AGGREGATIONS,
+                   "residual_sign": ("auto", *RESIDUAL_SIGNS)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("sigma_mm", "erode_mm", "opening_mm", "min_lesion_mm2"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise ConfigError(f"{name} must be a number ≥ 0, got {v!r}")
+        if self.min_lesion_mm3 is not None and not (np.isfinite(self.min_lesion_mm3) and self.min_lesion_mm3 >= 0):
+            raise ConfigError(f"min_lesion_mm3 must be ≥ 0 or None, got {self.min_lesion_mm3!r}")
+        if not 0.0 < float(self.pixel_quantile) < 1.0:
+            raise ConfigError(f"pixel_quantile must be in (0, 1), got {self.pixel_quantile!r}")
+        if not 0.0 <= float(self.min_body_fraction) < 1.0:
+            raise ConfigError(f"min_body_fraction must be in [0, 1), got {self.min_body_fraction!r}")
+        if self.slice_fdr is not None and not 0.0 < float(self.slice_fdr) < 1.0:
+            raise ConfigError(f"slice_fdr must be in (0, 1), got {self.slice_fdr!r}")
+        return self
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolved_sign(sign: str, roi: str, region_head: bool = False) -> str:
+    """``auto`` → ``positive`` in the (unsupervised) lung region, else ``abs``."""
+    if sign != "auto":
+        return sign
+    return "positive" if roi == "lung" and not region_head else "abs"
+
+
+@dataclass
+class Analysis:
+    """One scan scored on the model grid (no calibration needed).
+
+    Attributes
+    ----------
+    image, reconstruction : np.ndarray
+        float32 ``(z, size, size)``: the centre channel of the input and its reconstruction in [0, 1]
+        (reconstruction 0 on slices that are not scored).
+    region : np.ndarray
+        bool ``(z, size, size)``: the scoring region before erosion.
+    mask : np.ndarray
+        bool ``(z, size, size)``: where residuals count (eroded region on scored slices).
+    heatmap : np.ndarray
+        float32 ``(z, size, size)``: smoothed residual, 0 outside ``mask``.
+    slice_scores : np.ndarray
+        float64 ``(z,)``; NaN where the slice has no mask.
+    scan_score : float
+        Aggregate of the finite slice scores; NaN when none.
+    spacing : tuple
+        Model-grid voxel size ``(z, y, x)`` in mm.
+    note : str
+        Why the region is not the one asked for (e.g. no lung found: scored in the body), else "".
+    prepared : PreparedScan, optional
+        The scan on the model grid (set by the detector).
+    organ_labels : np.ndarray, optional
+        int16 ``(z, size, size)`` labels of a U-Net head that gave the region (set by the detector).
+    """
+
+    image: np.ndarray
+    reconstruction: np.ndarray
+    region: np.ndarray
+    mask: np.ndarray
+    heatmap: np.ndarray
+    slice_scores: np.ndarray
+    scan_score: float
+    spacing: tuple[float, float, float]
+    note: str = ""
+    prepared: object = None
+    organ_labels: np.ndarray | None = None
+
+
+def analyse(image: np.ndarray, reconstruction: np.ndarray, region: np.ndarray, keep: np.ndarray,
+            spacing: Sequence[float], params: ScoringParams, sign: str, note: str = "") -> Analysis:
+    """Residual → heatmap → slice and scan scores of one scan on the model grid.
+
+    Parameters
+    ----------
+    image, reconstruction : np.ndarray
+        float32 ``(z, size, size)`` in [0, 1].
+    region : np.ndarray
+        bool ``(z, size, size)`` scoring region (:func:`aeanomaly.masks.scoring_region`).
+    keep : np.ndarray
+        bool ``(z,)``: the slices to score.
+    spacing : (3,) float
+        Model-grid voxel size ``(z, y, x)`` in mm.
+    params : ScoringParams
+    sign : {"abs", "positive", "negative"}
+        The resolved residual sign (:func:`resolved_sign`).
+
+    Returns
+    -------
+    Analysis
+    """
+    sp = check_spacing(spacing)
+    resid = residual_map(image, reconstruction, sign)
+    erode_px = int(round(params.erode_mm / max(sp[1], 1e-6)))
+
+    def chunk(r, reg, k):  # all per slice (no smoothing across z): z-chunks run in threads
+        m = erode_mask(reg, erode_px) & k[:, None, None]
+        h = residual_heatmap(r, mask=m, sigma_mm=params.sigma_mm, spacing=sp)
+        return m, h, slice_scores(r if params.slice_score == "mae" else h, m, params.slice_score)
+
+    mask, heat, scores = map_slices(chunk, resid, np.asarray(region, bool), np.asarray(keep, bool))
+    return Analysis(image=image, reconstruction=reconstruction, region=region, mask=mask, heatmap=heat,
+                    slice_scores=scores, scan_score=scan_score(scores, params.scan_aggregation), spacing=sp,
+                    note=note)
 
 
 def residual_map(x: np.ndarray, x_hat: np.ndarray, sign: str = "abs") -> np.ndarray:
@@ -88,3 +258,98 @@ def scan_score(slice_values: np.ndarray, method: str = "max") -> float:
         return float(v.mean())
     k = min(v.size, 3 if method == "top3" else 5)
     return float(np.sort(v)[-k:].mean())
+
+
+def as_volume(array, name: str, dtype=np.float32) -> np.ndarray:
+    """``array`` as a non-empty finite ``(z, y, x)`` array of ``dtype`` (a 2-D ``(y, x)`` becomes one slice)."""
+    arr = np.asarray(array, dtype=dtype)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.size == 0:
+        raise ConfigError(f"{name} must be a non-empty (z, y, x) or (y, x) array, got shape {np.shape(array)}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ConfigError(f"{name} holds NaN or infinite values")
+    return arr
+
+
+def check_spacing(spacing) -> tuple[float, float, float]:
+    """``spacing`` as three positive finite ``(z, y, x)`` voxel sizes in mm."""
+    sp = tuple(float(s) for s in np.ravel(spacing))
+    if len(sp) != 3 or not all(np.isfinite(s) and s > 0 for s in sp):
+        raise ConfigError(f"spacing must be three positive (z, y, x) sizes in mm, got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _mask_like(mask, ref: np.ndarray, name: str = "mask") -> np.ndarray:
+    if mask is None:
+        return np.ones(ref.shape, dtype=bool)
+    m = np.asarray(mask, dtype=bool)
+    m = m[None] if m.ndim == 2 else m
+    if m.shape != ref.shape:
+        raise ConfigError(f"{name} shape {np.shape(mask)} differs from the heatmap's {ref.shape}")
+    return m
+
+
+def _fill_outside(vol: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Copy of ``vol`` where each outside-mask pixel takes the value of the nearest in-plane mask pixel."""
+    out = vol.copy()
+    for k in np.flatnonzero(mask.any(axis=(1, 2)) & ~mask.all(axis=(1, 2))):
+        idx = ndimage.distance_transform_edt(~mask[k], return_distances=False, return_indices=True)
+        out[k] = vol[k][idx[0], idx[1]]
+    return out
+
+
+def residual_heatmap(
+    residual: np.ndarray,
+    mask: np.ndarray | None = None,
+    sigma_mm: float = 2.0,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    median_px: int = 0,
+) -> np.ndarray:
+    """Smoothed anomaly heatmap of a residual volume, zero outside the mask.
+
+    Parameters
+    ----------
+    residual : np.ndarray
+        ``(z, y, x)`` (or ``(y, x)``) residual, e.g. ``|x - x̂|`` on the [0, 1] windowed scale.
+    mask : np.ndarray of bool, optional
+        Same shape; the region where the heatmap is defined (e.g. the eroded body mask).
+    sigma_mm : float
+        Standard deviation of the in-plane Gaussian in mm (per-axis pixels ``sigma_mm / spacing``);
+        there is no smoothing across slices. 0 disables it.
+    spacing : (3,) float
+        Voxel size ``(z, y, x)`` in mm.
+    median_px : int
+        Radius of an optional in-plane median filter applied first: window ``(2r+1) × (2r+1)``.
+
+    Returns
+    -------
+    np.ndarray
+        float32, same shape as ``residual``; 0 outside ``mask``.
+
+    Notes
+    -----
+    Smoothing is a normalised convolution, ``G(r·m) / G(m)``: residual outside the mask never
+    bleeds in and pixels near the mask (or image) edge are not darkened. Before the median filter,
+    outside-mask pixels take the value of the nearest in-plane mask pixel, for the same reasons.
+    """
+    res = as_volume(residual, "residual")
+    _, sy, sx = check_spacing(spacing)
+    m = _mask_like(mask, res)
+    if not np.isfinite(sigma_mm) or sigma_mm < 0:
+        raise ConfigError(f"sigma_mm must be ≥ 0, got {sigma_mm}")
+    if int(median_px) != median_px or median_px < 0:
+        raise ConfigError(f"median_px must be an integer ≥ 0, got {median_px}")
+    work = res
+    if median_px > 0:
+        size = (1, 2 * int(median_px) + 1, 2 * int(median_px) + 1)
+        work = ndimage.median_filter(_fill_outside(res, m) if mask is not None else res, size=size, mode="nearest")
+    mf = m.astype(np.float32)
+    if sigma_mm > 0:
+        sig = (0.0, sigma_mm / sy, sigma_mm / sx)
+        num = ndimage.gaussian_filter(work * mf, sig, mode="constant", cval=0.0)
+        den = ndimage.gaussian_filter(mf, sig, mode="constant", cval=0.0)
+        out = np.divide(num, den, out=np.zeros_like(num), where=m & (den > 1e-6))
+    else:
+        out = np.where(m, work, np.float32(0.0))
+    return out.astype(np.float32, copy=False).reshape(np.shape(residual))

@@ -14,7 +14,7 @@ and test slices; the scoring settings are chosen on the tune slices with the two
 only, and the test table reports the four *held-out kinds* separately, so the choice is not fitted to
 the lesions it is judged on.
 
-Every detector variant is scored with the package's own code path (``AnomalyDetector._analyse``,
+Every detector variant is scored with the package's own code path (``AnomalyDetector.analyse_prepared``,
 ``find_lesions`` per slice) on the same slices; baselines swap only the reconstruction (PCA, or none
 for the intensity threshold) and keep the same region, smoothing and calibration. The chosen bundle
 is then run through ``aeanomaly evaluate`` itself as a cross-check. Calibration (scan threshold at the
@@ -133,21 +133,45 @@ def stack_scan(images: np.ndarray, pixel_mm: float):
 # scoring one variant on the same slices
 # ------------------------------------------------------------------------------------------------
 
-def analyse(det, images: np.ndarray, pixel_mm: float):
-    prep, image, recon, heat, mask, scores = det._analyse(stack_scan(images, pixel_mm))
-    return prep, heat, mask, scores
+_RECON_CACHE: dict = {}
 
 
-def calibrate_variant(det, calib_images, pixel_mm) -> dict:
-    from aeanomaly.calibrate import Calibrator
+def model_reconstruction(det):
+    """The detector's own reconstruction, memoised by input content: the scoring variants on one set of
+    slices share one inference pass (the reconstruction does not depend on scoring settings)."""
+    import hashlib
 
-    _, heat, mask, scores = analyse(det, calib_images, pixel_mm)
-    ok = np.isfinite(scores)
-    cal = Calibrator("empirical" if ok.sum() >= 1 / TARGET_FPR - 1 else "gamma", TARGET_FPR).fit(scores[ok])
-    vals = heat[mask]
-    peaks = np.array([heat[k][mask[k]].max() for k in range(len(heat)) if mask[k].any()])
-    return {"cal": cal, "pixel_threshold": float(np.quantile(vals, det.pixel_quantile)), "peaks": np.sort(peaks),
-            "n_calib": int(ok.sum()), "scores": scores[ok]}
+    def reconstruct(x):
+        key = (id(det.model_), hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest())
+        if key not in _RECON_CACHE:
+            _RECON_CACHE[key] = det.reconstruct(x)
+        return _RECON_CACHE[key]
+
+    return reconstruct
+
+
+def analyse(det, images: np.ndarray, pixel_mm: float, recon=None):
+    """The product's scoring stage (``AnomalyDetector.analyse_prepared``) of independent slices, with the
+    detector's reconstruction or a baseline's (``recon``: prepared slices → reconstructions)."""
+    prep = det.prepare(stack_scan(images, pixel_mm))
+    recon_all = np.zeros(prep.x.shape[:3], np.float32)
+    if prep.keep.any():
+        recon_all[prep.keep] = (recon or model_reconstruction(det))(prep.x[prep.keep])
+    a = det.analyse_prepared(prep, recon_all, is_hu=False)
+    return prep, a.heatmap, a.mask, a.slice_scores
+
+
+def calibrate_variant(det, calib_images, pixel_mm, recon=None) -> dict:
+    """The product's calibration (``Calibration.fit``) with each normal calibration slice as one scan."""
+    from aeanomaly.calibrate import Calibration, NormalStats
+
+    _, heat, mask, scores = analyse(det, calib_images, pixel_mm, recon)
+    stats = NormalStats()
+    for k in np.flatnonzero(np.isfinite(scores)):
+        stats.add(f"slice{k}", scores[k], scores[k:k + 1], heat[k:k + 1], mask[k:k + 1])
+    cal = Calibration.fit(stats, target_fpr=TARGET_FPR, pixel_quantile=det.pixel_quantile)
+    return {"cal": cal.scan, "pixel_threshold": cal.pixel_threshold, "peaks": cal.normal_peaks,
+            "n_calib": len(stats), "scores": np.asarray(stats.scan_scores)}
 
 
 def labelled_set(images, lungs, idx, kinds, seed) -> dict:
@@ -169,7 +193,7 @@ def labelled_set(images, lungs, idx, kinds, seed) -> dict:
 # one variant on one labelled set
 # ------------------------------------------------------------------------------------------------
 
-def evaluate_variant(det, calib_x, ds, pixel_mm, fixed_mae_rule: bool = False) -> dict:
+def evaluate_variant(det, calib_x, ds, pixel_mm, fixed_mae_rule: bool = False, recon=None) -> dict:
     """Scan (= slice), per-kind, pixel and lesion-detection metrics of ``det`` as it is configured now.
 
     Calibration on ``calib_x`` (normal slices of calibration pseudo-patients): split-conformal scan
@@ -180,8 +204,8 @@ def evaluate_variant(det, calib_x, ds, pixel_mm, fixed_mae_rule: bool = False) -
     from aeanomaly.evaluate import classification_metrics, detection_rate_by_size, lesion_detection, pixel_metrics
     from aeanomaly.localize import find_lesions
 
-    c = calibrate_variant(det, calib_x, pixel_mm)
-    prep, heat, mask, scores = analyse(det, ds["x"], pixel_mm)
+    c = calibrate_variant(det, calib_x, pixel_mm, recon)
+    prep, heat, mask, scores = analyse(det, ds["x"], pixel_mm, recon)
     s = np.nan_to_num(scores, nan=-np.inf)
     if fixed_mae_rule:
         cs = c["scores"]
@@ -234,24 +258,6 @@ class Params:
         self.det.set_params(**self.old)
 
 
-class Reconstruction:
-    """Temporarily replace the detector's reconstruction (a baseline model) for scoring."""
-
-    def __init__(self, det, fn):
-        self.det, self.fn = det, fn
-
-    def __enter__(self):
-        self.old = self.det.__dict__.get("reconstruct")
-        self.det.reconstruct = self.fn
-        return self.det
-
-    def __exit__(self, *exc):
-        if self.old is None:
-            del self.det.reconstruct
-        else:
-            self.det.reconstruct = self.old
-
-
 def pca_reconstruction(det, train_x, pixel_mm, variance: float = 0.95):
     """PCA fitted on the prepared training slices; returns (reconstruct function, n_components)."""
     from sklearn.decomposition import PCA
@@ -260,30 +266,14 @@ def pca_reconstruction(det, train_x, pixel_mm, variance: float = 0.95):
     flat = prep.x[prep.keep][..., 0].reshape(int(prep.keep.sum()), -1)
     pca = PCA(n_components=variance, svd_solver="full", random_state=0).fit(flat)
 
-    def reconstruct(x, batch_size=None):
+    def reconstruct(x):
         f = x[..., det.channels // 2].reshape(len(x), -1)
         return np.clip(pca.inverse_transform(pca.transform(f)), 0, 1).reshape(x.shape[:3]).astype(np.float32)
 
     return reconstruct, int(pca.n_components_)
 
 
-def memoised_reconstruction(det) -> None:
-    """Cache the detector's reconstructions by input content: the scoring variants on one set of
-    slices then share one inference pass (the reconstruction does not depend on scoring settings)."""
-    import hashlib
-
-    model_fn, cache = det.reconstruct, {}
-
-    def reconstruct(x, batch_size=None):
-        key = hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()
-        if key not in cache:
-            cache[key] = model_fn(x)
-        return cache[key]
-
-    det.reconstruct = reconstruct
-
-
-def no_reconstruction(x, batch_size=None):
+def no_reconstruction(x):
     return np.zeros(x.shape[:3], np.float32)
 
 
@@ -357,7 +347,6 @@ def real_ct(work: Path, quick: bool, seed: int = 0) -> dict:
         if quick and name == "dae_ssim":
             continue
         det, split, info = fit_detector(work / name, images, groups, sides["fit"], pixel_mm, epochs, seed, **params)
-        memoised_reconstruction(det)
         dets[name] = det
         res["models"][name] = {"params": params, **info, "split_slices": {k: len(v) for k, v in split.items()}}
         print(f"[real] fitted {name}: {info}", flush=True)
@@ -379,10 +368,8 @@ def real_ct(work: Path, quick: bool, seed: int = 0) -> dict:
     det = dets["dae"]
     with Params(det, **chosen):
         fn, ncomp = pca_reconstruction(det, images[train_idx], pixel_mm)
-        with Reconstruction(det, fn):
-            T[f"baseline: PCA ({ncomp} components)"] = evaluate_variant(det, calib_x, test, pixel_mm)
-        with Reconstruction(det, no_reconstruction):
-            T["baseline: intensity threshold"] = evaluate_variant(det, calib_x, test, pixel_mm)
+        T[f"baseline: PCA ({ncomp} components)"] = evaluate_variant(det, calib_x, test, pixel_mm, recon=fn)
+        T["baseline: intensity threshold"] = evaluate_variant(det, calib_x, test, pixel_mm, recon=no_reconstruction)
     res["lung_region"] = lung_region_comparison(det, chosen, images, lungs, split, calib_x, test, pixel_mm,
                                                 3 if quick else 30, seed)
     return res
@@ -402,12 +389,12 @@ def lung_region_comparison(det, chosen, images, lungs, split, calib_x, test, pix
         with Params(det, roi=roi, **base):
             out["rows"][f"roi={roi}" + (" (unsupervised lung mask)" if roi == "lung" else "")] = \
                 evaluate_variant(det, calib_x, test, pixel_mm)
-    det.head_ = head
+    det.set_head(head)
     try:
         with Params(det, **base):
             out["rows"]["U-Net predicted lungs"] = evaluate_variant(det, calib_x, test, pixel_mm)
     finally:
-        det.head_ = None
+        det.set_head(None)
     return out
 
 

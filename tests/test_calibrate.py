@@ -97,3 +97,51 @@ def test_benjamini_hochberg_by_hand():
     np.testing.assert_array_equal(benjamini_hochberg(p, 0.05), [True, True, True, False, True])
     assert not benjamini_hochberg([0.5, 0.9]).any() and benjamini_hochberg([]).size == 0
     assert conformal_threshold([3.0, 1.0, 2.0], 0.5) == 2.0
+
+
+def test_pixel_threshold_from_tails_is_the_quantile_of_all_normal_pixels(rng):
+    from aeanomaly.calibrate import heatmap_tail, pixel_threshold
+
+    scans = [rng.random(n) for n in (30000, 45000, 20000)]  # per scan: heatmap values in its mask
+    everything = np.sort(np.concatenate(scans))[::-1]
+    for q in (0.999, 0.995, 0.99):
+        thr = pixel_threshold([heatmap_tail(v) for v in scans], sum(v.size for v in scans), q)
+        m = int(np.ceil((1 - q) * everything.size))
+        assert thr == pytest.approx(everything[m - 1], abs=1e-6)  # exact: the m-th largest pixel
+        assert thr == pytest.approx(q, abs=0.003)  # uniform values: the q-quantile is q
+    assert heatmap_tail(np.arange(100.0), 0.02).tolist() == [98.0, 99.0]
+    with pytest.raises(ConfigError, match="quantile"):
+        pixel_threshold([scans[0]], scans[0].size, 1.0)
+    with pytest.raises(ConfigError, match="no normal heatmap values"):
+        pixel_threshold([], 0, 0.99)
+
+
+def test_auto_method_chooses_conformal_only_with_enough_scans_and_says_so(rng):
+    from aeanomaly.calibrate import conformal_minimum
+
+    assert conformal_minimum(0.05) == 19 and conformal_minimum(0.2) == 4
+    many = Calibrator("auto", 0.05).fit(rng.gamma(2.0, size=40))
+    assert many.method_ == "empirical" and many.to_dict()["method"] == "empirical"
+    with pytest.warns(UserWarning, match="at least 19 normal scans"):
+        few = Calibrator("auto", 0.05).fit(rng.gamma(2.0, size=5) + 0.1)
+    assert few.method_ == "gamma" and Calibrator.from_dict(few.to_dict()).method_ == "gamma"
+
+
+def test_calibration_operating_point_round_trip_and_changes(rng):
+    from aeanomaly.calibrate import Calibration, NormalStats
+
+    stats = NormalStats()
+    for k in range(25):
+        heat = rng.random((3, 16, 16)).astype(np.float32)
+        stats.add(f"scan{k}", float(heat.max()), heat.max(axis=(1, 2)), heat, np.ones(heat.shape, bool))
+    cal = Calibration.fit(stats, target_fpr=0.1, pixel_quantile=0.99)
+    assert cal.scan.method_ == "empirical" and len(cal.sources) == 25 and cal.normal_peaks.size == 75
+    again = Calibration.from_dict(cal.to_dict())
+    assert again.to_dict() == cal.to_dict()
+    looser = cal.with_target_fpr(0.3, "screening")
+    assert looser.target_fpr == 0.3 and cal.target_fpr == 0.1  # a new object; the old one is unchanged
+    assert looser.log[-1]["reason"] == "screening" and len(looser.log) == len(cal.log) + 1
+    manual = cal.with_threshold(0.5, "fixed")
+    assert manual.scan.threshold_ == 0.5 and cal.scan.threshold_ != 0.5 and manual.scan.manual_
+    with pytest.raises(ConfigError, match="malformed"):
+        Calibration.from_dict({"scan": {}})

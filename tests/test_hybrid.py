@@ -14,6 +14,7 @@ from aeanomaly.cli import main
 from aeanomaly.datasets.synthetic import LUNG, make_phantom
 from aeanomaly.evaluate import head_classification_metrics, organ_segmentation_metrics, overlap_counts
 from aeanomaly.hybrid import fill_region_labels, head_outputs, label_map_to_model_grid, lesion_organs
+from aeanomaly.localize import Lesion
 from aeanomaly.model.heads import SupervisedHead, overlap_scores
 from aeanomaly.report_html import write_report
 
@@ -49,6 +50,12 @@ def test_fill_region_labels_restricts_and_fills_holes_with_nearest_organ():
     assert labels[0, 2, 1] == 0  # the input is not modified
 
 
+def _lesion(i: int, peak: float) -> Lesion:
+    return Lesion(id=i, slice_start=0, slice_end=0, centroid_zyx=(0.0, 0.0, 0.0), centroid_ras_mm=(0.0, 0.0, 0.0),
+                  area_mm2=1.0, volume_mm3=1.0, equivalent_diameter_mm=1.0, n_voxels=1, max_residual=peak,
+                  mean_residual=peak, p_value=None, severity="unknown")
+
+
 def test_lesion_organs_names_the_majority_organ():
     head = SupervisedHead(kind="unet", classes=["liver", "spleen"])
     organs = np.zeros((2, 8, 8), np.int16)
@@ -56,7 +63,7 @@ def test_lesion_organs_names_the_majority_organ():
     lesion_labels = np.zeros((2, 8, 8), np.int32)
     lesion_labels[0, 2:4, 3:6] = 1  # 2 liver + 4 spleen voxels
     lesion_labels[1, 0:2, 6:8] = 2  # outside every organ
-    lesions = [{"id": 1, "max_residual": 2.0}, {"id": 2, "max_residual": 1.0}]
+    lesions = [_lesion(1, 2.0), _lesion(2, 1.0)]
     out = lesion_organs(head, organs, lesion_labels, lesions)
     assert [les["organ"] for les in out] == ["spleen", "background"]
     assert "organ" not in lesions[0] and out[0]["max_residual"] == 2.0
@@ -82,20 +89,15 @@ class _CNN:
 
 
 def test_head_outputs_cnn_and_without_head():
-    class Det:
-        head_ = None
-
-    det, prep = Det(), _Prep()
-    lesions = [{"id": 1}]
-    out = head_outputs(det, prep, 0.01, lesions, np.zeros((4, 8, 8), np.int32))
+    prep = _Prep()
+    lesions = [_lesion(1, 1.0)]
+    out = head_outputs(None, prep, 0.01, lesions, np.zeros((4, 8, 8), np.int32))
     assert out["lesions"] is lesions and all(out[k] is None for k in
                                              ("organ_labels", "head_proba", "fused_proba", "slice_head_proba"))
-    det.head_ = _CNN(fusion=True)
-    out = head_outputs(det, prep, 0.01, lesions, None)
+    out = head_outputs(_CNN(fusion=True), prep, 0.01, lesions, None)
     np.testing.assert_allclose(out["slice_head_proba"], [np.nan, 0.2, 0.6, np.nan])
     assert out["head_proba"] == pytest.approx(0.6) and out["fused_proba"] == pytest.approx(0.5 * 0.99 + 0.3)
-    det.head_ = _CNN(fusion=False)
-    out = head_outputs(det, prep, 0.01, lesions, None)
+    out = head_outputs(_CNN(fusion=False), prep, 0.01, lesions, None)
     assert out["head_proba"] == pytest.approx(0.6) and out["fused_proba"] is None
 
 

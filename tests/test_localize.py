@@ -1,4 +1,5 @@
-"""Tests of aeanomaly.localize on small synthetic residual volumes with analytically known lesions."""
+"""Tests of aeanomaly.localize (and the heatmap it starts from, aeanomaly.scoring.residual_heatmap) on
+small synthetic residual volumes with analytically known lesions."""
 
 from __future__ import annotations
 
@@ -8,15 +9,8 @@ from scipy import ndimage
 
 from aeanomaly.errors import ConfigError
 from aeanomaly.io.scan import internal_affine
-from aeanomaly.localize import (
-    LESION_FIELDS,
-    dice,
-    find_lesions,
-    iou,
-    pixel_threshold,
-    residual_heatmap,
-    slice_peaks,
-)
+from aeanomaly.localize import LESION_FIELDS, Lesion, dice, find_lesions, iou, slice_peaks
+from aeanomaly.scoring import residual_heatmap
 
 SPACING = (3.0, 0.8, 0.5)  # (z, y, x) mm: anisotropic in-plane on purpose
 ORIGIN = (12.0, -30.0, 45.0)
@@ -131,41 +125,16 @@ def test_heatmap_accepts_one_slice_and_rejects_bad_input():
         residual_heatmap(res2d, spacing=SPACING, median_px=-1)
 
 
-def test_pixel_threshold_is_the_quantile_of_normal_values(rng):
-    normals = [rng.random(shape) for shape in ((3, 50, 60), (40, 70), (2, 33, 45))]
-    masks = [rng.random(a.shape) < 0.7 for a in normals]
-    inside = np.concatenate([a[m] for a, m in zip(normals, masks)])
-    for q in (0.999, 0.99, 0.9):
-        thr = pixel_threshold(normals, quantile=q, masks=masks)
-        assert thr == pytest.approx(np.quantile(inside, q), abs=1e-12)  # exact, no concatenation
-        assert thr == pytest.approx(q, abs=0.003)  # uniform noise: the q-quantile is q
-    # one array, no mask
-    assert pixel_threshold(normals[0], 0.95) == pytest.approx(np.quantile(normals[0], 0.95), abs=1e-12)
-    # memory-bounded path: a deterministic strided subsample, accurate to the sampling error
-    sub = pixel_threshold(normals, quantile=0.99, masks=masks, max_values=500)
-    assert sub == pixel_threshold(normals, quantile=0.99, masks=masks, max_values=500)
-    assert sub == pytest.approx(0.99, abs=0.01)
-
-
-def test_pixel_threshold_errors(rng):
-    a = rng.random((4, 4))
-    with pytest.raises(ConfigError, match="quantile"):
-        pixel_threshold(a, quantile=1.0)
-    with pytest.raises(ConfigError, match="no normal heatmap values"):
-        pixel_threshold([a], masks=[np.zeros((4, 4), bool)])
-    with pytest.raises(ConfigError, match="2 normal heatmaps but 1 masks"):
-        pixel_threshold([a, a], masks=[None])
-    with pytest.raises(ConfigError, match="mask 0 shape"):
-        pixel_threshold([a], masks=[np.ones((3, 4), bool)])
-
-
 def test_find_lesions_two_blobs(residual):
     aff = internal_affine(SPACING, ORIGIN)
     hm = residual_heatmap(residual, sigma_mm=SIGMA_MM, spacing=SPACING)
     recs, labels = find_lesions(hm, THRESHOLD, SPACING, aff)
     assert len(recs) == 2
     assert [r["id"] for r in recs] == [1, 2]
-    assert all(tuple(r) == LESION_FIELDS for r in recs)
+    assert all(tuple(r) == LESION_FIELDS for r in recs)  # read like a dict, in table order
+    assert all(isinstance(r, Lesion) and r.to_dict() == dict(r) for r in recs)
+    named = recs[0].with_(organ="lung")
+    assert named["organ"] == "lung" and "organ" not in recs[0] and named.id == recs[0].id
     big, small = recs  # sorted by decreasing peak
     assert big["max_residual"] > small["max_residual"]
     assert (big["slice_start"], big["slice_end"]) == (1, 3)
@@ -268,7 +237,6 @@ def test_inputs_are_not_mutated(residual):
     hm0 = hm.copy()
     peaks = np.array([0.1, 0.2, 0.3])
     peaks0 = peaks.copy()
-    pixel_threshold([hm], masks=[mask])
     slice_peaks(hm)
     find_lesions(hm, THRESHOLD, SPACING, internal_affine(SPACING), normal_peaks=peaks)
     assert np.array_equal(hm, hm0) and np.array_equal(mask, mask0) and np.array_equal(peaks, peaks0)

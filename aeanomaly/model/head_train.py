@@ -236,37 +236,6 @@ def overlap_scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple
     return dice_iou_of_counts(overlap_counts(pred, truth, n_classes))
 
 
-def clean_region_mask(mask: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
-    """Per slice: keep the connected components larger than ``min_fraction`` of the slice area and
-    fill their holes.
-
-    Parameters
-    ----------
-    mask : np.ndarray
-        bool ``(z, y, x)`` or ``(y, x)``.
-
-    Returns
-    -------
-    np.ndarray
-        bool, same shape (a new array).
-    """
-    m = np.asarray(mask, dtype=bool)
-    if m.ndim == 2:
-        return clean_region_mask(m[None], min_fraction)[0]
-    out = np.zeros(m.shape, dtype=bool)
-    min_px = float(min_fraction) * m.shape[1] * m.shape[2]
-    for k in range(m.shape[0]):
-        lab, n = ndimage.label(m[k])
-        if n == 0:
-            continue
-        sizes = np.bincount(lab.ravel())
-        sizes[0] = 0
-        big = np.flatnonzero(sizes > min_px)
-        if len(big):
-            out[k] = ndimage.binary_fill_holes(np.isin(lab, big))
-    return out
-
-
 # --------------------------------------------------------------------------------------------
 # Logistic stacking of the autoencoder p-value and the classifier probability
 # --------------------------------------------------------------------------------------------

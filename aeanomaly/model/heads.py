@@ -13,19 +13,17 @@ Stored in the bundle as ``head.keras`` (loaded with ``safe_mode=True``) and ``he
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
-import os
-from pathlib import Path
 
 import keras
 import numpy as np
 from keras import layers
 
 from .. import __version__
-from ..errors import BundleError, ConfigError, NotFittedError
+from ..errors import ConfigError, NotFittedError
+from ..masks import clean_region_mask
 from .head_train import (  # noqa: F401  (re-exported: the public API of the head lives here)
-    AUGMENT_DEFAULTS, CCEDiceLoss, DiceBCELoss, FusionModel, augment_pair, clean_region_mask, overlap_scores,
+    AUGMENT_DEFAULTS, CCEDiceLoss, DiceBCELoss, FusionModel, augment_pair, overlap_scores,
     train_model,
 )
 
@@ -377,9 +375,9 @@ class SupervisedHead:
         return out
 
     def to_dict(self) -> dict:
-        """The content of head.json."""
+        """The content of head.json (JSON-safe: non-finite floats are None)."""
         fusion = getattr(self, "fusion_", None)
-        return {
+        return _finite({
             "format_version": HEAD_FORMAT_VERSION, "aeanomaly_version": __version__,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "kind": self.kind, "classes": list(self.classes_),
@@ -387,20 +385,35 @@ class SupervisedHead:
             "size": int(self.size), "channels": int(self.channels), "window": str(self.window),
             "params": self.get_params(), "metrics": self.metrics(), "history": getattr(self, "history_", {}),
             "fusion": None if fusion is None else fusion.to_dict(), "training_data": getattr(self, "train_info_", {}),
-        }
+        })
 
-    def save_to(self, directory: str | os.PathLike) -> list[Path]:
-        """Write ``head.keras`` and ``head.json`` into ``directory``, each atomically."""
-        from ..io.writers import atomic_path
+    @classmethod
+    def from_dict(cls, info: dict, model) -> "SupervisedHead":
+        """A fitted head from the content of head.json (:meth:`to_dict`) and its Keras ``model``.
 
-        self._check_fitted()
-        d = Path(directory)
-        info = json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False)
-        with atomic_path(d / "head.keras") as tmp:
-            self.model_.save(tmp)
-        with atomic_path(d / "head.json") as tmp:
-            Path(tmp).write_text(info, encoding="utf-8")
-        return [d / f for f in HEAD_FILES]
+        Raises ConfigError when the parameters are invalid or the model's input does not match them.
+        """
+        if info.get("format_version") != HEAD_FORMAT_VERSION:
+            raise ConfigError(f"unknown head format_version {info.get('format_version')!r} (this aeanomaly "
+                              f"{__version__} reads version {HEAD_FORMAT_VERSION})")
+        try:
+            head = cls(**info["params"])
+            head.classes_
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"head.json has invalid parameters: {err}") from None
+        if tuple(model.input_shape[1:]) != (head.size, head.size, head.channels):
+            raise ConfigError(f"head.keras expects input {model.input_shape[1:]}, head.json says "
+                              f"({head.size}, {head.size}, {head.channels})")
+        head.model_ = model
+        m = info.get("metrics") or {}
+        head.history_ = info.get("history") or {}
+        head.n_train_, head.n_val_ = m.get("n_train_slices"), m.get("n_val_slices")
+        head.val_dice_, head.val_iou_ = m.get("val_dice") or {}, m.get("val_iou") or {}
+        head.val_accuracy_ = m.get("val_accuracy")
+        head.train_info_ = info.get("training_data") or {}
+        if info.get("fusion"):
+            head.fusion_ = FusionModel.from_dict(info["fusion"])
+        return head
 
 
 def _finite(o):
@@ -414,43 +427,3 @@ def _finite(o):
     if isinstance(o, float) and not math.isfinite(o):
         return None
     return o
-
-
-def load_head(bundle_dir: str | os.PathLike) -> SupervisedHead:
-    """The head stored in a bundle directory (``head.json`` + ``head.keras``, safe_mode)."""
-    d = Path(bundle_dir)
-    missing = [f for f in HEAD_FILES if not (d / f).is_file()]
-    if missing:
-        raise BundleError(f"incomplete head: missing {', '.join(missing)}", d)
-    try:
-        info = json.loads((d / "head.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise BundleError(f"head.json is unreadable: {err}", d) from None
-    if info.get("format_version") != HEAD_FORMAT_VERSION:
-        raise BundleError(f"unknown head format_version {info.get('format_version')!r} (this aeanomaly "
-                          f"{__version__} reads version {HEAD_FORMAT_VERSION})", d)
-    try:
-        head = SupervisedHead(**info["params"])
-        head.classes_
-    except (KeyError, TypeError, ConfigError) as err:
-        raise BundleError(f"head.json has invalid parameters: {err}", d) from None
-    try:
-        head.model_ = keras.models.load_model(d / "head.keras", safe_mode=True, compile=False)
-    except Exception as err:  # keras raises many types for a broken archive
-        raise BundleError(f"head.keras cannot be loaded: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-                          d) from None
-    if tuple(head.model_.input_shape[1:]) != (head.size, head.size, head.channels):
-        raise BundleError(f"head.keras expects input {head.model_.input_shape[1:]}, head.json says "
-                          f"({head.size}, {head.size}, {head.channels})", d)
-    m = info.get("metrics") or {}
-    head.history_ = info.get("history") or {}
-    head.n_train_, head.n_val_ = m.get("n_train_slices"), m.get("n_val_slices")
-    head.val_dice_, head.val_iou_ = m.get("val_dice") or {}, m.get("val_iou") or {}
-    head.val_accuracy_ = m.get("val_accuracy")
-    head.train_info_ = info.get("training_data") or {}
-    if info.get("fusion"):
-        try:
-            head.fusion_ = FusionModel.from_dict(info["fusion"])
-        except ConfigError as err:
-            raise BundleError(f"head.json: {err}", d) from None
-    return head

@@ -5,9 +5,10 @@ import pytest
 
 from aeanomaly.errors import BundleError, ConfigError, NotFittedError
 from aeanomaly.model.head_train import HeadDataset, fusion_features
+from aeanomaly.bundle import load_head, save_head_files
 from aeanomaly.model.heads import (
     CCEDiceLoss, DiceBCELoss, FusionModel, SupervisedHead, augment_pair, build_cnn_classifier, build_unet,
-    clean_region_mask, load_head, overlap_scores,
+    overlap_scores,
 )
 
 S = 32
@@ -149,24 +150,6 @@ def test_overlap_scores():
     assert dice[1] == 0.0 and np.isnan(dice[2])
 
 
-def test_clean_region_mask_drops_specks_and_fills_holes():
-    m = np.zeros((2, 40, 40), bool)
-    m[0, 5:20, 5:20] = True
-    m[0, 10:13, 10:13] = False  # a hole
-    m[0, 30:33, 30:33] = True  # 9 px < 1% of 1600 px: a speck
-    m[0, 25:35, 2:8] = True  # 60 px: kept
-    original = m.copy()
-    out = clean_region_mask(m)
-    np.testing.assert_array_equal(m, original)
-    assert out[0, 11, 11] and not out[0, 31, 31] and out[0, 30, 5]
-    assert out[0].sum() == 15 * 15 + 60 and not out[1].any()
-    np.testing.assert_array_equal(clean_region_mask(m[0]), out[0])
-
-
-# ---------------------------------------------------------------------------------------------
-# fusion
-
-
 def _fusion_data(n, seed):
     from scipy.stats import norm
 
@@ -237,7 +220,7 @@ def test_unet_head_learns_and_predicts(unet_head):
 
 def test_head_round_trip_through_a_bundle_folder(unet_head, tmp_path):
     head, x, _ = unet_head
-    files = head.save_to(tmp_path)
+    files = save_head_files(tmp_path, head)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["head.json", "head.keras"] == sorted(f.name for f in files)
     info = json.loads((tmp_path / "head.json").read_text())
     assert info["kind"] == "unet" and info["classes"] == ["disk", "square"] and info["window"] == "abdomen"
@@ -253,14 +236,14 @@ def test_head_round_trip_through_a_bundle_folder(unet_head, tmp_path):
 def test_load_head_errors(unet_head, tmp_path):
     with pytest.raises(BundleError, match="incomplete head: missing head.keras, head.json"):
         load_head(tmp_path)
-    unet_head[0].save_to(tmp_path)
+    save_head_files(tmp_path, unet_head[0])
     info = json.loads((tmp_path / "head.json").read_text())
     (tmp_path / "head.json").write_text(json.dumps({**info, "format_version": 99}))
     with pytest.raises(BundleError, match="format_version 99"):
         load_head(tmp_path)
     (tmp_path / "head.json").write_text(json.dumps(info))
     (tmp_path / "head.keras").write_bytes(b"not a zip")
-    with pytest.raises(BundleError, match="head.keras cannot be loaded"):
+    with pytest.raises(BundleError, match="head.keras is corrupt or truncated"):
         load_head(tmp_path)
 
 
@@ -268,11 +251,11 @@ def test_cnn_head_round_trips_with_its_fusion(tmp_path):
     """(The CNN is trained end to end in tests/test_cli_head.py; here only what it stores.)"""
     head = SupervisedHead(kind="cnn", classes=["normal", "nodule", "mass"], size=S, depth=2, base_filters=4)
     with pytest.raises(NotFittedError):
-        head.save_to(tmp_path)
+        head.to_dict()
     x = blobs(6)[0]
     head.model_ = head._build()  # an untrained model is enough for the storage round trip
     head.fit_fusion([0.01, 0.5, 0.02, 0.7], [0.8, 0.3, 0.6, 0.2], [1, 0, 1, 0])
-    head.save_to(tmp_path)
+    save_head_files(tmp_path, head)
     loaded = load_head(tmp_path)
     assert loaded.classes_ == ("normal", "nodule", "mass") and loaded.normal_index_ == 0
     np.testing.assert_allclose(loaded.abnormal_proba(x), 1 - head.predict_proba(x)[:, 0], atol=1e-5)

@@ -1,0 +1,220 @@
+"""Masks, pure numpy/scipy: the body, the lungs, and the scoring region where residuals count.
+
+Masks are bool ``(z, y, x)`` (or ``(y, x)``) arrays; everything is per axial slice (no morphology
+across z), so z-chunks can run in threads (:func:`aeanomaly.parallel.map_slices`). Inputs are never
+modified.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import ConfigError
+from .parallel import map_slices
+
+#: Where residuals count.
+ROIS = ("auto", "body", "lung")
+#: The lung/tissue boundary of the unsupervised lung mask in HU.
+LUNG_THRESHOLD_HU = -400.0
+
+
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=128)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def body_mask(volume: np.ndarray, is_hu: bool = True, threshold_hu: float = -500.0, open_px: int = 2) -> np.ndarray:
+    """Body mask per axial slice: threshold, holes filled, opening (drops the table), largest component,
+    holes filled again. Filling before the opening keeps a thin chest wall (a few pixels at low
+    resolution) closed around the lungs, so the opening cannot break it and lose the lungs.
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        ``(z, y, x)`` in HU (``is_hu``) or normalised intensities in [0, 1].
+    threshold_hu : float
+        Tissue threshold in HU; for non-HU data an Otsu threshold per slice is used instead.
+    open_px : int
+        Radius of the binary opening in pixels that detaches thin structures (patient table, cables).
+
+    Returns
+    -------
+    np.ndarray
+        bool ``(z, y, x)``.
+    """
+    vol = np.asarray(volume)
+    if vol.ndim == 2:
+        return body_mask(vol[None], is_hu, threshold_hu, open_px)[0]
+    out = np.zeros(vol.shape, dtype=bool)
+    disk = _disk(open_px) if open_px > 0 else None
+    for k in range(vol.shape[0]):
+        sl = vol[k]
+        thr = threshold_hu if is_hu else _otsu(sl)
+        m = fill_holes_2d(sl > thr)
+        if disk is not None:
+            m = ndimage.binary_opening(m, structure=disk)
+        lab, n = ndimage.label(m)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        out[k] = fill_holes_2d(lab == int(np.argmax(sizes)))
+    return out
+
+
+def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """Holes of a 2-D bool mask filled: background not 4-connected to the image border becomes True.
+
+    The same result as ``scipy.ndimage.binary_fill_holes`` with its default structure, from one
+    labelling pass instead of a dilation iterated until it converges (several times faster on
+    512 × 512 slices)."""
+    m = np.asarray(mask, dtype=bool)
+    lab, n = ndimage.label(~m)
+    if n == 0:
+        return m.copy()
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = True
+    outside[0] = False
+    return ~outside[lab]
+
+
+@lru_cache(maxsize=16)
+def _disk(radius: int) -> np.ndarray:
+    r = int(radius)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy**2 + xx**2) <= r * r + 0.5
+
+
+def erode_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """In-plane erosion of a ``(z, y, x)`` or ``(y, x)`` bool mask by a disk (0 = unchanged copy)."""
+    m = np.asarray(mask, dtype=bool)
+    if radius_px <= 0:
+        return m.copy()
+    st = _disk(radius_px)
+    if m.ndim == 3:
+        st = st[None]
+    return ndimage.binary_erosion(m, structure=st)
+
+
+def lung_region(image01: np.ndarray, body: np.ndarray, threshold01: float | None = None,
+                min_fraction: float = 0.01) -> np.ndarray:
+    """Unsupervised lung mask per slice: dark pixels inside the body, closed and hole-filled so that
+    nodules inside the lung (and against the pleura) belong to it.
+
+    Parameters
+    ----------
+    image01 : np.ndarray
+        ``(z, y, x)`` intensities in [0, 1] (a lung window, or already-normalised images).
+    body : np.ndarray
+        bool ``(z, y, x)`` body mask.
+    threshold01 : float, optional
+        Lung/tissue threshold on the [0, 1] scale (e.g. the lung window's value of −400 HU); an Otsu
+        threshold of the body pixels of each slice when None.
+    min_fraction : float
+        Components smaller than this fraction of the slice are dropped (airways, bowel gas).
+
+    Returns
+    -------
+    np.ndarray
+        bool ``(z, y, x)``.
+    """
+    img = np.asarray(image01, dtype=np.float32)
+    b = np.asarray(body, dtype=bool)
+    out = np.zeros(img.shape, dtype=bool)
+    min_px = min_fraction * img.shape[1] * img.shape[2]
+    close = _disk(max(1, round(img.shape[1] / 32)))
+    for k in range(img.shape[0]):
+        if not b[k].any():
+            continue
+        thr = threshold01 if threshold01 is not None else _otsu(img[k][b[k]])
+        m = (img[k] < thr) & b[k]
+        lab, n = ndimage.label(m)
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        m = np.isin(lab, np.flatnonzero(sizes >= min_px))
+        m = ndimage.binary_closing(np.pad(m, close.shape[0]), structure=close)[
+            close.shape[0] : -close.shape[0], close.shape[0] : -close.shape[0]]
+        out[k] = fill_holes_2d(m) & b[k]
+    return out
+
+
+
+def clean_region_mask(mask: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+    """Per slice: keep the connected components larger than ``min_fraction`` of the slice area and
+    fill their holes.
+
+    Parameters
+    ----------
+    mask : np.ndarray
+        bool ``(z, y, x)`` or ``(y, x)``.
+
+    Returns
+    -------
+    np.ndarray
+        bool, same shape (a new array).
+    """
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim == 2:
+        return clean_region_mask(m[None], min_fraction)[0]
+    out = np.zeros(m.shape, dtype=bool)
+    min_px = float(min_fraction) * m.shape[1] * m.shape[2]
+    for k in range(m.shape[0]):
+        lab, n = ndimage.label(m[k])
+        if n == 0:
+            continue
+        sizes = np.bincount(lab.ravel())
+        sizes[0] = 0
+        big = np.flatnonzero(sizes > min_px)
+        if len(big):
+            out[k] = fill_holes_2d(np.isin(lab, big))
+    return out
+
+
+def resolved_roi(roi: str, window_name: str) -> str:
+    """``auto`` → ``lung`` for the lung window, else ``body``; ``body`` / ``lung`` unchanged."""
+    if roi not in ROIS:
+        raise ConfigError(f"roi must be one of {', '.join(ROIS)}, got {roi!r}")
+    return roi if roi != "auto" else ("lung" if window_name == "lung" else "body")
+
+
+def scoring_region(image01: np.ndarray, body: np.ndarray, roi: str, lung_threshold01: float | None = None,
+                   organ_labels: np.ndarray | None = None) -> np.ndarray:
+    """The region where residuals count, bool ``(z, y, x)``.
+
+    Parameters
+    ----------
+    image01 : np.ndarray
+        ``(z, y, x)`` model-grid intensities in [0, 1].
+    body : np.ndarray
+        bool ``(z, y, x)`` body mask.
+    roi : {"body", "lung"}
+        A resolved region (see :func:`resolved_roi`).
+    lung_threshold01 : float, optional
+        The lung/tissue threshold on the [0, 1] scale (the window's value of
+        :data:`LUNG_THRESHOLD_HU` for HU input); an Otsu threshold per slice when None.
+    organ_labels : np.ndarray, optional
+        int ``(z, y, x)`` labels of a supervised U-Net head; when given, the region is its non-zero
+        part inside the body and ``roi`` is not used.
+    """
+    body = np.asarray(body, dtype=bool)
+    if organ_labels is not None:
+        return (np.asarray(organ_labels) > 0) & body
+    if roi == "body":
+        return body.copy()
+    if roi == "lung":
+        return map_slices(lambda im, b: lung_region(im, b, lung_threshold01), image01, body)
+    raise ConfigError(f"roi must be 'body' or 'lung' here, got {roi!r}")
