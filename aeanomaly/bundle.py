@@ -329,7 +329,5 @@ def save_calibration_figure(path: Path, calibration: Calibration) -> Path | None
     def density(x):  # the empirical calibrator's density is a KDE, for the picture only
         return np.nan_to_num(np.asarray(cal.density(x), float), nan=0.0, posinf=0.0, neginf=0.0)
 
-    with atomic_path(path) as tmp:
-        save_score_distribution(tmp, scores, threshold=float(cal.threshold_), density=density,
-                                title="; ".join(parts))
-    return path
+    return save_score_distribution(path, scores, threshold=float(cal.threshold_), density=density,
+                                   title="; ".join(parts))

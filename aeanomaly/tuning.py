@@ -1,4 +1,4 @@
-"""Threshold tuning on labelled scan scores (pure compute), and saving the chosen operating point.
+"""Threshold tuning on labelled scan scores (pure compute: no file, no figure, no detector).
 
 A scan is labelled abnormal when ``scan_score > threshold`` (strictly), exactly as
 :meth:`aeanomaly.calibrate.Calibrator.predict` and ``aeanomaly score`` do. Scores are the detector's
@@ -20,7 +20,9 @@ notebook, then with ``aeanomaly score``) gives the same labels.
 >>> threshold_for_sensitivity(y, s, 1.0)  # every abnormal found, as specific as possible
 0.25
 
-Typical notebook flow (see ``notebooks/02_threshold_tuning.ipynb``)::
+Typical notebook flow (see ``notebooks/02_threshold_tuning.ipynb``); the figures of these objects
+are in :mod:`aeanomaly.figures`, and the chosen point is written into a bundle by
+:func:`aeanomaly.bundle.save_operating_point`::
 
     det = AnomalyDetector.load("bundle")
     scores = det.decision_function(paths)                 # (n,) scan scores
@@ -33,8 +35,6 @@ Typical notebook flow (see ``notebooks/02_threshold_tuning.ipynb``)::
 from __future__ import annotations
 
 import math
-import os
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -56,22 +56,70 @@ __all__ = [
     "threshold_for_sensitivity",
     "choose_threshold",
     "calibrated_threshold",
-    "save_operating_point",
+    "padded_range",
 ]
 
 
-def _ratio(a: float, b: float) -> float:
-    return float(a) / float(b) if b else float("nan")
+def _rate(num, den) -> float | np.ndarray:
+    """``num / den``, NaN where ``den`` is 0: a float for scalar counts, an array for arrays."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
 
 
-def _f1(precision: float, recall: float) -> float:
-    if math.isnan(precision) or math.isnan(recall):
-        return float("nan")
-    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+def _f1(precision, recall) -> float | np.ndarray:
+    """Harmonic mean, 0 where both are 0, NaN where either is NaN (floats or arrays, like :func:`_rate`)."""
+    p, r = np.asarray(precision, dtype=float), np.asarray(recall, dtype=float)
+    total = p + r
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total > 0, 2 * p * r / np.where(total > 0, total, 1.0), 0.0)
+    out = np.where(np.isnan(p) | np.isnan(r), np.nan, out)
+    return float(out) if out.ndim == 0 else out
+
+
+class _ConfusionRates:
+    """The rates of confusion counts ``tp``, ``fp``, ``tn``, ``fn`` (positive = abnormal), for one
+    operating point (floats) or a table of them (arrays) alike; NaN where a denominator is 0."""
+
+    @property
+    def sensitivity(self) -> float | np.ndarray:
+        """TP / (TP + FN), also the true-positive rate and recall; NaN without abnormal scans."""
+        return _rate(self.tp, self.tp + self.fn)
+
+    @property
+    def specificity(self) -> float | np.ndarray:
+        """TN / (TN + FP); NaN without normal scans."""
+        return _rate(self.tn, self.tn + self.fp)
+
+    @property
+    def fpr(self) -> float | np.ndarray:
+        """Observed false-positive rate FP / (FP + TN) = 1 − specificity."""
+        return _rate(self.fp, self.tn + self.fp)
+
+    @property
+    def precision(self) -> float | np.ndarray:
+        """TP / (TP + FP) (positive predictive value); NaN when nothing is flagged."""
+        return _rate(self.tp, self.tp + self.fp)
+
+    @property
+    def npv(self) -> float | np.ndarray:
+        """TN / (TN + FN) (negative predictive value)."""
+        return _rate(self.tn, self.tn + self.fn)
+
+    @property
+    def f1(self) -> float | np.ndarray:
+        """Harmonic mean of precision and sensitivity (0 when both are 0, NaN when undefined)."""
+        return _f1(self.precision, self.sensitivity)
+
+    @property
+    def accuracy(self) -> float | np.ndarray:
+        """(TP + TN) / all."""
+        return _rate(self.tp + self.tn, self.tp + self.fp + self.tn + self.fn)
 
 
 @dataclass(frozen=True)
-class OperatingPoint:
+class OperatingPoint(_ConfusionRates):
     """The confusion matrix and rates of one threshold on labelled scans.
 
     Attributes
@@ -81,7 +129,8 @@ class OperatingPoint:
     tp, fp, tn, fn : int
         True/false positives and negatives (positive = abnormal).
 
-    Rates with an empty denominator are NaN (e.g. ``precision`` when nothing is flagged).
+    Rates (``sensitivity``, ``specificity``, ``fpr``, ``precision``, ``npv``, ``f1``, ``accuracy``)
+    are floats, NaN where the denominator is empty (e.g. ``precision`` when nothing is flagged).
     """
 
     threshold: float
@@ -102,40 +151,6 @@ class OperatingPoint:
     @property
     def n_normal(self) -> int:
         return self.tn + self.fp
-
-    @property
-    def sensitivity(self) -> float:
-        """TP / (TP + FN), also the true-positive rate and recall."""
-        return _ratio(self.tp, self.tp + self.fn)
-
-    @property
-    def specificity(self) -> float:
-        """TN / (TN + FP)."""
-        return _ratio(self.tn, self.tn + self.fp)
-
-    @property
-    def fpr(self) -> float:
-        """Observed false-positive rate FP / (FP + TN) = 1 − specificity."""
-        return _ratio(self.fp, self.tn + self.fp)
-
-    @property
-    def precision(self) -> float:
-        """TP / (TP + FP) (positive predictive value); NaN when nothing is flagged."""
-        return _ratio(self.tp, self.tp + self.fp)
-
-    @property
-    def npv(self) -> float:
-        """TN / (TN + FN) (negative predictive value)."""
-        return _ratio(self.tn, self.tn + self.fn)
-
-    @property
-    def f1(self) -> float:
-        """Harmonic mean of precision and sensitivity (0 when both are 0, NaN when undefined)."""
-        return _f1(self.precision, self.sensitivity)
-
-    @property
-    def accuracy(self) -> float:
-        return _ratio(self.tp + self.tn, self.n)
 
     @property
     def confusion_matrix(self) -> np.ndarray:
@@ -190,6 +205,31 @@ def _labelled(y_true, scores) -> tuple[np.ndarray, np.ndarray]:
     return y[ok], s[ok].copy()
 
 
+def padded_range(*values, pad: float = 0.05) -> tuple[float, float]:
+    """(low, high) covering every finite value given, widened by ``pad`` of the span at each end.
+
+    Parameters
+    ----------
+    *values : array_like or float or None
+        Scores, thresholds ...; None and non-finite values are left out.
+    pad : float
+        Fraction of the span added below and above (of ``|high|`` when all values are equal).
+
+    Raises
+    ------
+    ConfigError
+        No finite value was given.
+    """
+    parts = [np.asarray(v, dtype=float).ravel() for v in values if v is not None]
+    v = np.concatenate(parts) if parts else np.zeros(0)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise ConfigError("no finite score")
+    lo, hi = float(v.min()), float(v.max())
+    margin = pad * (hi - lo) if hi > lo else max(abs(hi), 1e-6) * pad
+    return lo - margin, hi + margin
+
+
 def _both_classes(y: np.ndarray) -> None:
     if y.all() or not y.any():
         raise ConfigError("the labelled set must hold both normal and abnormal scans")
@@ -232,17 +272,14 @@ def candidate_thresholds(scores) -> np.ndarray:
     return np.concatenate([[u[0] + (u[0] - u[1]) / 2.0], mids, [u[-1] - (u[-2] - u[-1]) / 2.0]])
 
 
-def _rates(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.maximum(den, 1), np.nan)
-
-
 @dataclass(frozen=True)
-class ThresholdTable:
+class ThresholdTable(_ConfusionRates):
     """Every distinct operating point of a labelled score set, by decreasing threshold.
 
     All arrays have shape ``(k + 1,)`` for ``k`` distinct scores (see :func:`candidate_thresholds`);
-    ``tp``/``fp`` grow and ``fn``/``tn`` shrink along the rows. Undefined rates are NaN.
+    ``tp``/``fp`` grow and ``fn``/``tn`` shrink along the rows. The rates (``sensitivity``,
+    ``specificity``, ``fpr``, ``precision``, ``npv``, ``f1``, ``accuracy``) are arrays of the same
+    shape, NaN where undefined.
     """
 
     threshold: np.ndarray
@@ -250,29 +287,6 @@ class ThresholdTable:
     fp: np.ndarray
     tn: np.ndarray
     fn: np.ndarray
-
-    @property
-    def sensitivity(self) -> np.ndarray:
-        """TP / (TP + FN) per row (the TPR, recall); NaN without abnormal scans."""
-        return _rates(self.tp, self.tp + self.fn)
-
-    @property
-    def specificity(self) -> np.ndarray:
-        """TN / (TN + FP) per row; NaN without normal scans."""
-        return _rates(self.tn, self.tn + self.fp)
-
-    @property
-    def fpr(self) -> np.ndarray:
-        return 1.0 - self.specificity
-
-    @property
-    def precision(self) -> np.ndarray:
-        """TP / (TP + FP) per row; NaN where nothing is flagged."""
-        return _rates(self.tp, self.tp + self.fp)
-
-    @property
-    def f1(self) -> np.ndarray:
-        return np.array([_f1(p, r) for p, r in zip(self.precision, self.sensitivity)])
 
     def __len__(self) -> int:
         return int(self.threshold.size)
@@ -482,65 +496,6 @@ class ThresholdTuner:
 
     def score_range(self) -> tuple[float, float]:
         """(low, high) covering the labelled scores, the calibration normals and the calibrated threshold."""
-        vals = [self.scores_]
-        if self.calibrator is not None:
-            vals.append(np.asarray(self.calibrator.scores_, float))
-            if np.isfinite(self.calibrator.threshold_):
-                vals.append(np.array([self.calibrator.threshold_]))
-        v = np.concatenate(vals)
-        lo, hi = float(v.min()), float(v.max())
-        pad = 0.05 * (hi - lo) if hi > lo else max(abs(hi), 1e-6) * 0.05
-        return lo - pad, hi + pad
-
-
-# ------------------------------------------------------------------------------------------ save
-def save_operating_point(bundle: str | os.PathLike, *, threshold: float | None = None,
-                         target_fpr: float | None = None, reason: str, evidence: OperatingPoint | None = None,
-                         detector=None) -> dict:
-    """Set the bundle's scan-level operating point and record when and why in its calibration.json.
-
-    Exactly one of ``threshold`` (a scan-score threshold) or ``target_fpr`` (refit the calibrator on
-    the bundle's normal calibration scores at that rate) is applied through
-    :meth:`AnomalyDetector.set_threshold`, then :func:`aeanomaly.bundle.update_calibration` rewrites
-    calibration.json atomically. ``aeanomaly score BUNDLE …`` then labels a scan abnormal exactly when
-    ``scan_score > threshold``.
-
-    Parameters
-    ----------
-    bundle : path
-        The bundle directory to update.
-    threshold, target_fpr : float
-        The operating point (give exactly one).
-    reason : str
-        Why this point was chosen (required, non-empty); stored in the log entry.
-    evidence : OperatingPoint, optional
-        Its confusion matrix and rates on a labelled set, stored as ``evidence`` in the log entry.
-    detector : AnomalyDetector, optional
-        An already loaded detector of this bundle (updated in place); loaded from ``bundle`` if None.
-
-    Returns
-    -------
-    dict
-        The new calibration log entry: ``when`` (UTC ISO 8601), ``what`` (``"set_threshold"``),
-        ``reason``, ``target_fpr``, ``threshold`` and, if given, ``evidence``.
-    """
-    from . import bundle as _bundle
-    from .detector import AnomalyDetector
-
-    if not str(reason).strip():
-        raise ConfigError("say why this operating point was chosen: reason must not be empty")
-    if (threshold is None) == (target_fpr is None):
-        raise ConfigError("give exactly one of threshold or target_fpr")
-    if threshold is not None and not (np.isfinite(threshold) or threshold == np.inf):
-        raise ConfigError(f"threshold must be a finite number (or +inf to flag nothing), got {threshold!r}")
-    det = detector if detector is not None else AnomalyDetector.load(bundle)
-    _bundle.read_bundle_json(bundle)  # fail before changing the detector when the path is no bundle
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        det.set_threshold(threshold=None if threshold is None else float(threshold), target_fpr=target_fpr,
-                          reason=str(reason).strip())
-    entry = det.calibration_log_[-1]
-    if evidence is not None:
-        entry["evidence"] = evidence.to_dict()
-    _bundle.update_calibration(bundle, det)
-    return dict(entry)
+        cal = self.calibrator
+        return padded_range(self.scores_, None if cal is None else cal.scores_,
+                            None if cal is None else cal.threshold_)

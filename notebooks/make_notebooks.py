@@ -39,7 +39,7 @@ download is needed, and uses only the public Python API:
 | data | `write_phantom_set(out_dir, n_normal, n_abnormal, ...)`, `find_scans(folder)` |
 | train + calibrate | `AnomalyDetector(...).fit(normal_paths)` |
 | score | `det.score_scan(path)` → `ScanResult`, `det.score(paths)`, `det.decision_function(paths)` |
-| look | `aeanomaly.tuning_plots.scan_figure(result)` |
+| look | `aeanomaly.figures.scan_figure(result)` |
 | keep | `det.save(bundle)`, `AnomalyDetector.load(bundle)` |
 
 Set `AEANOMALY_NB_FAST=1` for a tiny run (CI); the default is a fuller run (a few minutes on a CPU)."""),
@@ -52,7 +52,7 @@ from IPython.display import display
 from aeanomaly.datasets.synthetic import write_phantom_set
 from aeanomaly.detector import AnomalyDetector
 from aeanomaly.io import find_scans
-from aeanomaly.tuning_plots import scan_figure
+from aeanomaly.figures import scan_figure
 
 WORK = Path("quickstart_work")           # everything this notebook writes goes here
 if FAST:
@@ -165,8 +165,9 @@ import numpy as np
 from IPython.display import display
 
 from aeanomaly.detector import AnomalyDetector
-from aeanomaly.tuning import ThresholdTuner, labels_as_bool, save_operating_point
-from aeanomaly.tuning_plots import examples_figure, roc_pr_figure, score_distribution_figure, tuning_figure
+from aeanomaly.bundle import save_operating_point
+from aeanomaly.tuning import ThresholdTuner, labels_as_bool
+from aeanomaly.figures import examples_figure, roc_pr_figure, score_distribution_figure, tuning_figure
 
 WORK = Path("tuning_work")
 PHANTOM = dict(shape=(6, 64, 64), spacing=(6.0, 5.5, 5.5)) if FAST else dict(shape=(24, 128, 128), spacing=(5.0, 2.7, 2.7))'''),
@@ -268,7 +269,7 @@ lo, hi = tuner.score_range()
 threshold_slider = widgets.FloatSlider(value=start, min=lo, max=hi, step=(hi - lo) / 500, readout_format=".5f",
                                        description="threshold", continuous_update=False,
                                        layout=widgets.Layout(width="600px"))
-fpr_slider = widgets.FloatLogSlider(value=det.target_fpr, base=10, min=-3, max=np.log10(0.5), step=0.02,
+fpr_slider = widgets.FloatLogSlider(value=det.target_fpr_, base=10, min=-3, max=np.log10(0.5), step=0.02,
                                     readout_format=".3f", description="target FPR", continuous_update=False,
                                     layout=widgets.Layout(width="600px"))
 _syncing = False

@@ -140,7 +140,7 @@ def test_tuning_notebook_saves_the_threshold_that_score_uses(fast_env, tmp_path)
         # the notebook's choice splits the labelled scans like the calibrated threshold: move the
         # operating point, through the same public API, into a gap between two scan scores where the
         # labels must change
-        from aeanomaly.tuning import save_operating_point
+        from aeanomaly.bundle import save_operating_point
 
         u = np.unique(s)
         gaps = (u[:-1] + u[1:]) / 2

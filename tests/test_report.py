@@ -1,4 +1,8 @@
-"""Tests of aeanomaly.report (PNG figures) and aeanomaly.report_html (the HTML report)."""
+"""Tests of aeanomaly.report: the PNG writers (each writes its figure from aeanomaly.figures atomically,
+names the file in its errors, leaves nothing half-written) and the HTML report (aeanomaly.report_html).
+
+What the figures draw is tested in tests/test_figures.py; here, that the files are those figures.
+"""
 
 from __future__ import annotations
 
@@ -11,137 +15,118 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from sklearn.metrics import average_precision_score, roc_auc_score
+from matplotlib.artist import Artist
+from matplotlib.figure import Figure
 
-from aeanomaly import report
+from aeanomaly import figures, report
 from aeanomaly.errors import AeAnomalyError, ConfigError
 from aeanomaly.report_html import DISCLAIMER, format_float, format_p_value
+from aeanomaly.tuning import operating_point, roc_pr_curves
 
 DPI = 50
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------------------------------ helpers
 def _read_rgb(path: Path) -> np.ndarray:
+    assert path.read_bytes().startswith(PNG_SIGNATURE)
     img = iio.imread(path)
     assert img.ndim == 3 and img.shape[2] in (3, 4), img.shape
     return img[..., :3].astype(float) / 255.0
 
 
-def _n_colours(rgb: np.ndarray) -> int:
-    return len(np.unique((rgb * 255).astype(np.uint8).reshape(-1, 3), axis=0))
+def _rendered(fig: Figure) -> np.ndarray:
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255.0
 
 
-def _pixel(fig, ax, row: float, col: float) -> tuple[int, int]:
-    """PNG (row, col) of the data point (row, col) of an imshow axes, after the figure is drawn."""
-    x, y = ax.transData.transform((col, row))
-    height = fig.canvas.get_width_height()[1]
-    return int(round(height - y)), int(round(x))
+def _same_picture(path: Path, fig: Figure) -> None:
+    """The PNG at ``path`` is ``fig`` rendered (same size, same pixels)."""
+    png, want = _read_rgb(path), _rendered(fig)
+    assert png.shape == want.shape
+    assert np.mean(np.abs(png - want)) < 1e-4
 
 
-def _drawn(fig):
-    FigureCanvasAgg(fig).draw()
-    return fig
+def _only(tmp_path: Path, *names: str) -> None:
+    """``tmp_path`` holds exactly ``names``: no temporary file is left beside them."""
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
 
 
-def _axes_crop(rgb: np.ndarray, fig, ax) -> np.ndarray:
-    """The PNG pixels inside an axes' bounding box (legends outside it are left out)."""
-    bb = ax.get_window_extent()
-    h = fig.canvas.get_width_height()[1]
-    return rgb[int(h - bb.y1) + 1:int(h - bb.y0) - 1, int(bb.x0) + 1:int(bb.x1) - 1]
+class _Broken(Artist):
+    """An artist that fails while the figure is drawn, i.e. in the middle of writing the PNG."""
 
-
-def _is_gray(px, tol=0.03) -> bool:
-    return float(np.ptp(px)) <= tol
-
-
-def _yellow(rgb):
-    return (rgb[..., 0] > 0.6) & (rgb[..., 1] > 0.5) & (rgb[..., 2] < 0.4)
-
-
-def _red(rgb):
-    return (rgb[..., 0] > 0.55) & (rgb[..., 1] < 0.35) & (rgb[..., 2] < 0.35)
-
-
-def _green(rgb):
-    return (rgb[..., 1] > 0.5) & (rgb[..., 0] < 0.4) & (rgb[..., 2] < 0.4)
+    def draw(self, renderer):
+        raise RuntimeError("drawing failed")
 
 
 @pytest.fixture
 def slice_case():
-    """A 48×56 'CT' slice (smooth gray), a residual blob and its lesion label (id 7)."""
-    yy, xx = np.mgrid[:48, :56]
-    image = 0.3 + 0.4 * (xx / 55.0)
-    heat = np.where((yy - 14) ** 2 + (xx - 16) ** 2 <= 25, 1.0, 0.0)
-    labels = np.where(heat > 0, 7, 0).astype(np.int32)
-    return image, heat, labels
+    """A 48×56 gradient slice with a 6×8 residual block (lesion 2)."""
+    image = np.tile(np.linspace(0.2, 0.8, 56), (48, 1))
+    labels = np.zeros((48, 56), np.int32)
+    labels[10:16, 20:28] = 2
+    return image, (labels > 0) * 0.8, labels
 
 
-# ------------------------------------------------------------------------------------------ overlay
-def test_save_overlay_colours_the_lesion_only_in_the_right_panel(tmp_path, slice_case):
+# ----------------------------------------------------------------------------------- save_figure
+def test_save_figure_writes_a_figure_or_what_a_callable_builds(tmp_path):
+    fig = figures.training_curves_figure({"loss": [1.0, 0.5]}, dpi=DPI)
+    out = report.save_figure(tmp_path / "sub" / "a.png", fig)
+    assert out == tmp_path / "sub" / "a.png"  # the folder is made
+    _same_picture(out, fig)
+    big = report.save_figure(tmp_path / "b.png", lambda: figures.training_curves_figure({"loss": [1.0]}, dpi=DPI),
+                             dpi=2 * DPI)
+    assert iio.imread(big).shape[1] == 2 * _read_rgb(out).shape[1]
+    with pytest.raises(ConfigError, match=r"c\.png: expected a matplotlib Figure, got str"):
+        report.save_figure(tmp_path / "c.png", lambda: "not a figure")
+    _only(tmp_path, "sub", "b.png")
+
+
+def test_a_failure_while_writing_leaves_the_old_file_and_no_temp(tmp_path):
+    target = tmp_path / "fig.png"
+    target.write_bytes(b"old")
+    fig = figures.training_curves_figure({"loss": [1.0, 0.5]}, dpi=DPI)
+    fig.add_artist(_Broken())
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        report.save_figure(target, fig)
+    assert target.read_bytes() == b"old"
+    _only(tmp_path, "fig.png")
+
+
+def test_an_unwritable_target_is_one_error_naming_it(tmp_path):
+    target = tmp_path / "is_a_dir.png"
+    target.mkdir()
+    with pytest.raises(AeAnomalyError, match=r"is_a_dir\.png: cannot write PNG"):
+        report.save_overlay(target, np.zeros((8, 8)), dpi=DPI)
+    _only(tmp_path, "is_a_dir.png")
+    assert list(target.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------- overlays
+def test_save_overlay_writes_the_overlay_figure(tmp_path, slice_case):
     image, heat, labels = slice_case
-    before = (image.copy(), heat.copy(), labels.copy())
-    out = report.save_overlay(tmp_path / "ov.png", image, heat, labels, threshold=0.1, title="s", dpi=DPI)
+    out = report.save_overlay(tmp_path / "ov.png", image, heat, labels, vmax=2.0, threshold=0.1, title="s",
+                              dpi=DPI, pixel_aspect=1.5)
     assert out == tmp_path / "ov.png"
-    rgb = _read_rgb(out)
-    fig = _drawn(report._overlay_figure(image, heat, labels, threshold=0.1, title="s", dpi=DPI))
-    assert rgb.shape[:2] == fig.canvas.get_width_height()[::-1]
-    assert _n_colours(rgb) > 20
-    ax_ct, ax_ov = fig.axes[:2]
-    lesion_ov, lesion_ct = _pixel(fig, ax_ov, 14, 16), _pixel(fig, ax_ct, 14, 16)
-    assert not _is_gray(rgb[lesion_ov], tol=0.15), rgb[lesion_ov]  # heatmap colour over the lesion
-    assert _is_gray(rgb[lesion_ct]), rgb[lesion_ct]  # the CT-only panel stays gray
-    far_ov, far_ct = _pixel(fig, ax_ov, 40, 45), _pixel(fig, ax_ct, 40, 45)
-    np.testing.assert_allclose(rgb[far_ov], rgb[far_ct], atol=0.02)  # zero residual is transparent
-    assert "residual" in [a.get_ylabel() for a in fig.axes]  # the colorbar
-    for a, b in zip(before, (image, heat, labels)):
-        np.testing.assert_array_equal(a, b)  # inputs untouched
+    _same_picture(out, figures.overlay_figure(image, heat, labels, vmax=2.0, threshold=0.1, title="s",
+                                              pixel_aspect=1.5, dpi=DPI))
+    _only(tmp_path, "ov.png")
 
 
-def test_save_overlay_hides_residuals_below_threshold(tmp_path, slice_case):
-    image, heat, _ = slice_case
-    out = report.save_overlay(tmp_path / "ov.png", image, heat * 0.5, threshold=0.6, dpi=DPI)
-    rgb = _read_rgb(out)
-    fig = _drawn(report._overlay_figure(image, heat * 0.5, threshold=0.6, dpi=DPI))
-    ov, ct = _pixel(fig, fig.axes[1], 14, 16), _pixel(fig, fig.axes[0], 14, 16)
-    np.testing.assert_allclose(rgb[ov], rgb[ct], atol=0.02)  # below threshold: CT shows through
-
-
-def test_save_overlay_draws_contours_and_lesion_ids(tmp_path, slice_case):
-    image, _, labels = slice_case
-    out = report.save_overlay(tmp_path / "ov.png", image, lesion_labels=labels, dpi=DPI)
-    rgb = _read_rgb(out)
-    fig = _drawn(report._overlay_figure(image, lesion_labels=labels, dpi=DPI))
-    ax = fig.axes[1]
-    assert [t.get_text() for t in ax.texts] == ["7"]
-    r, c = _pixel(fig, ax, 14, 21)  # on the right edge of the disc (radius 5)
-    patch = rgb[r - 2:r + 3, c - 2:c + 3]
-    cyan = (patch[..., 0] < 0.4) & (patch[..., 1] > 0.6) & (patch[..., 2] > 0.6)
-    assert cyan.any()
-    assert _is_gray(rgb[_pixel(fig, ax, 14, 16)])  # inside the outline: no fill without a heatmap
-
-
-def test_save_overlay_pixel_aspect_stretches_rows(slice_case):
-    image = slice_case[0]
-    fig = _drawn(report._overlay_figure(image, pixel_aspect=2.0, dpi=DPI))
-    ax = fig.axes[1]
-    (x0, y0), (x1, y1) = ax.transData.transform([(0, 0), (1, 1)])
-    assert abs(y0 - y1) == pytest.approx(2 * abs(x1 - x0), rel=1e-6)  # a row is twice a column
-
-
-def test_save_overlay_rejects_mismatched_shapes_and_writes_nothing(tmp_path, slice_case):
+def test_save_overlay_errors_name_the_file_and_write_nothing(tmp_path, slice_case):
     image, heat, _ = slice_case
     target = tmp_path / "bad.png"
     with pytest.raises(ConfigError, match=r"bad\.png: heatmap shape \(48, 50\) differs"):
         report.save_overlay(target, image, heat[:, :50])
-    with pytest.raises(ConfigError, match="2-D"):
+    with pytest.raises(ConfigError, match=r"bad\.png: image must be a non-empty 2-D"):
         report.save_overlay(target, np.zeros((2, 3, 4)))
-    with pytest.raises(ConfigError, match="pixel_aspect"):
+    with pytest.raises(ConfigError, match="bad.png: pixel_aspect"):
         report.save_overlay(target, image, pixel_aspect=0)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_figures_can_be_drawn_from_threads(tmp_path, slice_case):
+def test_writers_can_run_in_threads(tmp_path, slice_case):
+    """Figures are built on their own Agg canvas, so threads can build and write them at once."""
     image, heat, labels = slice_case
     errors: list[BaseException] = []
 
@@ -157,105 +142,71 @@ def test_figures_can_be_drawn_from_threads(tmp_path, slice_case):
     for t in threads:
         t.join()
     assert errors == []
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["t0.png", "t1.png", "t2.png"]
+    _only(tmp_path, "t0.png", "t1.png", "t2.png")
 
 
-# ------------------------------------------------------------------------------------- eval overlay
-def _eval_case(tmp_path, pred, true, name):
+def test_save_eval_overlay_writes_the_eval_figure(tmp_path):
     image = np.full((40, 40), 0.5)
-    out = report.save_eval_overlay(tmp_path / name, image, pred, true, dpi=DPI)
-    fig = _drawn(report._eval_figure(image, pred, true, dpi=DPI))
-    rgb = _read_rgb(out)
-    return rgb, fig, fig.axes[0]
-
-
-def test_eval_overlay_true_positive_only_is_yellow_not_red(tmp_path):
-    mask = np.zeros((40, 40), bool)
-    mask[10:20, 10:20] = True
-    rgb, fig, ax = _eval_case(tmp_path, mask, mask, "tp.png")
-    assert _yellow(rgb[_pixel(fig, ax, 15, 15)])
-    assert _is_gray(rgb[_pixel(fig, ax, 30, 30)])
-    crop = _axes_crop(rgb, fig, ax)
-    assert _yellow(crop).sum() > 20 and not _red(crop).any() and not _green(crop).any()
-    assert "Dice 1.000" in ax.get_title()
-
-
-def test_eval_overlay_places_fp_green_and_fn_red(tmp_path):
     pred = np.zeros((40, 40), bool)
-    true = np.zeros((40, 40), bool)
-    pred[5:12, 5:12] = True  # false positive
-    true[25:35, 25:35] = True  # false negative
-    rgb, fig, ax = _eval_case(tmp_path, pred, true, "fpfn.png")
-    assert _green(rgb[_pixel(fig, ax, 8, 8)])
-    assert _red(rgb[_pixel(fig, ax, 30, 30)])
-    assert not _yellow(_axes_crop(rgb, fig, ax)).any()
-    assert "Dice 0.000" in ax.get_title()
+    pred[10:20, 10:20] = True
+    out = report.save_eval_overlay(tmp_path / "ev.png", image, pred, pred, title="x", dpi=DPI)
+    _same_picture(out, figures.eval_overlay_figure(image, pred, pred, title="x", dpi=DPI))
+    with pytest.raises(ConfigError, match=r"no\.png: pred_mask shape"):
+        report.save_eval_overlay(tmp_path / "no.png", image, pred[:5], pred)
+    _only(tmp_path, "ev.png")
 
 
 # ------------------------------------------------------------------------------------ other figures
-def test_training_curves_png_and_log_scale(tmp_path):
+def test_save_training_curves(tmp_path):
     hist = {"loss": [1.0, 0.1, 0.02], "val_loss": [1.1, 0.2, 0.05], "mae": [0.5, 0.4, 0.35]}
     out = report.save_training_curves(tmp_path / "tc.png", hist, dpi=DPI)
-    assert _n_colours(_read_rgb(out)) > 10
-    fig = report._training_figure(hist)
-    ax_loss, ax_other = fig.axes
-    assert ax_loss.get_yscale() == "log" and ax_other.get_yscale() == "linear"
-    assert [ln.get_label() for ln in ax_loss.lines] == ["loss", "val_loss"]
-    assert ax_loss.lines[1].get_linestyle() == "--"
-    np.testing.assert_array_equal(ax_loss.lines[0].get_xdata(), [1, 2, 3])
-    narrow = report._training_figure({"loss": [1.0, 0.5], "val_loss": [1.2, 0.6]})
-    assert len(narrow.axes) == 1 and narrow.axes[0].get_yscale() == "linear"
-    with pytest.raises(ConfigError, match="empty"):
+    _same_picture(out, figures.training_curves_figure(hist, dpi=DPI))
+    with pytest.raises(ConfigError, match=r"none\.png: training history is empty"):
         report.save_training_curves(tmp_path / "none.png", {"loss": []})
-    assert not (tmp_path / "none.png").exists()
+    _only(tmp_path, "tc.png")
 
 
-def test_score_distribution_threshold_and_density(tmp_path, rng):
+def test_save_score_distribution(tmp_path, rng):
     normal, abnormal = rng.normal(0, 1, 60), rng.normal(4, 1, 15)
 
     def pdf(x):
         return np.exp(-x ** 2 / 2) / np.sqrt(2 * np.pi)
 
-    out = report.save_score_distribution(tmp_path / "sd.png", normal, abnormal, threshold=1.64, density=pdf, dpi=DPI)
-    assert _n_colours(_read_rgb(out)) > 10
-    ax = report._score_figure(normal, abnormal, 1.64, pdf).axes[0]
-    labels = [ln.get_label() for ln in ax.lines]
-    assert labels == ["fitted normal density", "threshold = 1.64"]
-    dens = ax.lines[0]
-    np.testing.assert_allclose(dens.get_ydata(), pdf(dens.get_xdata()))
-    assert list(ax.lines[1].get_xdata()) == [1.64, 1.64]
-    heights = np.array([p.get_height() for p in ax.patches])
-    widths = np.array([p.get_width() for p in ax.patches])
-    assert (heights * widths).sum() == pytest.approx(2.0)  # two histograms of unit area
-    with pytest.raises(ConfigError, match="density must return one finite value"):
+    out = report.save_score_distribution(tmp_path / "sd.png", normal, abnormal, 1.64, pdf, dpi=DPI, title="fit")
+    _same_picture(out, figures.score_distribution_figure(normal, abnormal, threshold=1.64, density=pdf,
+                                                         title="fit", dpi=DPI))
+    with pytest.raises(ConfigError, match=r"x\.png: density must return one finite value"):
         report.save_score_distribution(tmp_path / "x.png", normal, density=lambda x: np.ones(3))
-    with pytest.raises(ConfigError, match="normal_scores holds no finite value"):
+    with pytest.raises(ConfigError, match=r"x\.png: no finite score to plot"):
         report.save_score_distribution(tmp_path / "x.png", [np.nan])
-    assert not (tmp_path / "x.png").exists()
+    _only(tmp_path, "sd.png")
 
 
-def test_roc_pr_titles_and_operating_point(tmp_path, rng):
-    y = np.r_[np.zeros(40, int), np.ones(10, int)]
-    s = np.r_[rng.normal(0, 1, 40), rng.normal(1.5, 1, 10)]
-    out = report.save_roc_pr(tmp_path / "roc.png", y, s, operating_point=1.0, dpi=DPI)
-    assert _n_colours(_read_rgb(out)) > 10
-    ax_roc, ax_pr = report._roc_pr_figure(y, s, operating_point=1.0).axes
-    assert f"AUROC {roc_auc_score(y, s):.3f}" in ax_roc.get_title()
-    assert f"AUPRC {average_precision_score(y, s):.3f}" in ax_pr.get_title()
-    pred = s >= 1.0
-    fpr, tpr = pred[y == 0].mean(), pred[y == 1].mean()
-    marker = ax_roc.lines[-1]
-    assert (marker.get_xdata()[0], marker.get_ydata()[0]) == pytest.approx((fpr, tpr))
-    prec = pred[y == 1].sum() / pred.sum()
-    pr_marker = ax_pr.lines[-1]
-    assert (pr_marker.get_xdata()[0], pr_marker.get_ydata()[0]) == pytest.approx((tpr, prec))
-    explicit = report._roc_pr_figure(y, s, operating_point={"fpr": 0.1, "tpr": 0.7}).axes[0].lines[-1]
-    assert (explicit.get_xdata()[0], explicit.get_ydata()[0]) == (0.1, 0.7)
-    with pytest.raises(ConfigError, match="both normal"):
-        report.save_roc_pr(tmp_path / "one.png", np.zeros(5), np.arange(5.0))
-    with pytest.raises(ConfigError, match="y_true has 3 values but scores has 2"):
-        report.save_roc_pr(tmp_path / "one.png", [0, 1, 0], [0.1, 0.2])
-    assert not (tmp_path / "one.png").exists()
+def test_save_roc_pr_marks_a_threshold_as_the_product_labels(tmp_path):
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    s = np.array([0.1, 0.4, 0.2, 0.5, 0.3, 0.7, 0.6, 0.8])
+    out = report.save_roc_pr(tmp_path / "roc.png", y, s, operating_point=0.4, dpi=DPI)
+    point = operating_point(y, s, 0.4)  # score > 0.4: 0.4 itself is normal
+    assert (point.tp, point.fp) == (3, 1)
+    _same_picture(out, figures.roc_pr_figure(roc_pr_curves(y, s), point, dpi=DPI))
+    mapped = report.save_roc_pr(tmp_path / "map.png", y, s, operating_point={"fpr": 0.1, "tpr": 0.7}, dpi=DPI)
+    _same_picture(mapped, figures.roc_pr_figure(roc_pr_curves(y, s), {"fpr": 0.1, "tpr": 0.7}, dpi=DPI))
+    report.save_roc_pr(tmp_path / "op.png", ["normal", "abnormal"], [0.1, 0.9], operating_point=point)
+    _only(tmp_path, "roc.png", "map.png", "op.png")
+
+
+@pytest.mark.parametrize("args, match", [
+    ((np.zeros(5), np.arange(5.0)), r"one\.png: the labelled set must hold both normal and abnormal"),
+    (([0, 1, 0], [0.1, 0.2]), r"one\.png: y_true has 3 labels but scores has 2 values"),
+    (([0, 2], [0.1, 0.2]), r"one\.png: labels must be 0 \(normal\) and 1 \(abnormal\)"),
+    (([0, 1], [0.1, 0.2], "high"), r"one\.png: operating_point must be a score threshold or a mapping"),
+    (([0, 1], [0.1, 0.2], float("nan")), r"one\.png: operating_point threshold must not be NaN"),
+    (([0, 1], [0.1, 0.2], {"x": 1}), r"one\.png: point mapping needs fpr/tpr"),
+])
+def test_save_roc_pr_rejects_bad_input(tmp_path, args, match):
+    with pytest.raises(ConfigError, match=match):
+        report.save_roc_pr(tmp_path / "one.png", *args)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -------------------------------------------------------------------------------------- HTML report

@@ -1,5 +1,7 @@
-"""Threshold tuning (aeanomaly.tuning) on tiny hand-computed score sets, its figures, and saving the
-operating point into a bundle.
+"""Threshold tuning (aeanomaly.tuning, pure compute) on tiny hand-computed score sets.
+
+Its figures are tested in tests/test_figures.py; saving the operating point into a bundle in
+tests/test_bundle.py (aeanomaly.bundle.save_operating_point).
 
 The worked example used throughout: 4 normals scoring 0.1, 0.2, 0.3, 0.6 and 4 abnormals scoring
 0.4, 0.5, 0.7, 0.8 (interleaved in input order). A scan is abnormal when ``score > threshold``.
@@ -7,22 +9,16 @@ The worked example used throughout: 4 normals scoring 0.1, 0.2, 0.3, 0.6 and 4 a
 
 from __future__ import annotations
 
-import datetime as dt
+import ast
 import json
-import shutil
-from types import SimpleNamespace
+from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pytest
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from aeanomaly.calibrate import Calibrator  # noqa: E402
-from aeanomaly.errors import AeAnomalyError, ConfigError  # noqa: E402
-from aeanomaly.tuning import (  # noqa: E402
+from aeanomaly.calibrate import Calibrator
+from aeanomaly.errors import ConfigError
+from aeanomaly.tuning import (
     OperatingPoint,
     ThresholdTable,
     ThresholdTuner,
@@ -31,8 +27,8 @@ from aeanomaly.tuning import (  # noqa: E402
     choose_threshold,
     labels_as_bool,
     operating_point,
+    padded_range,
     roc_pr_curves,
-    save_operating_point,
     threshold_for_fpr,
     threshold_for_sensitivity,
     threshold_table,
@@ -313,181 +309,36 @@ def test_tuner_without_calibrator():
     assert lo == pytest.approx(0.2 - 0.025) and hi == pytest.approx(0.7 + 0.025)
 
 
-# ------------------------------------------------------------------------------------------ figures
-def _legend_texts(ax) -> list[str]:
-    return [t.get_text() for t in ax.get_legend().get_texts()]
-
-
-def test_score_distribution_figure():
-    from aeanomaly.tuning_plots import score_distribution_figure
-
-    cal = Calibrator("empirical", 0.1).fit(np.linspace(0.05, 0.5, 19))
-    fig = score_distribution_figure(S[Y == 0], S[Y == 1], threshold=0.45, calibrator=cal,
-                                    calibrated_threshold=0.55)
-    assert isinstance(fig, Figure) and len(fig.axes) == 1
-    ax = fig.axes[0]
-    legend = _legend_texts(ax)
-    for want in ("normal (n=4)", "abnormal (n=4)", "fitted normal density (empirical)",
-                 "calibration normals (n=19)", "calibrated 0.55", "threshold 0.45"):
-        assert want in legend, legend
-    assert len(ax.containers) == 2            # two histograms
-    vlines = [ln for ln in ax.lines if list(ln.get_xdata()) in ([0.45, 0.45], [0.55, 0.55])]
-    assert len(vlines) == 2
-    lo, hi = ax.get_xlim()
-    assert lo < 0.05 and hi > 0.8
-    fig.canvas.draw()                          # renders on Agg
-    with pytest.raises(ConfigError, match="no finite score to plot"):
-        score_distribution_figure([np.nan])
-
-
-def test_roc_pr_figure():
-    from aeanomaly.tuning_plots import roc_pr_figure
-
-    c = roc_pr_curves(Y, S)
-    point, calibrated = operating_point(Y, S, 0.35), operating_point(Y, S, 0.65)
-    fig = roc_pr_figure(c, point, calibrated)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    roc, pr = fig.axes
-    assert roc.get_title() == "ROC, AUROC 0.875" and pr.get_title().startswith("precision-recall, AUPRC 0.88")
-    np.testing.assert_allclose(roc.lines[0].get_xdata(), c.fpr)
-    np.testing.assert_allclose(roc.lines[0].get_ydata(), c.tpr)
-    marks = {ln.get_label(): (float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in roc.lines}
-    assert marks["FPR 0.25, TPR 1.00"] == (0.25, 1.0) and marks["calibrated"] == (0.0, 0.5)
-    pr_marks = {ln.get_label(): (float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in pr.lines}
-    assert pr_marks["R 1.00, P 0.80"] == pytest.approx((1.0, 0.8))
-    assert "prevalence 0.50" in _legend_texts(pr)
-    fig.canvas.draw()
-
-
-def test_tuning_figure():
-    from aeanomaly.tuning_plots import tuning_figure
-
-    tuner = ThresholdTuner(Y, S, Calibrator("empirical", 0.2).fit(np.linspace(0.05, 0.5, 19)))
-    fig = tuning_figure(tuner, 0.35)
-    assert isinstance(fig, Figure) and len(fig.axes) == 4
-    assert fig.get_suptitle() == ("threshold 0.35: observed FPR 0.25 on 4 normals, "
-                                        "sensitivity 1.00 on 4 abnormals")
-    conf = fig.axes[1]
-    assert sorted(t.get_text() for t in conf.texts) == sorted(["TN\n3", "FP\n1", "FN\n0", "TP\n4"])
-    np.testing.assert_allclose(conf.images[0].get_array(), [[0.75, 0.25], [0.0, 1.0]])
-    assert conf.get_title().startswith("sens 1.00  spec 0.75  prec 0.80")
-    fig.canvas.draw()
-
-
-def _fake_result(name: str, score: float, seed: int, z: int = 4, n: int = 16):
-    rng = np.random.default_rng(seed)
-    lab = np.zeros((z, n, n), np.int32)
-    lab[:, 5:9, 5:9] = 1
-    return SimpleNamespace(source=f"/data/{name}.nii.gz", scan_score=score, p_value=0.5, label="normal",
-                           slice_scores=np.array([0.1, 0.4, np.nan, 0.3][:z]), top_slice=1, lesions=[{}],
-                           image=rng.random((z, n, n)), heatmap=rng.random((z, n, n)), lesion_labels=lab,
-                           prepared=SimpleNamespace(spacing=(5.0, 2.0, 1.0)))
-
-
-def test_scan_and_examples_figures():
-    from aeanomaly.tuning_plots import OUTCOME_COLOURS, examples_figure, scan_figure
-
-    fig = scan_figure(_fake_result("a", 0.5, 0), n_slices=2, pixel_threshold=0.2)
-    assert isinstance(fig, Figure) and len(fig.axes) == 4   # 2 slices × (CT, heatmap)
-    assert [ax.get_title() for ax in fig.axes[:2]] == ["slice 1  score 0.4", "slice 3  score 0.3"]
-    assert len(fig.axes[2].images) == 2 and fig.axes[2].lines   # heatmap overlay and lesion contour
-    assert "a.nii.gz: normal (score 0.5" in fig.get_suptitle()
-
-    results = [_fake_result(f"s{i}", v, i) for i, v in enumerate([0.1, 0.44, 0.47, 0.9])]
-    fig = examples_figure(results, [0, 1, 0, 1], threshold=0.45, max_examples=2)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    titles = [ax.get_title() for ax in fig.axes]   # nearest the threshold first: 0.44 (FN), 0.47 (FP)
-    assert titles[0].startswith("FN  s1.nii.gz") and titles[1].startswith("FP  s2.nii.gz")
-    assert matplotlib.colors.same_color(fig.axes[0].title.get_color(), OUTCOME_COLOURS["FN"])
-    assert "(TP 1, FP 1, TN 1, FN 1)" in fig.get_suptitle()
-    fig.canvas.draw()
-    with pytest.raises(ConfigError, match="4 results but 3 labels"):
-        examples_figure(results, [0, 1, 0], threshold=0.45)
-
-
-# ------------------------------------------------------------------------- saving the operating point
-def test_save_operating_point_writes_calibration_json(fitted_bundle, tmp_path):
-    from aeanomaly.detector import AnomalyDetector
-
-    original = (fitted_bundle / "calibration.json").read_text()
-    b = tmp_path / "bundle"
-    shutil.copytree(fitted_bundle, b)
-    det = AnomalyDetector.load(b)
-    before = float(det.calibrator_.threshold_)
-    normals = np.asarray(det.calibrator_.scores_, float)
-    threshold = float(np.mean(normals[:2])) if normals[0] != normals[1] else float(normals[0]) * 0.5
-    assert threshold != before
-    y = [0, 0, 1, 1]
-    s = [threshold - 1.0, threshold + 1.0, threshold - 0.5, threshold + 2.0]
-    evidence = operating_point(y, s, threshold)
-
-    t0 = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-    entry = save_operating_point(b, threshold=threshold, reason="  screening: sensitivity >= 0.5 ",
-                                 evidence=evidence, detector=det)
-    t1 = dt.datetime.now(dt.timezone.utc)
-    assert entry["what"] == "set_threshold" and entry["threshold"] == threshold
-    assert entry["reason"] == "screening: sensitivity >= 0.5"
-    when = dt.datetime.fromisoformat(entry["when"])
-    assert when.utcoffset() == dt.timedelta(0) and t0 <= when <= t1
-
-    calib = json.loads((b / "calibration.json").read_text())
-    assert calib["scan"]["threshold"] == threshold and calib["scan"]["manual"] is True
-    assert calib["scan"]["reason"] == "screening: sensitivity >= 0.5"
-    assert calib["log"][-1] == json.loads(json.dumps(entry))
-    assert calib["log"][-1]["evidence"] == evidence.to_dict()
-    assert calib["log"][-1]["evidence"]["tp"] == 1 and calib["log"][-1]["evidence"]["fp"] == 1
-    assert det.calibrator_.threshold_ == threshold                       # the given detector, in place
-    fresh = AnomalyDetector.load(b)
-    assert fresh.calibrator_.threshold_ == threshold                     # what `aeanomaly score` uses
-    assert fresh.calibrator_.predict([threshold]).tolist() == [False]   # strictly greater flags
-    assert (fitted_bundle / "calibration.json").read_text() == original  # the shared bundle is untouched
-
-    # by target FPR: refitted on the bundle's normal calibration scores, loaded from the path
-    entry = save_operating_point(b, target_fpr=0.5, reason="triage")
-    expected = calibrated_threshold(fresh.calibrator_, 0.5)
-    calib = json.loads((b / "calibration.json").read_text())
-    assert entry["target_fpr"] == 0.5 and calib["target_fpr"] == 0.5
-    assert calib["log"][-1]["threshold"] == expected == calib["scan"]["threshold"]
-    assert [e["reason"] for e in calib["log"][-2:]] == ["screening: sensitivity >= 0.5", "triage"]
-    assert "evidence" not in calib["log"][-1]
-    assert AnomalyDetector.load(b).calibrator_.threshold_ == expected
-
-    # +inf flags nothing; stored as null and read back as inf
-    entry = save_operating_point(b, threshold=np.inf, reason="off", detector=fresh)
-    assert entry["threshold"] is None and json.loads((b / "calibration.json").read_text())["scan"]["threshold"] is None
-    assert AnomalyDetector.load(b).calibrator_.threshold_ == np.inf
-
-
-def test_save_operating_point_rejects_bad_requests(fitted_bundle, tmp_path):
-    from aeanomaly.detector import AnomalyDetector
-
-    b = tmp_path / "bundle"
-    shutil.copytree(fitted_bundle, b)
-    original = (b / "calibration.json").read_text()
-    det = AnomalyDetector.load(b)
-    before = det.calibrator_.threshold_
-    with pytest.raises(ConfigError, match="reason must not be empty"):
-        save_operating_point(b, threshold=0.1, reason="  ", detector=det)
-    with pytest.raises(ConfigError, match="give exactly one of threshold or target_fpr"):
-        save_operating_point(b, reason="x", detector=det)
-    with pytest.raises(ConfigError, match="give exactly one of threshold or target_fpr"):
-        save_operating_point(b, threshold=0.1, target_fpr=0.1, reason="x", detector=det)
-    with pytest.raises(ConfigError, match="threshold must be a finite number"):
-        save_operating_point(b, threshold=float("nan"), reason="x", detector=det)
-    # a path that is no bundle fails before the given detector is changed
-    with pytest.raises(AeAnomalyError, match="nobundle"):
-        save_operating_point(tmp_path / "nobundle", threshold=0.1, reason="x", detector=det)
-    with pytest.raises(AeAnomalyError, match="nobundle"):
-        save_operating_point(tmp_path / "nobundle", threshold=0.1, reason="x")
-    assert det.calibrator_.threshold_ == before
-    assert (b / "calibration.json").read_text() == original
-    assert not (tmp_path / "nobundle").exists()
-
-
 def test_tuner_refuses_names_of_another_length():
-    from aeanomaly.errors import ConfigError
-    from aeanomaly.tuning import ThresholdTuner
-
     with pytest.raises(ConfigError, match="3 names given for 4 scores"):
         ThresholdTuner([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], names=["a", "b", "c"])
     assert ThresholdTuner([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], names=list("abcd")).names_ == list("abcd")
+
+
+def test_padded_range():
+    assert padded_range([0.0, 1.0], None, [np.nan], 2.0) == pytest.approx((-0.1, 2.1))  # 5 % of the span 2
+    assert padded_range([3.0], pad=0.1) == pytest.approx((2.7, 3.3))  # one value: 10 % of it
+    assert padded_range(0.0) == pytest.approx((-5e-8, 5e-8))
+    with pytest.raises(ConfigError, match="no finite score"):
+        padded_range(None, [np.inf, np.nan])
+
+
+def _imported_modules(module) -> set[str]:
+    """Top-level names and package-relative modules imported anywhere in ``module``'s source."""
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            out.add("." * node.level + (node.module or ""))
+    return out
+
+
+def test_tuning_is_pure_compute():
+    """tuning imports neither the detector, the bundle, the CLI, nor files or plotting: only errors."""
+    import aeanomaly.tuning
+
+    imported = _imported_modules(aeanomaly.tuning)
+    assert {m for m in imported if m.startswith(".")} == {".errors"}, imported
+    assert not {m for m in imported if m.split(".")[0] in ("matplotlib", "os", "pathlib", "aeanomaly")}, imported
