@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import ScanError
 from .scan import Scan, internal_affine
-from .validate import checked_scan, intensity_volume, label_array, reading
+from .validate import (MAX_DEFLATE_RATIO, TIFF_SUFFIXES, check_declared_size, checked_scan, file_size, quiet_logs,
+                       intensity_volume, label_array, reading)
 
 _UNIT_MM = {"mm": 1.0, "millimeter": 1.0, "cm": 10.0, "centimeter": 10.0,
             "micron": 1e-3, "um": 1e-3, "\u00b5m": 1e-3, "\\u00b5m": 1e-3}
@@ -33,12 +34,20 @@ def _gray(arr: np.ndarray, channel_axis: int | None, path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr[..., 0])
 
 
+def _as_int(value) -> int | None:
+    """A TIFF tag value as an int, or None when it is not a single integer."""
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _resolution_mm(tif, page) -> tuple[float, float] | None:
     """``(y, x)`` pixel size in mm from TIFF tags, or None when the file gives no physical unit."""
     tags = page.tags
     if "XResolution" not in tags or "YResolution" not in tags:
         return None
-    unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+    unit = _as_int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
     if unit == 3:
         per_unit_mm = 10.0
     elif unit == 1 and tif.is_imagej and str((tif.imagej_metadata or {}).get("unit", "")).lower() in _UNIT_MM:
@@ -47,18 +56,52 @@ def _resolution_mm(tif, page) -> tuple[float, float] | None:
         return None
 
     def size(tag) -> float:
-        num, den = tag.value
-        return per_unit_mm * den / num if num else 0.0
+        value = tag.value
+        if not isinstance(value, tuple) or len(value) != 2 or not all(isinstance(v, (int, float)) for v in value):
+            return 0.0  # a malformed rational: no physical size
+        num, den = value
+        return per_unit_mm * den / num if num and np.isfinite(per_unit_mm * den / num) else 0.0
 
     sy, sx = size(tags["YResolution"]), size(tags["XResolution"])
     return (sy, sx) if sy > 0 and sx > 0 else None
 
 
+#: Largest decompressed/compressed ratio accepted per TIFF compression scheme (1 = none); other
+#: schemes are bounded by the voxel limit alone.
+_TIFF_RATIO = {1: 1, 5: 5000, 8: MAX_DEFLATE_RATIO, 32946: MAX_DEFLATE_RATIO, 32773: 130}
+
+
+def _check_tiff_size(tif, series, path: Path, size: int) -> None:
+    """Declared TIFF size against the voxel limit and the strips/tiles the file holds."""
+    dtype = np.dtype(series.dtype)
+    nbytes = check_declared_size(series.shape, dtype.itemsize, path, kind="TIFF")
+    stored, compressions = 0, set()
+    for page in series.pages:
+        if page is None:
+            continue
+        offsets, counts = getattr(page, "dataoffsets", ()), getattr(page, "databytecounts", ())
+        for off, cnt in zip(offsets, counts):
+            if int(off) + int(cnt) > size:
+                raise ScanError(f"corrupt or truncated TIFF file: image data at byte {int(off):,} "
+                                f"(+{int(cnt):,}) lies beyond the end of the {size:,}-byte file", path)
+            stored += int(cnt)
+        compressions.add(_as_int(getattr(page, "compression", 1)))
+    if compressions and all(c in _TIFF_RATIO for c in compressions):
+        ratio = max(_TIFF_RATIO[c] for c in compressions)
+        if nbytes > ratio * stored + (4096 if ratio > 1 else 0):
+            raise ScanError(f"corrupt or truncated TIFF file: {stored:,} bytes of image data cannot hold the "
+                            f"{'×'.join(map(str, series.shape))} {dtype} pixels ({nbytes:,} bytes) it declares", path)
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     import tifffile
 
-    with reading(path, "TIFF"), tifffile.TiffFile(str(path)) as tif:
+    size = file_size(path)
+    with reading(path, "TIFF"), quiet_logs("tifffile"), tifffile.TiffFile(str(path)) as tif:
+        if not tif.series:
+            raise ScanError("TIFF file holds no image", path)
         series = tif.series[0]
+        _check_tiff_size(tif, series, path, size)
         arr, axes = series.asarray(), series.axes
         spacing = _resolution_mm(tif, tif.pages[0])
     channel = axes.index("S") if "S" in axes else None
@@ -72,6 +115,28 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return _gray(arr, channel, path), spacing
 
 
+#: Samples per pixel of each PNG colour type (grey, RGB, palette, grey + alpha, RGBA).
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _check_png_size(path: Path) -> None:
+    """Declared PNG size (IHDR) against the voxel limit and what the compressed file can hold."""
+    size = file_size(path)
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise ScanError("corrupt or truncated PNG file: no IHDR header", path)
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour = head[24], head[25]
+    if width == 0 or height == 0 or colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
+        raise ScanError(f"corrupt PNG header: {width}×{height} pixels, bit depth {depth}, colour type {colour}", path)
+    row_bytes = (width * _PNG_CHANNELS[colour] * depth + 7) // 8 + 1
+    check_declared_size((height, width), 1, path, kind="PNG")
+    if height * row_bytes > MAX_DEFLATE_RATIO * size + 4096:
+        raise ScanError(f"corrupt or truncated PNG file: {size:,} bytes cannot hold the {width}×{height} "
+                        f"pixels its header declares", path)
+
+
 def _read_png(path: Path) -> np.ndarray:
     import imageio.v3 as iio
 
@@ -80,6 +145,7 @@ def _read_png(path: Path) -> np.ndarray:
             signature = fh.read(8)
     if signature != b"\x89PNG\r\n\x1a\n":
         raise ScanError("corrupt or truncated PNG file: no PNG signature", path)
+    _check_png_size(path)
     with reading(path, "PNG"):
         arr = np.asarray(iio.imread(str(path), plugin="pillow"))
     if arr.ndim == 3:
@@ -92,7 +158,7 @@ def _read_png(path: Path) -> np.ndarray:
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float] | None]:
     """Raw pixels ``(rows, cols)`` in the file's dtype and the ``(y, x)`` pixel size in mm if known."""
     p = Path(path)
-    if p.name.lower().endswith((".tif", ".tiff")):
+    if p.name.lower().endswith(TIFF_SUFFIXES):
         return _read_tiff(p)
     return _read_png(p), None
 

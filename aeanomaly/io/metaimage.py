@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import ScanError
 from .scan import Scan, reorient_to_internal, spacing_from_affine
-from .validate import check_affine, checked_scan, label_array
+from .validate import (MAX_DEFLATE_RATIO, check_affine, check_declared_size, checked_scan, file_size, label_array,
+                       reading)
 
 _TYPES = {
     "MET_CHAR": np.int8, "MET_UCHAR": np.uint8, "MET_SHORT": np.int16, "MET_USHORT": np.uint16,
@@ -27,10 +28,16 @@ _TYPES = {
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
+#: Largest MetaImage header read (the key = value lines before the data).
+_MAX_HEADER = 1 << 20
+_CHUNK = 4 * 1024 * 1024
+
+
 def _header(path: Path) -> tuple[dict, int]:
     """Header fields (``key → raw string``) and the byte offset where a LOCAL data block starts."""
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_HEADER)
     except OSError as e:
         raise ScanError(f"cannot read MetaImage header: {e.strerror or e}", path) from None
     fields, pos = {}, 0
@@ -49,7 +56,53 @@ def _header(path: Path) -> tuple[dict, int]:
             break
     if "ElementDataFile" not in fields:
         raise ScanError("corrupt MetaImage header: no ElementDataFile", path)
-    return fields, pos
+    return fields, min(pos, len(raw))
+
+
+def _read_into(fh, buf: np.ndarray) -> int:
+    view, got = memoryview(buf), 0
+    while got < buf.size:
+        n = fh.readinto(view[got:min(buf.size, got + _CHUNK)])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _voxel_bytes(src: Path, start: int, nbytes: int, compressed: bool, header: Path) -> np.ndarray:
+    """``nbytes`` bytes of voxel data of ``src`` from ``start``, inflated when ``compressed``, as uint8.
+
+    Sizes are checked before the buffer is filled: raw data must be in the file; zlib data can
+    hold at most ``MAX_DEFLATE_RATIO`` times its size. The buffer is never zero-filled first.
+    """
+    on_disk = max(file_size(src) - start, 0)
+    if not compressed and on_disk < nbytes:
+        raise ScanError(f"truncated MetaImage data: {on_disk:,} bytes in {src.name} where the header "
+                        f"declares {nbytes:,}", header)
+    if compressed and nbytes > MAX_DEFLATE_RATIO * on_disk + 4096:
+        raise ScanError(f"corrupt or truncated MetaImage data: {on_disk:,} compressed bytes cannot hold "
+                        f"the {nbytes:,} bytes the header declares", header)
+    with reading(header, "MetaImage"):
+        buf = np.empty(nbytes, dtype=np.uint8)
+        with open(src, "rb") as fh:
+            fh.seek(start)
+            if not compressed:
+                got = _read_into(fh, buf)
+            else:
+                inflater, got = zlib.decompressobj(), 0
+                while got < nbytes:
+                    chunk = fh.read(_CHUNK // 16) if not inflater.unconsumed_tail else b""
+                    data = inflater.decompress(inflater.unconsumed_tail + chunk, nbytes - got)
+                    if not data and not chunk and not inflater.unconsumed_tail:
+                        break
+                    buf[got:got + len(data)] = np.frombuffer(data, np.uint8)
+                    got += len(data)
+                    if inflater.eof:
+                        break
+    if got < nbytes:
+        raise ScanError(f"truncated MetaImage data: {'inflates to ' if compressed else ''}{got:,} bytes "
+                        f"where the header declares {nbytes:,}", header)
+    return buf
 
 
 def _numbers(fields: dict, key: str, n: int, path: Path, default=None) -> np.ndarray:
@@ -78,36 +131,34 @@ def _read(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise ScanError(f"MetaImage NDims {f.get('NDims')!r} is not an integer", p) from None
     if ndims not in (2, 3):
         raise ScanError(f"{ndims}-D MetaImage; a 2-D slice or 3-D volume expected", p)
-    if int(f.get("ElementNumberOfChannels", "1")) != 1:
+    if f.get("ElementNumberOfChannels", "1").strip() not in ("1", ""):
         raise ScanError("multi-channel MetaImage; one grey-value channel expected", p)
-    dims = _numbers(f, "DimSize", ndims, p).astype(int)
+    dim_vals = _numbers(f, "DimSize", ndims, p)
+    if not np.all((dim_vals >= 1) & (dim_vals == np.round(dim_vals)) & (dim_vals < 2 ** 62)):
+        raise ScanError(f"corrupt MetaImage header: DimSize {f['DimSize'][:40]!r} is not positive integers", p)
+    dims = [int(d) for d in dim_vals]
     etype = f.get("ElementType", "")
     if etype not in _TYPES:
         raise ScanError(f"unsupported MetaImage ElementType {etype!r}", p)
     dtype = np.dtype(_TYPES[etype])
     big = f.get("BinaryDataByteOrderMSB", f.get("ElementByteOrderMSB", "False")).lower() == "true"
     dtype = dtype.newbyteorder(">" if big else "<")
+    nbytes = check_declared_size(dims, dtype.itemsize, p, kind="MetaImage")  # voxel limit first
     data_file = f["ElementDataFile"]
     if data_file.upper() == "LOCAL":
-        blob = p.read_bytes()[data_start:]
+        src, start = p, data_start
     elif " " in data_file.strip() or data_file.upper().startswith("LIST"):
         raise ScanError(f"MetaImage with several data files ({data_file[:40]!r}) is not supported", p)
     else:
-        src = p.parent / data_file
-        try:
-            blob = src.read_bytes()
-        except OSError as e:
-            raise ScanError(f"cannot read its data file {data_file}: {e.strerror or e}", p) from None
-    if f.get("CompressedData", "False").lower() == "true":
-        try:
-            blob = zlib.decompress(blob)
-        except zlib.error as e:
-            raise ScanError(f"corrupt compressed MetaImage data: {e}", p) from None
-    n = int(np.prod(dims))
-    if len(blob) < n * dtype.itemsize:
-        raise ScanError(f"truncated MetaImage data: {len(blob)} bytes for {'×'.join(map(str, dims))} "
-                        f"{etype} voxels ({n * dtype.itemsize} bytes)", p)
-    arr = np.frombuffer(blob, dtype=dtype, count=n).reshape(dims[::-1]).astype(dtype.newbyteorder("="))
+        src, start = p.parent / data_file, 0
+        if not src.is_file():
+            raise ScanError(f"cannot read its data file {data_file}: no such file", p)
+    compressed = f.get("CompressedData", "False").lower() == "true"
+    blob = _voxel_bytes(src, start, nbytes, compressed, p)
+    n = nbytes // dtype.itemsize
+    arr = blob.view(dtype)[:n].reshape(dims[::-1])
+    if not dtype.isnative:
+        arr = arr.astype(dtype.newbyteorder("="))
     data = arr.transpose(tuple(range(ndims))[::-1])  # (x, y[, z]) index order
     if ndims == 2:
         data = data[:, :, None]

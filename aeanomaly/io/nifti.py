@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import nibabel as nib
 
 from ..errors import ScanError
 from .scan import Scan, reorient_to_internal, spacing_from_affine
-from .validate import check_affine, checked_scan, label_array, reading
+from .validate import check_affine, check_declared_size, checked_scan, file_size, label_array, quiet_logs, reading
 
 
 def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
@@ -27,20 +28,79 @@ def _volume_shape(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     return full  # type: ignore[return-value]
 
 
-def _read(path: str | os.PathLike, as_label: bool):
-    """Read the file's ``(i, j, k)`` data (scaled by scl_slope/inter) and its RAS affine."""
-    p = Path(path)
+#: Bytes read (and decompressed) per step; the data buffer is filled in place, never zero-filled first.
+_CHUNK = 4 * 1024 * 1024
+
+
+def _fill(fh, buf: np.ndarray) -> int:
+    """Read from ``fh`` into the uint8 buffer ``buf`` until it is full or the stream ends; bytes read."""
+    view = memoryview(buf)
+    got, total = 0, buf.size
+    while got < total:
+        n = fh.readinto(view[got:min(total, got + _CHUNK)])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _raw_data(p: Path, offset: int, nbytes: int, gz: bool) -> np.ndarray:
+    """Exactly ``nbytes`` bytes of voxel data from ``offset`` (decompressed for ``.gz``), as uint8."""
     with reading(p, "NIfTI"):
+        buf = np.empty(nbytes, dtype=np.uint8)  # untouched pages: memory grows only as data arrives
+        opener = gzip.open if gz else open
+        with opener(p, "rb") as fh:
+            fh.seek(offset)
+            got = _fill(fh, buf)
+    if got < nbytes:
+        raise ScanError(f"corrupt or truncated NIfTI file: {'decompressed ' if gz else ''}data ends after "
+                        f"{got:,} of the {nbytes:,} bytes its header declares", p)
+    return buf
+
+
+def _read(path: str | os.PathLike, as_label: bool):
+    """Read the file's ``(i, j, k)`` data (scaled by scl_slope/inter) and its RAS affine.
+
+    The header is checked before any voxel is allocated: the declared size against the voxel limit
+    (:func:`aeanomaly.io.validate.max_voxels`) and against the bytes the file holds (``.nii``) or
+    can hold (``.nii.gz``: at most ``MAX_DEFLATE_RATIO`` times the compressed size); the data are
+    then read into place, so a file that lies about its size is refused at the cost of its real bytes.
+    """
+    p = Path(path)
+    with reading(p, "NIfTI"), quiet_logs("nibabel"):
         img = nib.load(str(p))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ScanError(f"not a NIfTI image ({type(img).__name__})", p)
         header_shape = tuple(int(s) for s in img.shape)
-        shape = _volume_shape(header_shape, p)
-        if as_label:
-            data = np.asanyarray(img.dataobj)
-        else:
-            data = img.get_fdata(dtype=np.float32)
+        proxy = img.dataobj
+        dtype = np.dtype(proxy.dtype)
+        offset = int(proxy.offset)
+        slope, inter = float(proxy.slope), float(proxy.inter)
         affine = img.affine
+    shape = _volume_shape(header_shape, p)
+    if dtype.kind not in "iufb" or dtype.fields is not None:
+        raise ScanError(f"unsupported NIfTI data type {img.get_data_dtype()}; integer or float voxels expected", p)
+    gz = p.name.lower().endswith(".gz")
+    size = file_size(p)
+    if gz:
+        nbytes = check_declared_size(header_shape, dtype.itemsize, p, compressed=size, kind="NIfTI")
+    else:
+        nbytes = check_declared_size(header_shape, dtype.itemsize, p, available=size - offset, kind="NIfTI")
+    n = nbytes // dtype.itemsize
+    raw = _raw_data(p, offset, nbytes, gz)
+    with reading(p, "NIfTI"):
+        arr = raw.view(dtype)[:n].reshape(header_shape, order="F")
+        if not dtype.isnative:
+            arr = arr.astype(dtype.newbyteorder("="))
+        if as_label:
+            data = arr if (slope, inter) == (1.0, 0.0) else arr * slope + inter
+        else:
+            data = arr.astype(np.float32)
+            del arr, raw
+            if slope != 1.0:
+                data *= np.float32(slope)
+            if inter != 0.0:
+                data += np.float32(inter)
     affine = check_affine(affine, p)
     return np.reshape(data, shape), affine, header_shape, img.get_data_dtype()
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ScanError
 from .scan import Scan, internal_affine
-from .validate import checked_scan, intensity_volume, label_array, reading
+from .validate import check_declared_size, checked_scan, file_size, intensity_volume, label_array, reading
 
 
 def read_npy(path: str | os.PathLike) -> np.ndarray:
@@ -22,8 +22,21 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
     with reading(p, ".npy"):
         with open(p, "rb") as fh:
             magic = fh.read(6)
+            if magic == b"\x93NUMPY":
+                fh.seek(0)
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                data_start = fh.tell()
     if magic != b"\x93NUMPY":
         raise ScanError("corrupt or truncated .npy file: no NumPy header", p)
+    if dtype.hasobject:
+        raise ScanError("holds an object (pickled) array, which is never loaded; save numbers only", p)
+    if len(shape) not in (2, 3):
+        raise ScanError(f"{len(shape)}-D array (shape {shape}); a 2-D (y, x) or 3-D (z, y, x) array expected", p)
+    check_declared_size(shape, dtype.itemsize, p, available=file_size(p) - data_start, kind=".npy")
     try:
         with reading(p, ".npy"):
             arr = np.load(str(p), allow_pickle=False)

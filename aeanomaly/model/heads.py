@@ -22,6 +22,7 @@ from keras import layers
 from .. import __version__
 from ..errors import ConfigError, NotFittedError
 from ..masks import clean_region_mask
+from .layers import conv_block
 from .head_train import (  # noqa: F401  (re-exported: the public API of the head lives here)
     AUGMENT_DEFAULTS, CCEDiceLoss, DiceBCELoss, FusionModel, augment_pair, overlap_scores,
     train_model,
@@ -34,24 +35,6 @@ HEAD_FILES = ("head.keras", "head.json")
 # --------------------------------------------------------------------------------------------
 # Builders
 # --------------------------------------------------------------------------------------------
-
-
-def _norm(kind: str, filters: int, name: str):
-    if kind == "group":
-        return layers.GroupNormalization(groups=min(8, filters), name=name)
-    if kind == "batch":
-        return layers.BatchNormalization(name=name)
-    if kind == "none":
-        return layers.Identity(name=name)
-    raise ConfigError(f"norm must be 'group', 'batch' or 'none', got {kind!r}")
-
-
-def _block(x, filters: int, norm: str, name: str):
-    for j in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv{j}")(x)
-        x = _norm(norm, filters, f"{name}_norm{j}")(x)
-        x = layers.ReLU(name=f"{name}_act{j}")(x)
-    return x
 
 
 def _check_input(size: int, channels: int, depth: int) -> None:
@@ -90,17 +73,17 @@ def build_unet(size: int, channels: int = 1, n_classes: int = 1, depth: int = 3,
     if n_classes < 1:
         raise ConfigError(f"a U-Net needs at least 1 class, got {n_classes}")
     inp = keras.Input((size, size, channels), name="slices")
-    x = _block(inp, base_filters, norm, "enc0")
+    x = conv_block(inp, base_filters, norm, "enc0", activation="relu")
     skips = [x]
     for i in range(1, depth + 1):
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-        x = _block(x, base_filters * 2**i, norm, f"enc{i}" if i < depth else "bottleneck")
+        x = conv_block(x, base_filters * 2**i, norm, f"enc{i}" if i < depth else "bottleneck", activation="relu")
         skips.append(x)
     for i in reversed(range(depth)):
         f = base_filters * 2**i
         x = layers.Conv2DTranspose(f, 2, strides=2, name=f"up{i}")(x)
         x = layers.Concatenate(name=f"skip{i}")([x, skips[i]])
-        x = _block(x, f, norm, f"dec{i}")
+        x = conv_block(x, f, norm, f"dec{i}", activation="relu")
     if n_classes == 1:
         out = layers.Conv2D(1, 1, activation="sigmoid", name="region")(x)
         loss = DiceBCELoss()
@@ -129,7 +112,7 @@ def build_cnn_classifier(size: int, channels: int = 1, n_classes: int = 2, depth
     inp = keras.Input((size, size, channels), name="slices")
     x = inp
     for i in range(depth):
-        x = _block(x, base_filters * 2**i, norm, f"conv{i}")
+        x = conv_block(x, base_filters * 2**i, norm, f"conv{i}", activation="relu")
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="dropout")(x)

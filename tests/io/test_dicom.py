@@ -195,3 +195,22 @@ def test_folder_without_dicom_is_an_error(tmp_path):
     (tmp_path / "empty" / "readme.txt").write_text("x")
     with pytest.raises(ScanError, match="no DICOM image files"):
         load_scan(tmp_path / "empty")
+
+
+def test_pydicom_ct_small_is_a_scan():
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("CT_small.dcm")
+    scan = load_scan(path)
+    assert scan.shape == (1, 128, 128) and scan.is_hu and scan.meta["format"] == "dicom"
+    assert scan.spacing == pytest.approx((5.0, 0.661468, 0.661468))
+    assert -1100 < scan.hu.min() < -800 and scan.hu.max() > 1000  # air and bone of a real spine slice
+
+
+def test_a_truncated_header_says_truncated(tmp_path, raw):
+    write_series(tmp_path / "ct", raw[:1], [0.0], shuffle=False)
+    f = next((tmp_path / "ct").iterdir())
+    data = f.read_bytes()
+    f.write_bytes(data[: data.find(b"\xe0\x7f\x10\x00")])  # cut just before the PixelData element
+    with pytest.raises(ScanError, match="corrupt or truncated DICOM file"):
+        load_scan(f)

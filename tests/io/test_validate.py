@@ -100,3 +100,27 @@ def test_short_reason_trims_and_hides_the_full_path(tmp_path):
     assert short_reason(EOFError()) == "EOFError"
     long = "x" * 100 + " - " + "y" * 100
     assert short_reason(RuntimeError(long)) == "x" * 100
+
+
+def test_scan_suffixes_is_one_table_longest_first():
+    from aeanomaly.io import SCAN_SUFFIXES
+    from aeanomaly.io.validate import SUFFIX_FORMAT, suffix_format
+
+    assert SCAN_SUFFIXES[0] == ".nii.gz" and set(SCAN_SUFFIXES) == set(SUFFIX_FORMAT)
+    assert list(SCAN_SUFFIXES) == sorted(SCAN_SUFFIXES, key=len, reverse=True)
+    assert {".nii", ".mhd", ".mha", ".npy", ".tiff", ".tif", ".png", ".dcm"} <= set(SCAN_SUFFIXES)
+    assert all(s == s.lower() and s.startswith(".") for s in SCAN_SUFFIXES)
+    assert suffix_format("A.NII.GZ") == "nifti" and suffix_format("x.Tiff") == "image" and suffix_format("x.gz") is None
+
+
+@pytest.mark.parametrize("path, stem", [
+    ("a/ct.nii.gz", "ct"), ("CT.NII.GZ", "CT"), ("x.nii", "x"), ("b/LUNA.1.2.mhd", "LUNA.1.2"), ("v.npy", "v"),
+    ("s.tiff", "s"), ("s.TIF", "s"), ("p.png", "p"), ("im.dcm", "im"), ("series_folder", "series_folder"),
+    ("CT.1.3.12.2", "CT.1.3.12.2"), ("notes.txt", "notes.txt"), (".nii.gz", ".nii.gz"), ("a.raw", "a.raw"),
+])
+def test_scan_stem_strips_only_a_scan_suffix(path, stem):
+    from pathlib import Path
+
+    from aeanomaly.io import scan_stem
+
+    assert scan_stem(path) == stem and scan_stem(Path(path)) == stem
