@@ -3,11 +3,12 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 DEMO   ?= demo_out
 export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install browser bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +17,19 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The test extras on top: the review web app (Flask, selenium) and the scale-out engines (Ray).
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test,notebooks,web,distributed]"
+	touch $(TEST_STAMP)
+
+# A headless browser for the review app's browser test, where one can be had (Debian's chromium as
+# root); the test skips with the reason otherwise.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "note: no chromium/chromedriver; the browser test will skip"; }
 
 # Phantoms -> fit -> score a mixed normal/abnormal set of new patients -> evaluate -> report.html
 demo: $(STAMP)
@@ -26,15 +40,17 @@ demo: $(STAMP)
 		--calib-fraction 0.42 --val-fraction 0.1 --seed 0
 	$(BIN)/aeanomaly info $(DEMO)/bundle
 	$(BIN)/aeanomaly score $(DEMO)/bundle $(DEMO)/test/normal $(DEMO)/test/abnormal --out $(DEMO)/results
-	$(BIN)/aeanomaly evaluate $(DEMO)/bundle --normal $(DEMO)/test/normal --abnormal $(DEMO)/test/abnormal \
+	$(BIN)/aeanomaly evaluate $(DEMO)/bundle --normal-dir $(DEMO)/test/normal --abnormal-dir $(DEMO)/test/abnormal \
 		--masks $(DEMO)/test/masks --out $(DEMO)/evaluation
 	@echo
 	@echo "Done. Open $(DEMO)/results/report.html (scores in $(DEMO)/results/scores.csv, lesions in lesions.csv,"
 	@echo "heatmaps aligned with each input scan in $(DEMO)/results/heatmaps/); detection metrics against the"
 	@echo "injected lesion masks in $(DEMO)/evaluation/metrics.json (ROC/PR in roc_pr.png)."
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+# Fast tests first, then the slow end-to-end ones (marked @pytest.mark.slow).
+test: $(TEST_STAMP) browser
+	$(BIN)/python -m pytest -q -ra -m "not slow" --durations=10
+	$(BIN)/python -m pytest -q -ra -m slow --durations=10
 
 # Quality, lesion-size, training and speed benchmarks (about 1 h on 2 cores); JSON in benchmarks/results/,
 # the README tables from `python benchmarks/tables.py`.

@@ -14,6 +14,7 @@ The flow of one scan: :func:`aeanomaly.io.load_scan` → :func:`aeanomaly.prepro
 
 from __future__ import annotations
 
+import datetime
 import inspect
 import os
 import shutil
@@ -431,6 +432,82 @@ class AnomalyDetector:
         finally:
             if tmp_dir is not None:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
+        return self
+
+    def fine_tune(self, paths: Iterable[str | os.PathLike], *, epochs: int = 5, learning_rate: float | None = None,
+                  work_dir: str | os.PathLike | None = None, strict: bool = False, verbose: int = 1,
+                  note: str = "fine-tune") -> "AnomalyDetector":
+        """Continue training the autoencoder with more normal scans (e.g. scans reviewers confirmed normal),
+        then recalibrate on the bundle's own calibration scans, which training never sees.
+
+        Training data: the original training scans that still exist plus ``paths``; validation: the
+        original validation scans that still exist. The run starts from the current weights, at
+        ``learning_rate`` (default a tenth of the original). Recorded in ``train_state_["fine_tuned"]``
+        with ``note``.
+        """
+        import keras
+
+        from .model.train import train_autoencoder
+
+        self._check_fitted()
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+        added = [str(p) for p in paths]
+        exists = lambda p: os.path.exists(os.fspath(p))  # noqa: E731
+        train = [p for p in self.split_.get("train", []) if exists(p)] + [p for p in added if p not in self.split_.get("train", [])]
+        val = [p for p in self.split_.get("val", []) if exists(p) and p not in added]
+        calib = [p for p in self.calibration_sources_ if exists(p) and p not in added]
+        if not added:
+            raise ConfigError("no scan to fine-tune on")
+        if len(calib) < 2:
+            raise ConfigError(f"fine-tuning recalibrates on the bundle's calibration scans, but only {len(calib)} of "
+                              f"{len(self.calibration_sources_)} still exist; recalibrate afterwards with "
+                              "`aeanomaly calibrate BUNDLE --normal-dir DIR` on normal scans not trained on")
+        cfg = self.train_config()
+        cfg = type(cfg)(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, "epochs": int(epochs),
+                           "learning_rate": float(learning_rate or self.learning_rate / 10.0)})
+        weights = self.model_.get_weights()
+
+        class StartFromBundle(keras.callbacks.Callback):
+            def on_train_begin(self, logs=None):
+                self.model.set_weights(weights)
+
+        all_paths = train + val
+        ids = list(range(len(all_paths)))
+        tmp_dir = None
+        if work_dir is None:
+            tmp_dir = work_dir = tempfile.mkdtemp(prefix="aeanomaly-fine-tune-")
+        work = Path(work_dir)
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            split = {"train": ids[: len(train)], "val": ids[len(train):]}
+            spec = {"size": self.size, "channels": self.channels, "window": self.window_.to_spec()}
+            store, skipped = build_store(self.prepare, all_paths, ids, split, spec, work, self.size, self.channels,
+                                         strict=strict, resume=False, verbose=verbose)
+            train_idx = np.flatnonzero(np.isin(store.scan_ids, split["train"]))
+            val_idx = np.flatnonzero(np.isin(store.scan_ids, split["val"]))
+            if len(train_idx) == 0:
+                raise ConfigError("no usable training slices among the scans to fine-tune on")
+            model, state = train_autoencoder(cfg, store, train_idx, val_idx, work, verbose=verbose,
+                                             callbacks=[StartFromBundle()])
+            store.close()
+        finally:
+            if tmp_dir is not None:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+        old = (self.model_, self.history_, dict(self.train_state_), self.split_)
+        self.model_ = model
+        self.history_ = state["history"]
+        self.split_ = {"train": [str(p) for p in train], "val": [str(p) for p in val],
+                       "calib": self.split_.get("calib", list(self.calibration_sources_))}
+        try:
+            self.recalibrate(calib, strict=strict, verbose=verbose, note=f"{note}: recalibrated after fine-tuning")
+        except BaseException:
+            self.model_, self.history_, self.train_state_, self.split_ = old
+            raise
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        entry = {"when": when, "note": note, "added": added, "epochs": int(state["epoch"]),
+                 "best": state.get("best"), "n_train_slices": int(len(train_idx)), "skipped": skipped}
+        self.train_state_ = {**old[2], "fine_tuned": [*old[2].get("fine_tuned", []), entry]}
         return self
 
     # -- operating point -------------------------------------------------------------------------

@@ -236,27 +236,3 @@ def find_lesions(
             "severity": sev,
         }))
     return records, out_labels
-
-
-def _pair_masks(pred, truth) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
-    if a.shape != b.shape:
-        raise ConfigError(f"prediction shape {a.shape} differs from the truth's {b.shape}")
-    return a, b
-
-
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Dice overlap ``2|P∩T| / (|P| + |T|)`` of two same-shape masks (nonzero = True).
-
-    1.0 when both are empty (a correct "no lesion"), 0.0 when exactly one is.
-    """
-    a, b = _pair_masks(pred, truth)
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
-
-
-def iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Intersection over union ``|P∩T| / |P∪T|`` of two same-shape masks; 1.0 when both are empty."""
-    a, b = _pair_masks(pred, truth)
-    union = np.count_nonzero(a | b)
-    return 1.0 if union == 0 else np.count_nonzero(a & b) / union

@@ -119,3 +119,69 @@ def model_flops(model) -> dict:
 
 def load_avg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
+
+
+#: Architectures compared by the speed and fit benchmarks (``build_autoencoder`` keyword arguments).
+ARCHITECTURES = {
+    "group (release default)": {"norm": "group"},
+    "batch (folded at inference)": {"norm": "batch"},
+    "none": {"norm": "none"},
+}
+
+
+def network_rates(size: int, arch: dict, *, batch_size: int = 32, train_batch_size: int = 16, repeats: int = 3,
+                  train: bool = True, sgemm_gflops: float | None = None) -> dict:
+    """Bare network throughput of one architecture on random slices, through public APIs only.
+
+    Inference: :func:`aeanomaly.model.autoencoder.inference_model` (BatchNormalization folded) in a
+    ``tf.function``, as the detector runs it. Training: one Adam step with an L1 loss in a
+    ``tf.function`` (the work ``fit`` does per batch, without the input pipeline). GFLOP/s count the
+    convolutions only (``model_flops``); a training step is counted as 3 × the forward pass.
+
+    The sgemm reference is measured again right before (best of 10 products of 1024²; on a shared
+    machine the best is the closest to what the cores can do) unless ``sgemm_gflops`` is given; the
+    fractions use it, so numerator and denominator come from the same minute.
+    """
+    import keras
+    import tensorflow as tf
+
+    from aeanomaly.model.autoencoder import build_autoencoder, inference_model
+
+    local_sgemm = numpy_sgemm_gflops(1024, 10)["gflops_best"] if not sgemm_gflops else 0.0
+    keras.utils.set_random_seed(0)
+    model = build_autoencoder(size=size, **arch)
+    gflop = model_flops(model)["conv_gflop"]
+    inf = inference_model(model)
+    fn = tf.function(lambda t: inf(t, training=False), autograph=False, reduce_retracing=True)
+    x = np.random.default_rng(0).random((batch_size, size, size, 1), dtype=np.float32)
+    t = timed(lambda: fn(x).numpy(), repeats=repeats, warmup=1)
+    out = {"size": size, "arch": arch, "gflop_per_slice": gflop, "batch_size": batch_size,
+           "infer_slices_per_s": batch_size / t["median_s"], "infer_best_slices_per_s": batch_size / t["min_s"]}
+    out["infer_gflops"] = gflop * out["infer_slices_per_s"]
+    if train:
+        opt = keras.optimizers.Adam(1e-3)
+        xt = x[:train_batch_size]
+
+        @tf.function(autograph=False)
+        def step(a):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.abs(model(a, training=True) - a[..., :1]))
+            opt.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+            return loss
+
+        tt = timed(lambda: step(xt).numpy(), repeats=repeats, warmup=1)
+        out.update({"train_batch_size": train_batch_size, "train_slices_per_s": train_batch_size / tt["median_s"]})
+        out["train_gflops"] = 3 * gflop * out["train_slices_per_s"]
+    sg = sgemm_gflops or max(numpy_sgemm_gflops(1024, 10)["gflops_best"], local_sgemm)
+    out["sgemm_gflops_reference"] = sg
+    out["infer_fraction_of_sgemm"] = out["infer_gflops"] / sg
+    if train:
+        out["train_fraction_of_sgemm"] = out["train_gflops"] / sg
+    return out
+
+
+def shared_machine_note() -> dict:
+    """What a reader of the JSON needs to know about the machine's load during the run."""
+    return {"shared_machine": True, "load_avg_at_start": load_avg(), "cpus": usable_cpus(),
+            "note": "the CPUs were shared with other agents' work during this run: absolute times vary "
+                    "between runs; compare ratios within one run (same process, same minutes)"}

@@ -103,7 +103,7 @@ def run(work: Path, quick: bool) -> dict:
         write_phantom_set(d, 0, n_test, "chest", seed=30 + i, shape=shape, spacing=SPACING,
                           lesions_per_scan=(1, 1), size_mm=(lo, hi))
         ev = work / f"eval_{lo}_{hi}"
-        cli("evaluate", work / "bundle", "--normal", work / "normal" / "normal", "--abnormal", d / "abnormal",
+        cli("evaluate", work / "bundle", "--normal-dir", work / "normal" / "normal", "--abnormal-dir", d / "abnormal",
             "--masks", d / "masks", "--out", ev, "--overlays", 0, "--quiet")
         m = json.loads((ev / "metrics.json").read_text())
         auc = m["scan"].get("auroc")

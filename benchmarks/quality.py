@@ -377,12 +377,12 @@ def real_ct(work: Path, quick: bool, seed: int = 0) -> dict:
 
 def lung_region_comparison(det, chosen, images, lungs, split, calib_x, test, pixel_mm, epochs, seed) -> dict:
     """Residuals in the body, in the unsupervised lung region, and in the U-Net's predicted lungs."""
-    from aeanomaly.model.head_train import overlap_scores
+    from aeanomaly.evaluate import dice_iou
 
     head = unet_lung_head(det, images, lungs, split["train"], split["val"], epochs, seed)
     n = int((test["y"] == 0).sum())  # the normal test slices (the lesion slices are copies of them)
     pred = head.predict_labels(test["x"][:n][..., None])
-    dice, _ = overlap_scores(pred, test["lung"][:n].astype(np.int16), 1)
+    dice, _ = dice_iou(pred, test["lung"][:n].astype(np.int16), 1)
     out = {"unet_test_dice": float(dice[0]), "sign": chosen["residual_sign"], "rows": {}}
     base = {k: v for k, v in chosen.items() if k != "roi"}
     for roi in ("body", "lung"):
@@ -436,7 +436,7 @@ def phantoms(work: Path, quick: bool) -> dict:
         t0 = time.perf_counter()
         cli("fit", "--normal-dir", d, "--out", bundle, "--size", 64, "--epochs", epochs, "--seed", 0, "--quiet")
         fit_s = time.perf_counter() - t0
-        cli("evaluate", bundle, "--normal", test / "normal", "--abnormal", test / "abnormal", "--masks", test / "masks",
+        cli("evaluate", bundle, "--normal-dir", test / "normal", "--abnormal-dir", test / "abnormal", "--masks", test / "masks",
             "--out", ev, "--overlays", 0, "--quiet")
         m = json.loads((ev / "metrics.json").read_text())
         info = json.loads((bundle / "bundle.json").read_text())

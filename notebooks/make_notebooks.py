@@ -238,7 +238,7 @@ for i in range(len(tab)):
 
 Start from the most specific threshold that keeps sensitivity ≥ `MIN_SENSITIVITY` on the labelled set.
 Move **threshold** directly, or **target FPR**, which refits the calibrator's threshold on the bundle's
-normal calibration scores (what `aeanomaly score --fpr` does). The dashboard shows the confusion
+normal calibration scores (what `aeanomaly score --target-fpr` does). The dashboard shows the confusion
 matrix, sensitivity and specificity on the labelled set, and the scans nearest the threshold (the
 ones whose label changes next), coloured TP / FP / TN / FN.
 

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from aeanomaly.detector import AnomalyDetector
 from aeanomaly.errors import AeAnomalyError, BundleError, ConfigError, NotFittedError
 from aeanomaly.io import find_scans, load_label, load_scan
-from aeanomaly.localize import dice
+from aeanomaly.evaluate import dice
 from aeanomaly.preprocess import mask_to_model_grid
 
 

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from aeanomaly.evaluate import classification_metrics, detection_rate_by_size, lesion_detection, pixel_metrics
+from aeanomaly.errors import ConfigError
+from aeanomaly.evaluate import classification_metrics, detection_rate_by_size, dice, iou, lesion_detection, pixel_metrics
 
 
 def test_classification_metrics_by_hand():
@@ -67,3 +68,77 @@ def test_lesion_detection_and_rate_by_size():
     assert by_bin[(5.0, 10.0)]["n"] == 1 and by_bin[(5.0, 10.0)]["rate"] == 1.0
     assert by_bin[(10.0, 20.0)]["rate"] is None
     assert rows[-1]["all"] and rows[-1]["rate"] == 0.5
+
+
+# -- the evaluation API --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def loaded(fitted_bundle):
+    from aeanomaly.detector import AnomalyDetector
+
+    return AnomalyDetector.load(fitted_bundle)
+
+
+def test_evaluation_api_scores_labelled_scans(loaded, phantom_test, tmp_path):
+    from aeanomaly.evaluate import EVAL_COLUMNS, Evaluation
+    from aeanomaly.io.labels import gather_labeled
+
+    ev = Evaluation(loaded)
+    items = gather_labeled(labels_csv=phantom_test / "labels.csv")
+    bad = tmp_path / "junk.nii.gz"
+    bad.write_bytes(b"junk")
+    done = [ev.add(it.scan, it.label, it.mask) for it in items] + [ev.add(bad, 0)]
+    assert [d.ok for d in done] == [True] * 12 + [False]
+    assert done[-1].result is None and "junk.nii.gz" in done[-1].error and ev.n_errors == 1
+    abnormal = [d for d in done if d.ok and d.label == 1]
+    assert len(abnormal) == 6 and all(d.truth is not None and d.truth.any() for d in abnormal)
+    assert all(d.result.scan_score == d.result.scan_score for d in abnormal)  # finite ScanResults
+    assert len(ev.rows) == 13 and set(ev.rows[0]) <= set(EVAL_COLUMNS)
+    m = ev.metrics()
+    assert m["n_scans"] == 13 and m["n_errors"] == 1 and m["target_fpr"] == loaded.target_fpr_
+    assert m["scan"]["n"] == 12 and m["scan"]["n_abnormal"] == 6
+    assert m["pixel"]["pixel_auroc"] is not None and m["slice"]["n"] > 0
+    assert m["lesion_detection_by_size"][-1]["n"] >= 6
+    assert "head" not in m
+
+
+def test_evaluation_with_nothing_scored_names_the_first_failure(loaded, tmp_path):
+    from aeanomaly.errors import EmptyInputError
+    from aeanomaly.evaluate import Evaluation
+
+    ev = Evaluation(loaded)
+    with pytest.raises(EmptyInputError, match="no scan was evaluated"):
+        ev.metrics()
+    ev.add(tmp_path / "missing.nii.gz", 1)
+    with pytest.raises(EmptyInputError, match=r"missing.nii.gz.*none of the 1 scans could be scored"):
+        ev.metrics()
+
+
+def test_error_overlay_slices():
+    from aeanomaly.evaluate import error_overlay_slices
+
+    t = np.zeros((4, 8, 8), bool)
+    p = np.zeros((4, 8, 8), bool)
+    t[1, :2, :2] = True  # 4 px
+    p[2, :3, :3] = True  # 9 px
+    p[1, 0, 0] = True
+    assert error_overlay_slices(t, p, 5) == [2, 1]
+    assert error_overlay_slices(t, p, 1) == [2]
+    assert error_overlay_slices(np.zeros_like(t), np.zeros_like(p), 3) == []
+
+
+def test_dice_and_iou_hand_computed():
+    pred = np.zeros((4, 4), bool)
+    truth = np.zeros((4, 4), bool)
+    pred[0, :4] = True  # 4 px
+    truth[0, 1:4] = True
+    truth[1, :3] = True  # 6 px, overlap 3
+    assert dice(pred, truth) == pytest.approx(2 * 3 / (4 + 6))
+    assert iou(pred, truth) == pytest.approx(3 / 7)
+    empty = np.zeros((4, 4), bool)
+    assert dice(empty, empty) == 1.0 and iou(empty, empty) == 1.0
+    assert dice(pred, empty) == 0.0 and iou(empty, truth) == 0.0
+    assert dice(truth.astype(np.uint8) * 3, truth) == 1.0  # nonzero counts as True
+    with pytest.raises(ConfigError, match="shape"):
+        dice(pred, np.zeros((4, 5), bool))

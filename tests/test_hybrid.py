@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 from aeanomaly.cli import main
 from aeanomaly.datasets.synthetic import LUNG, make_phantom
-from aeanomaly.evaluate import head_classification_metrics, organ_segmentation_metrics, overlap_counts
+from aeanomaly.evaluate import dice_iou, head_classification_metrics, organ_segmentation_metrics, overlap_counts
 from aeanomaly.hybrid import fill_region_labels, head_outputs, label_map_to_model_grid, lesion_organs
 from aeanomaly.localize import Lesion
-from aeanomaly.model.heads import SupervisedHead, overlap_scores
+from aeanomaly.model.heads import SupervisedHead
 from aeanomaly.report_html import write_report
 
 HEAD_ARGS = ["--depth", "2", "--base-filters", "8", "--batch-size", "8", "--no-jit", "--no-augment", "--quiet"]
@@ -114,8 +114,8 @@ def test_organ_segmentation_and_head_classification_metrics():
     truth = np.array([[0, 1, 0, 2], [2, 0, 0, 0]])
     counts = overlap_counts(pred, truth, 2)
     np.testing.assert_array_equal(counts, [[1, 2, 1], [2, 3, 2]])
-    m = organ_segmentation_metrics(["liver", "spleen"], counts + counts, [overlap_scores(pred, truth, 2)] * 2)
-    dice, iou = overlap_scores(pred, truth, 2)
+    m = organ_segmentation_metrics(["liver", "spleen"], counts + counts, [dice_iou(pred, truth, 2)] * 2)
+    dice, iou = dice_iou(pred, truth, 2)
     assert m["n_scans"] == 2 and m["dice"]["liver"] == pytest.approx(dice[0]) == pytest.approx(2 / 3)
     assert m["iou"]["spleen"] == pytest.approx(iou[1]) and m["dice_mean_per_scan"]["spleen"] == pytest.approx(dice[1])
     h = head_classification_metrics([0, 0, 1, 1], [0.1, 0.6, 0.7, 0.9], [None] * 4)

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from aeanomaly.errors import ConfigError
 from aeanomaly.io.scan import internal_affine
-from aeanomaly.localize import LESION_FIELDS, Lesion, dice, find_lesions, iou, slice_peaks
+from aeanomaly.localize import LESION_FIELDS, Lesion, find_lesions, slice_peaks
 from aeanomaly.scoring import residual_heatmap
 
 SPACING = (3.0, 0.8, 0.5)  # (z, y, x) mm: anisotropic in-plane on purpose
@@ -242,19 +242,3 @@ def test_inputs_are_not_mutated(residual):
     assert np.array_equal(hm, hm0) and np.array_equal(mask, mask0) and np.array_equal(peaks, peaks0)
     same = residual_heatmap(residual, sigma_mm=0.0, spacing=SPACING)
     assert not np.shares_memory(same, residual)
-
-
-def test_dice_and_iou_hand_computed():
-    pred = np.zeros((4, 4), bool)
-    truth = np.zeros((4, 4), bool)
-    pred[0, :4] = True  # 4 px
-    truth[0, 1:4] = True
-    truth[1, :3] = True  # 6 px, overlap 3
-    assert dice(pred, truth) == pytest.approx(2 * 3 / (4 + 6))
-    assert iou(pred, truth) == pytest.approx(3 / 7)
-    empty = np.zeros((4, 4), bool)
-    assert dice(empty, empty) == 1.0 and iou(empty, empty) == 1.0
-    assert dice(pred, empty) == 0.0 and iou(empty, truth) == 0.0
-    assert dice(truth.astype(np.uint8) * 3, truth) == 1.0  # nonzero counts as True
-    with pytest.raises(ConfigError, match="shape"):
-        dice(pred, np.zeros((4, 5), bool))

@@ -24,11 +24,12 @@ from pathlib import Path
 
 
 import aeanomaly
+from ..io import SCAN_SUFFIXES
 from ..errors import DataManifestError
 
 #: Formats the aeanomaly.io loaders read.
 READABLE_FORMATS = ("nifti", "dicom", "metaimage", "tiff", "png", "npy")
-_EXTS = (".nii.gz", ".nii", ".tiff", ".tif", ".png", ".npy", ".mhd", ".raw", ".dcm", ".csv", ".json")
+_EXTS = (*SCAN_SUFFIXES, ".raw", ".csv", ".json")
 _SHOW = 10  # paths listed per problem kind in a report
 
 

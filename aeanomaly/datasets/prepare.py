@@ -31,6 +31,7 @@ import numpy as np
 from .. import __version__
 from ..errors import AeAnomalyError, ConfigError, DataManifestError, EmptyInputError
 from ..io.metaimage import metaimage_data_file
+from ..splits import split_patients
 from .manifests import READABLE_FORMATS, Item, discover, find_csv, load_manifest, read_csv_keys, split_name
 
 COLUMNS = ["scan", "label", "patient", "mask", "split"]
@@ -55,41 +56,6 @@ class PrepareResult:
                 parts.append(f"{split}: {self.counts['normal'].get(split, 0)} normal, "
                              f"{self.counts['abnormal'].get(split, 0)} abnormal ({self.patients[split]} patients)")
         return "; ".join(parts)
-
-
-def split_patients(has_abnormal: dict, val_fraction: float, seed: int = 0) -> dict:
-    """Assign each patient to ``train`` or ``val``, stratified by whether it has abnormal data.
-
-    Parameters
-    ----------
-    has_abnormal : dict
-        Patient id → True when any of its scans/slices is abnormal.
-    val_fraction : float
-        Fraction of patients (of each stratum, rounded) held out; 0 puts everyone in ``train``.
-        With a positive fraction and at least two patients, both sides get at least one.
-    seed : int
-
-    Returns
-    -------
-    dict
-        Patient id → ``"train"`` or ``"val"``.
-    """
-    side = {p: "train" for p in has_abnormal}
-    if val_fraction <= 0 or len(side) < 2:
-        return side
-    rng = np.random.default_rng(seed)
-    strata = [sorted(p for p, a in has_abnormal.items() if a), sorted(p for p, a in has_abnormal.items() if not a)]
-    orders = [[s[i] for i in rng.permutation(len(s))] for s in strata]
-    ks = [int(np.floor(val_fraction * len(s) + 0.5)) for s in strata]
-    largest = int(np.argmax([len(s) for s in strata]))
-    if sum(ks) == 0:
-        ks[largest] = 1
-    if sum(ks) == len(side):
-        ks[largest if ks[largest] else 1 - largest] -= 1
-    for order, k in zip(orders, ks):
-        for p in order[:k]:
-            side[p] = "val"
-    return side
 
 
 def output_names(rels: list[str]) -> list[str]:

@@ -99,7 +99,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     size = file_size(path)
     with reading(path, "TIFF"), quiet_logs("tifffile"), tifffile.TiffFile(str(path)) as tif:
         if not tif.series:
-            raise ScanError("TIFF file holds no image", path)
+            raise ScanError("corrupt or truncated TIFF file: it holds no image", path)
         series = tif.series[0]
         _check_tiff_size(tif, series, path, size)
         arr, axes = series.asarray(), series.axes

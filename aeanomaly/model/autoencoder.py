@@ -19,36 +19,7 @@ import keras
 from keras import layers
 
 from ..errors import ConfigError
-
-
-def _norm(kind: str, filters: int, name: str):
-    if kind == "group":
-        return layers.GroupNormalization(groups=min(8, filters), name=name)
-    if kind == "batch":
-        return layers.BatchNormalization(name=name)
-    if kind == "none":
-        return layers.Identity(name=name)
-    raise ConfigError(f"norm must be 'group', 'batch' or 'none', got {kind!r}")
-
-
-def _conv_block(x, filters: int, stride: int, norm: str, name: str):
-    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=norm == "none", name=f"{name}_conv1")(x)
-    x = _norm(norm, filters, f"{name}_norm1")(x)
-    x = layers.LeakyReLU(0.2, name=f"{name}_act1")(x)
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv2")(x)
-    x = _norm(norm, filters, f"{name}_norm2")(x)
-    return layers.LeakyReLU(0.2, name=f"{name}_act2")(x)
-
-
-def _deconv_block(x, filters: int, norm: str, name: str, skip=None):
-    x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=norm == "none", name=f"{name}_deconv")(x)
-    x = _norm(norm, filters, f"{name}_norm1")(x)
-    x = layers.LeakyReLU(0.2, name=f"{name}_act1")(x)
-    if skip is not None:
-        x = layers.Concatenate(name=f"{name}_skip")([x, skip])
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=norm == "none", name=f"{name}_conv")(x)
-    x = _norm(norm, filters, f"{name}_norm2")(x)
-    return layers.LeakyReLU(0.2, name=f"{name}_act2")(x)
+from .layers import NORMS, UPSAMPLES, check_choice, conv_block, fold_batchnorm, up_block
 
 
 def build_autoencoder(
@@ -61,6 +32,7 @@ def build_autoencoder(
     skip: bool = True,
     norm: str = "group",
     name: str = "aeanomaly_autoencoder",
+    upsample: str = "transpose",
 ) -> keras.Model:
     """Build the autoencoder.
 
@@ -78,6 +50,13 @@ def build_autoencoder(
     skip : bool
         Encoder→decoder skip connections (use with coarse-noise denoising training).
     norm : {"group", "batch", "none"}
+        Normalisation after every conv. ``group`` (GroupNormalization, the default of earlier
+        releases) is memory bound and runs at full resolution: it costs more than half the inference
+        time on a CPU. ``batch`` is folded into the convolutions at inference
+        (:func:`inference_model`), so it costs nothing there; ``none`` adds a bias to each conv.
+    upsample : {"transpose", "nearest"}
+        Decoder upsampling: a stride-2 transposed conv (earlier releases), or nearest-neighbour
+        upsampling followed by a 3×3 conv.
 
     Returns
     -------
@@ -92,14 +71,16 @@ def build_autoencoder(
         raise ConfigError(f"latent must be 'spatial' or 'dense', got {latent!r}")
     if channels < 1 or channels % 2 == 0:
         raise ConfigError(f"channels must be an odd number ≥ 1, got {channels}")
+    check_choice("norm", norm, NORMS)
+    check_choice("upsample", upsample, UPSAMPLES)
     inp = keras.Input((size, size, channels), name="slices")
     x = inp
     skips = []
     filters = [base_filters * 2**i for i in range(depth)]
-    x = _conv_block(x, base_filters, 1, norm, "stem")
+    x = conv_block(x, base_filters, norm, "stem")
     for i, f in enumerate(filters):
         skips.append(x)
-        x = _conv_block(x, f * 2 if i == depth - 1 else f, 2, norm, f"enc{i}")
+        x = conv_block(x, f * 2 if i == depth - 1 else f, norm, f"enc{i}", stride=2)
     low = size // 2**depth
     top_f = filters[-1] * 2
     if latent == "spatial":
@@ -114,7 +95,7 @@ def build_autoencoder(
         x = layers.Reshape((low, low, top_f), name="unflatten")(x)
     x = layers.LeakyReLU(0.2, name="bottleneck_act")(x)
     for i in reversed(range(depth)):
-        x = _deconv_block(x, filters[i], norm, f"dec{i}", skip=skips[i] if skip else None)
+        x = up_block(x, filters[i], norm, f"dec{i}", skip=skips[i] if skip else None, upsample=upsample)
     out = layers.Conv2D(1, 1, activation="sigmoid", name="reconstruction")(x)
     return keras.Model(inp, out, name=name)
 
@@ -131,10 +112,17 @@ def check_precision(precision: str) -> str:
 
 
 def inference_model(model: "keras.Model", precision: str = "float32") -> "keras.Model":
-    """The model to run inference with: ``model`` itself for ``float32``; for ``bfloat16`` a clone
-    whose layers compute in bfloat16 (Keras ``mixed_bfloat16`` policy: the variables stay float32 and
-    hold ``model``'s weights). The clone's outputs are bfloat16; cast them back to float32."""
-    if check_precision(precision) == "float32":
+    """The model to run inference with (``model(x, training=False)`` semantics).
+
+    BatchNormalization layers that follow a conv are first folded into it
+    (:func:`aeanomaly.model.layers.fold_batchnorm`; identical up to float rounding, ~1e-6). Then for
+    ``float32`` that model (``model`` itself when there was nothing to fold, e.g. GroupNormalization);
+    for ``bfloat16`` a clone whose layers compute in bfloat16 (Keras ``mixed_bfloat16`` policy: the
+    variables stay float32 and hold the weights). The clone's outputs are bfloat16; cast them back
+    to float32."""
+    check_precision(precision)
+    model = fold_batchnorm(model)
+    if precision == "float32":
         return model
     return with_dtype_policy(model, "mixed_bfloat16")
 

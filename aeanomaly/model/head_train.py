@@ -214,29 +214,6 @@ class CCEDiceLoss(keras.losses.Loss):
 
 
 # --------------------------------------------------------------------------------------------
-# Overlap metrics and region cleaning
-# --------------------------------------------------------------------------------------------
-
-
-def overlap_scores(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and IoU of each class ``1..n_classes``, pooled over all pixels of all slices.
-
-    Parameters
-    ----------
-    pred, truth : np.ndarray
-        Integer label maps of the same shape (0 = background).
-
-    Returns
-    -------
-    dice, iou : np.ndarray
-        ``(n_classes,)`` float; NaN for a class absent from both.
-    """
-    from ..evaluate import dice_iou_of_counts, overlap_counts
-
-    return dice_iou_of_counts(overlap_counts(pred, truth, n_classes))
-
-
-# --------------------------------------------------------------------------------------------
 # Logistic stacking of the autoencoder p-value and the classifier probability
 # --------------------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from ..errors import ConfigError, NotFittedError
 from ..masks import clean_region_mask
 from .layers import conv_block
 from .head_train import (  # noqa: F401  (re-exported: the public API of the head lives here)
-    AUGMENT_DEFAULTS, CCEDiceLoss, DiceBCELoss, FusionModel, augment_pair, overlap_scores,
+    AUGMENT_DEFAULTS, CCEDiceLoss, DiceBCELoss, FusionModel, augment_pair,
     train_model,
 )
 
@@ -255,7 +255,9 @@ class SupervisedHead:
 
     def _val_metrics(self, x, y):
         if self.kind == "unet":
-            dice, iou = overlap_scores(self.predict_labels(x), y, len(self.classes_))
+            from ..evaluate import dice_iou
+
+            dice, iou = dice_iou(self.predict_labels(x), y, len(self.classes_))
             fin = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731
             return ({c: fin(d) for c, d in zip(self.classes_, dice)},
                     {c: fin(i) for c, i in zip(self.classes_, iou)}, None)

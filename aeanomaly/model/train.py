@@ -1,16 +1,23 @@
 """Training loop: Adam with a cosine learning-rate schedule, early stopping on validation loss,
-a checkpoint every epoch and exact resume after an interruption (Ctrl-C, kill)."""
+a checkpoint every epoch and exact resume after an interruption (Ctrl-C, kill).
+
+Batches stream through ``tf.data`` with prefetch (:meth:`~aeanomaly.model.data.SliceDataset.as_tf_dataset`),
+augmentation and noise run in the TF graph, and a progress bar shows slices/s and the ETA
+(``verbose=1``; ``verbose=0`` is silent). Per-epoch wall, training-step and checkpoint times are kept
+in the run state (``state["timing"]``)."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
+from tqdm.auto import tqdm
 
 from .autoencoder import build_autoencoder, reconstruction_loss
 from .data import Augment, SliceDataset, SliceStore
@@ -32,6 +39,7 @@ class TrainConfig:
     latent_dim: int = 64
     skip: bool = True
     norm: str = "group"
+    upsample: str = "transpose"
     loss: str = "mae"
     noise_std: float = 0.2
     noise_resolution: int = 16
@@ -47,6 +55,7 @@ class TrainConfig:
         return build_autoencoder(
             size=self.size, channels=self.channels, depth=self.depth, base_filters=self.base_filters,
             latent=self.latent, latent_dim=self.latent_dim, skip=self.skip, norm=self.norm,
+            upsample=self.upsample,
         )
 
     def lr_at(self, epoch: int) -> float:
@@ -58,13 +67,23 @@ class TrainConfig:
 class RunState(keras.callbacks.Callback):
     """Per-epoch checkpoint, history, best weights and early stopping, all restorable from disk."""
 
-    def __init__(self, work_dir: Path, patience: int, state: dict | None = None):
+    def __init__(self, work_dir: Path, patience: int, state: dict | None = None, slices_per_epoch: int = 0):
         super().__init__()
         self.work_dir = Path(work_dir)
         self.patience = int(patience)
+        self.slices_per_epoch = int(slices_per_epoch)
         self.state = state or {"epoch": 0, "history": {}, "best": None, "wait": 0, "stopped_early": False}
+        self.state.setdefault("timing", [])
+        self._t0 = self._t_val = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0, self._t_val = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        self._t_val = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        t_end = time.perf_counter()
         logs = dict(logs or {})
         hist = self.state["history"]
         for k, v in logs.items():
@@ -80,10 +99,68 @@ class RunState(keras.callbacks.Callback):
         if self.state["wait"] >= self.patience:
             self.state["stopped_early"] = True
             self.model.stop_training = True
+        t_ckpt = time.perf_counter()
         _atomic_save(lambda p: self.model.save(p), self.work_dir / CHECKPOINT)
+        t0 = self._t0 if self._t0 is not None else t_end
+        t_train = (self._t_val or t_end) - t0
+        self.state["timing"].append({
+            "epoch": epoch + 1, "epoch_s": round(time.perf_counter() - t0, 4), "train_s": round(t_train, 4),
+            "val_s": round(t_end - (self._t_val or t_end), 4), "checkpoint_s": round(time.perf_counter() - t_ckpt, 4),
+            "train_slices": self.slices_per_epoch,
+            "train_slices_per_s": round(self.slices_per_epoch / t_train, 3) if t_train > 0 else None,
+        })
         tmp = self.work_dir / (STATE + ".tmp")
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.work_dir / STATE)
+
+
+class FitProgress(keras.callbacks.Callback):
+    """A tqdm bar per epoch counted in slices (shows slices/s and the epoch's ETA), with the loss and
+    the ETA of the whole run; one summary line per epoch."""
+
+    def __init__(self, batch_sizes: np.ndarray, epochs: int):
+        super().__init__()
+        self.batch_sizes = np.asarray(batch_sizes, int)
+        self.epochs = int(epochs)
+        self.bar = None
+        self.epoch_times: list[float] = []
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+        self._epoch = epoch
+        left = self.epochs - epoch
+        eta = f", run ETA {_hms(left * self.epoch_times[-1])}" if self.epoch_times else ""
+        self.bar = tqdm(total=int(self.batch_sizes.sum()), desc=f"epoch {epoch + 1}/{self.epochs}{eta}",
+                        unit="slice", leave=False, dynamic_ncols=True)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.bar is not None:
+            self.bar.update(int(self.batch_sizes[min(batch, len(self.batch_sizes) - 1)]))
+            if logs and "loss" in logs and batch % 5 == 0:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}", refresh=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        dt = time.perf_counter() - self._t0
+        self.epoch_times.append(dt)
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        logs = logs or {}
+        vals = " ".join(f"{k}={float(v):.4f}" for k, v in logs.items() if k in ("loss", "val_loss"))
+        left = self.epochs - epoch - 1
+        tqdm.write(f"epoch {epoch + 1}/{self.epochs}: {vals} | {self.batch_sizes.sum() / dt:.1f} slices/s, "
+                   f"{dt:.1f} s" + (f", ETA {_hms(left * dt)}" if left > 0 else ""))
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _atomic_save(save, path: Path) -> None:
@@ -109,11 +186,28 @@ def train_autoencoder(
     *,
     resume: bool = False,
     verbose: int = 1,
+    callbacks: list | None = None,
+    prefetch: int = 2,
 ) -> tuple[keras.Model, dict]:
     """Train (or resume training) and return the model with its best weights and the run state.
 
-    The run state holds ``epoch`` (completed epochs), ``history`` (per-epoch metrics), ``best``
-    validation loss, ``stopped_early`` and ``resumed_from`` (the epoch a resume started at).
+    Parameters
+    ----------
+    verbose : int
+        0: silent; 1: a progress bar in slices with slices/s and ETA, and a line per epoch; 2: Keras'
+        one line per epoch.
+    callbacks : list of keras.callbacks.Callback, optional
+        Extra callbacks (e.g. benchmarks' timers), called after the run's own.
+    prefetch : int
+        Batches prepared ahead of the training step by the ``tf.data`` pipeline.
+
+    Returns
+    -------
+    model, state
+        The run state holds ``epoch`` (completed epochs), ``history`` (per-epoch metrics), ``best``
+        validation loss, ``stopped_early``, ``resumed_from`` (the epoch a resume started at) and
+        ``timing`` (per epoch: ``epoch_s``, ``train_s``, ``val_s``, ``checkpoint_s``, ``train_slices``,
+        ``train_slices_per_s``).
     """
     work_dir = Path(work_dir)
     keras.utils.set_random_seed(config.seed)
@@ -125,7 +219,7 @@ def train_autoencoder(
         model = config.build()
         model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=reconstruction_loss(config.loss))
     start = int(state["epoch"]) if state else 0
-    run_state = RunState(work_dir, config.patience, state)
+    run_state = RunState(work_dir, config.patience, state, slices_per_epoch=len(train_idx))
     done = (state or {}).get("stopped_early", False) or start >= config.epochs
     if not done:
         augment = Augment(**config.augment_params) if config.augment else None
@@ -137,13 +231,18 @@ def train_autoencoder(
             store, val_idx, config.batch_size, shuffle=False, seed=config.seed,
             noise_std=config.noise_std, noise_resolution=config.noise_resolution, same_each_epoch=True,
         ) if len(val_idx) else None
+        own = [keras.callbacks.LearningRateScheduler(config.lr_at), run_state]
+        if verbose == 1:
+            own.append(FitProgress(train_ds.batch_sizes(), config.epochs))
         model.fit(
-            train_ds,
-            validation_data=val_ds,
+            train_ds.as_tf_dataset(epochs=config.epochs - start, prefetch=prefetch),
+            steps_per_epoch=len(train_ds),
+            validation_data=val_ds.as_tf_dataset(prefetch=prefetch) if val_ds is not None else None,
             epochs=config.epochs,
             initial_epoch=start,
-            verbose=verbose,
-            callbacks=[keras.callbacks.LearningRateScheduler(config.lr_at), run_state],
+            verbose=2 if verbose == 2 else 0,
+            shuffle=False,  # the dataset shuffles per epoch from (seed, epoch)
+            callbacks=own + list(callbacks or []),
         )
     best = work_dir / BEST_WEIGHTS
     if best.is_file():

@@ -383,7 +383,7 @@ def test_prepare_phantoms_patient_disjoint_split_matches_files(phantoms, tmp_pat
     # what fit and evaluate read
     assert [p.name for p in find_scans(out / "normal" / "train")] == sorted(
         r["scan"].split("/")[-1] for r in rows if r["label"] == "normal" and r["split"] == "train")
-    from aeanomaly.cli_evaluate import find_mask, read_labels_csv
+    from aeanomaly.io.labels import find_mask, read_labels_csv
     items = read_labels_csv(out / "labels_val.csv")
     assert sorted(y for _, y, _ in items) == [0, 0, 1, 1]
     for scan, y, mask in items:

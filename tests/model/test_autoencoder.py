@@ -23,7 +23,23 @@ def test_dense_latent_is_a_real_bottleneck():
     assert m.get_layer("latent").output.shape[-1] == 5
 
 
-@pytest.mark.parametrize("kw", [dict(size=16), dict(size=48, depth=5), dict(latent="x"), dict(channels=2), dict(norm="layer")])
+def test_fast_options_keep_shapes_and_parameter_counts():
+    ref = build_autoencoder(size=32, depth=2, base_filters=4, latent_dim=8)
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    for kw in (dict(norm="batch"), dict(norm="none"), dict(norm="none", upsample="nearest")):
+        m = build_autoencoder(size=32, depth=2, base_filters=4, latent_dim=8, **kw)
+        y = np.asarray(m(x, training=False))
+        assert y.shape == (2, 32, 32, 1) and 0 <= y.min() and y.max() <= 1
+        names = [layer.name for layer in m.layers]
+        up = kw.get("upsample", "transpose")
+        assert sum("_deconv" in n for n in names) == (2 if up == "transpose" else 0)
+        assert sum(n.endswith("_up") for n in names) == (2 if up == "nearest" else 0)
+    # "none" trades the norms' scale/shift for conv biases: fewer parameters, never more
+    assert build_autoencoder(size=32, depth=2, base_filters=4, latent_dim=8, norm="none").count_params() <= ref.count_params()
+
+
+@pytest.mark.parametrize("kw", [dict(size=16), dict(size=48, depth=5), dict(latent="x"), dict(channels=2), dict(norm="layer"),
+                                dict(upsample="bilinear")])
 def test_builder_rejects_bad_parameters(kw):
     with pytest.raises(ConfigError):
         build_autoencoder(**{"size": 32, "depth": 2, "base_filters": 4, **kw})

@@ -6,9 +6,9 @@ import pytest
 from aeanomaly.errors import BundleError, ConfigError, NotFittedError
 from aeanomaly.model.head_train import HeadDataset, fusion_features
 from aeanomaly.bundle import load_head, save_head_files
+from aeanomaly.evaluate import dice_iou
 from aeanomaly.model.heads import (
     CCEDiceLoss, DiceBCELoss, FusionModel, SupervisedHead, augment_pair, build_cnn_classifier, build_unet,
-    overlap_scores,
 )
 
 S = 32
@@ -139,13 +139,13 @@ def test_dataset_augments_reproducibly_and_not_without_augment():
     np.testing.assert_array_equal(x, organs(10)[0])  # the source arrays are never modified
 
 
-def test_overlap_scores():
+def test_dice_iou_per_class():
     t = np.zeros((1, 4, 4), int)
     p = np.zeros((1, 4, 4), int)
     t[0, :2, :2] = 1  # 4 px
     p[0, :2, :1] = 1  # 2 px, inside
     p[0, 3, 3] = 2
-    dice, iou = overlap_scores(p, t, 3)
+    dice, iou = dice_iou(p, t, 3)
     assert dice[0] == pytest.approx(2 * 2 / 6) and iou[0] == pytest.approx(0.5)
     assert dice[1] == 0.0 and np.isnan(dice[2])
 
@@ -248,7 +248,7 @@ def test_load_head_errors(unet_head, tmp_path):
 
 
 def test_cnn_head_round_trips_with_its_fusion(tmp_path):
-    """(The CNN is trained end to end in tests/test_cli_head.py; here only what it stores.)"""
+    """(The CNN is trained end to end in tests/cli/test_head.py; here only what it stores.)"""
     head = SupervisedHead(kind="cnn", classes=["normal", "nodule", "mass"], size=S, depth=2, base_filters=4)
     with pytest.raises(NotFittedError):
         head.to_dict()
@@ -307,7 +307,7 @@ def test_unet_segments_real_lungs_on_held_out_slices(shared_data):
     train, test = order[:170], order[170:]
     head = SupervisedHead(kind="unet", classes=["lung"], size=64, window="lung", depth=3, base_filters=8, epochs=6,
                           batch_size=8, jit_compile=False, seed=0).fit(x[train], y[train])
-    dice = overlap_scores(head.predict_labels(x[test]), y[test], 1)[0][0]
+    dice = dice_iou(head.predict_labels(x[test]), y[test], 1)[0][0]
     region = head.region_mask(x[test])
     dice_clean = 2 * np.sum(region & (y[test] > 0)) / (region.sum() + (y[test] > 0).sum())
     print(f"held-out lung Dice {dice:.3f} (cleaned region {dice_clean:.3f})")
@@ -336,6 +336,6 @@ def test_unet_segments_real_abdominal_organs_on_held_out_slabs(shared_data):
     head = SupervisedHead(kind="unet", classes=["liver", "spleen", "kidney"], size=64, window="abdomen", depth=3,
                           base_filters=16, epochs=20, batch_size=2, patience=20, jit_compile=False, seed=0)
     head.fit(prep.x[train], y[train])
-    dice = overlap_scores(head.predict_labels(prep.x[~train]), y[~train], 3)[0]
+    dice = dice_iou(head.predict_labels(prep.x[~train]), y[~train], 3)[0]
     print("held-out Dice liver {:.3f}, spleen {:.3f}, kidney {:.3f}".format(*dice))
     assert dice[0] >= 0.85 and dice[1] >= 0.7 and dice[2] >= 0.6, dice

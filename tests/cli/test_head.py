@@ -1,6 +1,6 @@
-"""``aeanomaly fit-head``: the head lands in the bundle atomically; bad input exits 2 with one line."""
+"""``aeanomaly fit-head`` (aeanomaly/cli/head.py): the head lands in the bundle atomically; bad input exits 2
+with one line; the old ``--normal`` / ``--abnormal`` spellings still work with a deprecation line."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from aeanomaly.cli_head import fit_head, pair_masks, parse_classes, read_class_labels, split_by_scan
+from aeanomaly.cli.head import fit_head, parse_classes
 from aeanomaly.errors import ConfigError
 
 FAST = ["--depth", "2", "--base-filters", "4", "--epochs", "1", "--batch-size", "8", "--no-jit", "--quiet"]
@@ -51,7 +51,6 @@ def save(path: Path, data):
 def data(tmp_path_factory):
     """images/ + masks/ (organ labels), normal/ and abnormal/ folders, and a tiny fitted bundle."""
     from aeanomaly.detector import AnomalyDetector
-    from aeanomaly.model.autoencoder import build_autoencoder
 
     root = tmp_path_factory.mktemp("headdata")
     rng = np.random.default_rng(0)
@@ -62,10 +61,13 @@ def data(tmp_path_factory):
         save(root / "normal" / f"n{i}.nii.gz", hu)
     for i in range(3):
         save(root / "abnormal" / f"a{i}.nii.gz", volume(rng, lesion=True)[0])
-    # an untrained autoencoder, calibrated on the normal scans, is bundle enough for fit-head (and fast)
-    det = AnomalyDetector(window="abdomen", size=32, depth=2, base_filters=4, latent_dim=8, target_fpr=0.2)
-    det.model_ = build_autoencoder(size=32, depth=2, base_filters=4, latent_dim=8)
-    det.recalibrate(sorted((root / "normal").iterdir())).save(root / "bundle")
+    # a one-epoch autoencoder, calibrated on all six normal scans, is bundle enough for fit-head (and fast)
+    normals = sorted((root / "normal").iterdir())
+    det = AnomalyDetector(window="abdomen", size=32, depth=2, base_filters=4, latent_dim=8, epochs=1, batch_size=8,
+                          target_fpr=0.2, augment=False)
+    with pytest.warns(UserWarning, match="too few for the conformal guarantee"):  # 2 calibration scans in fit
+        det.fit(normals, verbose=0)
+    det.recalibrate(normals).save(root / "bundle")
     return root
 
 
@@ -76,9 +78,9 @@ def _one_error_line(r, text):
 
 
 def _snapshot(bundle: Path) -> dict:
-    """Bundle files other than the head and the calibration (which a U-Net head refits)."""
+    """Bundle files other than the head and the calibration (json + figure, which a U-Net head refits)."""
     return {p.name: p.read_bytes() for p in bundle.iterdir()
-            if p.is_file() and not p.name.startswith("head.") and p.name != "calibration.json"}
+            if p.is_file() and not p.name.startswith("head.") and not p.name.startswith("calibration.")}
 
 
 def test_fit_head_unet_then_refuse_then_replace_with_cnn(data, tmp_path):
@@ -103,6 +105,7 @@ def test_fit_head_unet_then_refuse_then_replace_with_cnn(data, tmp_path):
     assert _snapshot(bundle) == before  # the autoencoder, history ... are untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]  # no temp folder left beside it
     assert "calibration refitted on 6 normal scans" in r.output  # the region changed: p-values refitted
+    assert "operating point target FPR 0.2" in r.output
     cal = json.loads((bundle / "calibration.json").read_text())
     assert cal["log"][-1]["what"] == "fit-head unet" and len(cal["calibration_scans"]) == 6
     det = AnomalyDetector.load(bundle)
@@ -117,9 +120,10 @@ def test_fit_head_unet_then_refuse_then_replace_with_cnn(data, tmp_path):
     _one_error_line(r, "already holds a head")
     assert (bundle / "head.json").read_bytes() == head_json
 
-    r = run(bundle, "--kind", "cnn", "--normal", data / "normal", "--abnormal", data / "abnormal",
+    r = run(bundle, "--kind", "cnn", "--normal", data / "normal", "--abnormal-dir", data / "abnormal",
             "--val-fraction", "0.5", "--overwrite", *FAST)
     assert r.exit_code == 0, r.output
+    assert r.stderr.count("warning: --normal is deprecated; use --normal-dir") == 1
     info = json.loads((bundle / "head.json").read_text())
     assert info["kind"] == "cnn" and info["classes"] == ["normal", "abnormal"]
     assert info["fusion"] is not None and len(info["fusion"]["coef"]) == 2  # both classes among validation scans
@@ -175,37 +179,6 @@ def test_parse_classes():
     for bad, kind in [("0:bg", "unet"), ("1:a,1:b", "unet"), ("1:", "unet"), ("normal", "cnn"), ("a:b", "cnn")]:
         with pytest.raises(ConfigError):
             parse_classes(bad, kind)
-
-
-def test_pair_masks_by_name_or_mask_suffix(tmp_path):
-    for name in ("a.nii.gz", "b_mask.nii.gz", "c.png"):
-        (tmp_path / "m").mkdir(exist_ok=True)
-        (tmp_path / "m" / name).write_bytes(b"")
-    scans = [Path("x/a.nii.gz"), Path("x/b.nii.gz"), Path("x/c.nii.gz"), Path("x/d.nii.gz")]
-    got = pair_masks(scans, tmp_path / "m")
-    assert [g.name if g else None for g in got] == ["a.nii.gz", "b_mask.nii.gz", "c.png", None]
-
-
-def test_read_class_labels_resolves_paths_and_names(tmp_path):
-    (tmp_path / "imgs").mkdir()
-    (tmp_path / "imgs" / "s1.nii.gz").write_bytes(b"")
-    p = tmp_path / "labels.csv"
-    with open(p, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerows([["scan", "label", "mask"], ["s1.nii.gz", "abnormal", "m1.nii.gz"], ["s2.nii.gz", "0", ""]])
-    rows = read_class_labels(p, ["normal", "abnormal"], [[0], [1]], tmp_path / "imgs")
-    assert rows == [(tmp_path / "imgs" / "s1.nii.gz", 1, tmp_path / "m1.nii.gz"), (tmp_path / "s2.nii.gz", 0, None)]
-
-
-def test_split_by_scan_is_stratified_and_disjoint():
-    strata = [0] * 6 + [1] * 4
-    train, val = split_by_scan(strata, 0.25, seed=0)
-    assert sorted(train + val) == list(range(10)) and not set(train) & set(val)
-    assert sum(strata[i] == 0 for i in val) == 2 and sum(strata[i] == 1 for i in val) == 1
-    assert split_by_scan(strata, 0.25, seed=0) == (train, val)
-    assert split_by_scan([0, 0, 0], 0.0, seed=0) == ([0, 1, 2], [])
-    with pytest.raises(ConfigError):
-        split_by_scan([0], 0.2, seed=0)
 
 
 def test_fit_head_unet_recalibrates_on_calib_dir_or_warns(data, tmp_path):

@@ -2,7 +2,7 @@
 
 The head sees the scans exactly as the bundle's autoencoder does (``AnomalyDetector.prepare``: same
 window, model grid and channels). Scans are split into training and validation by scan, never by
-slice. The bundle is rewritten atomically: copied beside itself, the head added, then swapped in.
+slice. The bundle is rewritten atomically (``aeanomaly.bundle.save_head``).
 
 A U-Net head changes where residuals count (its organ region replaces the body / lung region), so
 when one is added or replaced the calibration is refitted on normal scans (``--calib-dir``, else the
@@ -12,16 +12,13 @@ the autoencoder's scores alone; with validation scans of both classes its fusion
 
 from __future__ import annotations
 
-import csv
-import shutil
 from pathlib import Path
 
 import click
-import numpy as np
 
-from .errors import AeAnomalyError, BundleError, ConfigError, EmptyInputError, ScanError
-
-_EXTS = (".nii.gz", ".nii", ".npy", ".tiff", ".tif", ".png", ".dcm", ".mhd", ".mha")
+from ..errors import AeAnomalyError, BundleError, ConfigError, EmptyInputError, ScanError
+from .common import (check_bundle, check_writable, collect_scans, deprecated_alias, handles_errors, quiet_warnings,
+                     say, start_tensorflow, warn)
 
 
 def parse_classes(text: str | None, kind: str) -> tuple[list[str], list[list[int]] | None]:
@@ -58,77 +55,22 @@ def parse_classes(text: str | None, kind: str) -> tuple[list[str], list[list[int
     return names, [values[n] for n in names]
 
 
-def _stem(path: Path) -> str:
-    name = path.name
-    for ext in _EXTS:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return name
-
-
-def pair_masks(scans: list[Path], masks_dir: Path) -> list[Path | None]:
-    """The mask of each scan in ``masks_dir``: the same file name, or ``<stem>_mask.<ext>``."""
-    from .io import find_scans
-
-    by_name, by_stem = {}, {}
-    for m in find_scans(masks_dir):
-        by_name.setdefault(m.name, m)
-        by_stem.setdefault(_stem(m), m)
-    return [by_name.get(p.name) or by_stem.get(f"{_stem(p)}_mask") or by_stem.get(_stem(p)) for p in scans]
-
-
-def _resolve(name: str, bases: list[Path]) -> Path:
-    p = Path(name)
-    if p.is_absolute():
-        return p
-    for base in bases:
-        if (base / p).exists():
-            return base / p
-    return bases[-1] / p
-
-
-def read_class_labels(path: Path, names: list[str], values: list[list[int]], images: Path | None):
-    """(scan, class index, mask or None) rows of a CSV with columns ``scan,label[,mask]``; a label is
-    a class name or a class value; paths are relative to ``images`` (if given) or the CSV's folder."""
-    bases = ([images] if images else []) + [path.parent]
-    value_of = {v: i for i, vs in enumerate(values) for v in vs}
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            for r in csv.DictReader(fh):
-                scan = (r.get("scan") or r.get("path") or r.get("image") or "").strip()
-                lab = (r.get("label") or r.get("class") or "").strip()
-                if not scan or not lab:
-                    raise ConfigError(f"row {dict(r)} lacks a scan or label column value", path)
-                if lab in names:
-                    k = names.index(lab)
-                elif lab.lstrip("-").isdigit() and int(lab) in value_of:
-                    k = value_of[int(lab)]
-                else:
-                    raise ConfigError(f"label {lab!r} of {scan} is none of the classes {names}", path)
-                mask = (r.get("mask") or "").strip()
-                rows.append((_resolve(scan, bases), k, _resolve(mask, bases) if mask else None))
-    except (OSError, csv.Error, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read labels: {err}", path) from None
-    if not rows:
-        raise ConfigError("no rows in the labels file", path)
-    return rows
-
-
-def _gather(kind, images, masks, labels_csv, normal, abnormal, names, values):
-    """(scan, class index or None, mask or None) for every labelled scan."""
-    from .cli import _collect_scans
+def gather_items(kind, images, masks, labels_csv, normal, abnormal, names, values):
+    """(scan, class index or None, mask or None) of every labelled scan, and the number of U-Net
+    scans without a mask."""
+    from ..io import scan_stem
+    from ..io.labels import pair_masks, read_labels_csv
 
     if kind == "unet":
         if labels_csv or normal or abnormal:
-            raise ConfigError("--kind unet takes --images and --masks (not --labels, --normal or --abnormal)")
+            raise ConfigError("--kind unet takes --images and --masks (not --labels, --normal-dir or --abnormal-dir)")
         if not images or not masks:
             raise ConfigError("--kind unet needs --images DIR and --masks DIR")
         masks = Path(masks)
         if not masks.is_dir():
             raise ConfigError("masks folder does not exist", masks)
-        scans = [p for p in _collect_scans([images]) if masks.resolve() not in p.resolve().parents]
-        scans = [p for p in scans if not _stem(p).endswith("_mask")]
+        scans = [p for p in collect_scans([images]) if masks.resolve() not in p.resolve().parents]
+        scans = [p for p in scans if not scan_stem(p).endswith("_mask")]
         paired = pair_masks(scans, masks)
         items = [(p, None, m) for p, m in zip(scans, paired) if m is not None]
         if not items:
@@ -137,30 +79,30 @@ def _gather(kind, images, masks, labels_csv, normal, abnormal, names, values):
         return items, len(scans) - len(items)
     if labels_csv:
         if normal or abnormal:
-            raise ConfigError("give either --labels or --normal/--abnormal folders, not both")
-        items = read_class_labels(Path(labels_csv), names, values, Path(images) if images else None)
+            raise ConfigError("give either --labels or --normal-dir/--abnormal-dir folders, not both")
+        items = [tuple(r) for r in read_labels_csv(labels_csv, names, values, images)]
     elif normal and abnormal:
         if len(names) != 2:
-            raise ConfigError(f"--normal/--abnormal folders give two classes; use --labels for {names}")
+            raise ConfigError(f"--normal-dir/--abnormal-dir folders give two classes; use --labels for {names}")
         k_norm = names.index("normal") if "normal" in names else 0
-        items = [(p, k_norm, None) for p in _collect_scans(normal)]
-        items += [(p, 1 - k_norm, None) for p in _collect_scans(abnormal)]
+        items = [(p, k_norm, None) for p in collect_scans(normal)]
+        items += [(p, 1 - k_norm, None) for p in collect_scans(abnormal)]
     else:
         raise ConfigError("--kind cnn needs --labels labels.csv (scans in --images or beside the CSV) "
-                          "or both --normal DIR and --abnormal DIR")
+                          "or both --normal-dir DIR and --abnormal-dir DIR")
     if masks:
-        if not Path(masks).is_dir():
-            raise ConfigError("masks folder does not exist", masks)
-        paired = pair_masks([p for p, _, _ in items], Path(masks))
+        paired = pair_masks([p for p, _, _ in items], masks)
         items = [(p, k, m if m is not None else pm) for (p, k, m), pm in zip(items, paired)]
     return items, 0
 
 
 def _slices(det, path: Path, k, mask_path, kind, values, normal_k):
     """Kept model-grid slices of one scan and their labels (U-Net maps or CNN class ids)."""
-    from .hybrid import label_map_to_model_grid
-    from .io import load_label, load_scan
-    from .preprocess import mask_to_model_grid
+    import numpy as np
+
+    from ..hybrid import label_map_to_model_grid
+    from ..io import load_label, load_scan
+    from ..preprocess import mask_to_model_grid
 
     scan = load_scan(path)
     prep = det.prepare(scan)
@@ -175,65 +117,28 @@ def _slices(det, path: Path, k, mask_path, kind, values, normal_k):
     return prep.x[keep], y[keep]
 
 
-def split_by_scan(strata: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Scan indices for training and validation, stratified by ``strata`` (e.g. the scan class)."""
-    n = len(strata)
-    if val_fraction <= 0:
-        return list(range(n)), []
-    if n < 2:
-        raise ConfigError("validation needs at least 2 labelled scans; pass --val-fraction 0 to train on all")
-    rng = np.random.default_rng(seed)
-    val: list[int] = []
-    for s in sorted(set(strata)):
-        members = rng.permutation([i for i in range(n) if strata[i] == s])
-        k = min(max(int(round(val_fraction * len(members))), 1), len(members) - 1) if len(members) > 1 else 0
-        val += [int(i) for i in members[:k]]
-    if not val:
-        val = [int(rng.integers(n))]
-    return [i for i in range(n) if i not in set(val)], sorted(val)
-
-
-def _write_head(bundle: Path, head, calibration: dict | None = None) -> None:
-    """Swap in a copy of ``bundle`` with the new head (and calibration.json when given)."""
-    from .bundle import dump_json
-    from .io.writers import atomic_dir
-    from .model.heads import HEAD_FILES
-
-    with atomic_dir(bundle, overwrite=True) as tmp:
-        shutil.copytree(bundle, tmp, symlinks=True, dirs_exist_ok=True)
-        for f in HEAD_FILES:
-            (tmp / f).unlink(missing_ok=True)
-        head.save_to(tmp)
-        if calibration is not None:
-            (tmp / "calibration.json").unlink()
-            dump_json(tmp / "calibration.json", calibration)
-
-
 def _recalibrate(det, calib_dirs, kind: str, quiet: bool) -> tuple[dict | None, str]:
     """Refit the calibration with the region the new head gives (a U-Net head restricts residuals to
     its organ region, so the bundle's normal scores no longer apply). Calibration scans: ``calib_dirs``,
     else the bundle's own calibration scans where they still exist. Returns (calibration.json content or
     None when there is nothing to refit on, a note for the summary line)."""
-    from .cli import _collect_scans
-    from .fitting import calibration_pass
-
-    paths = _collect_scans(calib_dirs) if calib_dirs else [
+    paths = collect_scans(calib_dirs) if calib_dirs else [
         Path(p) for p in det.calibration_sources_ if Path(p).exists()]
     if len(paths) < 2:
-        click.echo("warning: calibration NOT refitted for the new head (the bundle's calibration scans are gone); "
-                   "run `aeanomaly calibrate BUNDLE --normal-dir DIR`, or pass --calib-dir", err=True)
+        warn("calibration NOT refitted for the new head (the bundle's calibration scans are gone); "
+             "run `aeanomaly calibrate BUNDLE --normal-dir DIR`, or pass --calib-dir")
         return None, "calibration not refitted (see warning)"
     try:
-        cal = calibration_pass(det, paths, strict=False, verbose=0 if quiet else 1)
+        det.recalibrate(paths, strict=False, verbose=0 if quiet else 1, note=f"fit-head {kind}")
     except ScanError:
         raise ConfigError(f"the new {kind} head leaves no scorable region on any of the {len(paths)} normal "
                           "calibration scans; nothing written (train longer, or check the masks)") from None
-    cal.pop("skipped")
-    det._set_calibration(**cal, note=f"fit-head {kind}")
-    return det.calibration_dict(), f"calibration refitted on {len(cal['sources'])} normal scans"
+    return det.calibration_dict(), f"calibration refitted on {len(det.calibration_sources_)} normal scans"
 
 
 def _fusion(det, head, items, val_idx, per_scan, normal_k) -> str:
+    import numpy as np
+
     ps, probs, ys = [], [], []
     for i in val_idx:
         try:
@@ -256,8 +161,8 @@ def _fusion(det, head, items, val_idx, per_scan, normal_k) -> str:
 @click.option("--images", type=click.Path(), help="Folder of scans (unet; cnn with --labels).")
 @click.option("--masks", type=click.Path(), help="Folder of label maps (same file name or <stem>_mask.<ext>).")
 @click.option("--labels", "labels_csv", type=click.Path(), help="cnn: CSV with scan,label[,mask] columns.")
-@click.option("--normal", multiple=True, type=click.Path(), help="cnn: folder(s) of normal scans.")
-@click.option("--abnormal", multiple=True, type=click.Path(), help="cnn: folder(s) of abnormal scans.")
+@click.option("--normal-dir", multiple=True, type=click.Path(), help="cnn: folder(s) of normal scans.")
+@click.option("--abnormal-dir", multiple=True, type=click.Path(), help="cnn: folder(s) of abnormal scans.")
 @click.option("--classes", default=None,
               help='Label values to names, e.g. "1:liver,2:kidney,3:spleen,4:pancreas" (others → background); '
                    "default: every non-zero value is one class 'region' (unet), normal/abnormal (cnn).")
@@ -276,56 +181,61 @@ def _fusion(det, head, items, val_idx, per_scan, normal_k) -> str:
                    "or replaced); default: the bundle's own calibration scans.")
 @click.option("--overwrite", is_flag=True, help="Replace a head the bundle already holds.")
 @click.option("--quiet", is_flag=True)
-def fit_head(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters, epochs,
+@deprecated_alias("--normal", "--normal-dir", "normal_dir", multiple=True, type=click.Path())
+@deprecated_alias("--abnormal", "--abnormal-dir", "abnormal_dir", multiple=True, type=click.Path())
+@handles_errors
+def fit_head(bundle, kind, images, masks, labels_csv, normal_dir, abnormal_dir, classes, depth, base_filters, epochs,
              batch_size, learning_rate, patience, val_fraction, no_augment, no_jit, seed, calib_dir, overwrite, quiet):
     """Train a supervised head (U-Net or CNN) on labelled scans and add it to BUNDLE.
 
     \b
     aeanomaly fit-head BUNDLE --kind unet --images DIR --masks DIR --classes "1:liver,2:kidney"
     aeanomaly fit-head BUNDLE --kind cnn --images DIR --labels labels.csv
-    aeanomaly fit-head BUNDLE --kind cnn --normal DIR --abnormal DIR
+    aeanomaly fit-head BUNDLE --kind cnn --normal-dir DIR --abnormal-dir DIR
     """
-    from .cli import _fail, _quiet_warnings, _say
+    from ..bundle import HEAD_FILES
 
-    _quiet_warnings(quiet)
-    try:
-        message = _run(Path(bundle), kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters,
-                       epochs, batch_size, learning_rate, patience, val_fraction, not no_augment, not no_jit, seed,
-                       calib_dir, overwrite, quiet)
-    except AeAnomalyError as err:
-        _fail(str(err))
-    _say(quiet, message)
-
-
-def _run(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, depth, base_filters, epochs, batch_size,
-         learning_rate, patience, val_fraction, augment, jit, seed, calib_dir, overwrite, quiet) -> str:
-    from tqdm.auto import tqdm
-
-    from .bundle import read_bundle_json
-    from .detector import AnomalyDetector
-    from .model.heads import HEAD_FILES, SupervisedHead
-
-    read_bundle_json(bundle)
+    quiet_warnings(quiet)
+    bundle = Path(bundle)
+    normal, abnormal = tuple(normal_dir), tuple(abnormal_dir)
+    check_bundle(bundle)
     if any((bundle / f).exists() for f in HEAD_FILES) and not overwrite:
         raise BundleError("already holds a head (head.json); pass --overwrite to replace it", bundle)
     if not 0 <= val_fraction < 1:
         raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    check_writable(bundle)
     names, values = parse_classes(classes, kind)
     normal_k = names.index("normal") if "normal" in names else 0
-    items, n_unpaired = _gather(kind, images, masks, labels_csv, normal, abnormal, names, values)
+    items, n_unpaired = gather_items(kind, images, masks, labels_csv, normal, abnormal, names, values)
+    for d in calib_dir:
+        if not Path(d).exists():
+            raise AeAnomalyError("does not exist", d)
+
+    start_tensorflow()
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from ..bundle import save_head
+    from ..detector import AnomalyDetector
+    from ..model.heads import SupervisedHead
+    from ..splits import stratified_holdout
+
     det = AnomalyDetector.load(bundle)
-    old_head, det.head_ = getattr(det, "head_", None), None
+    old_head = getattr(det, "head_", None)
+    det.set_head(None)
     per_scan, kept, skipped = [], [], []
     for path, k, m in tqdm(items, desc="load", unit="scan", disable=quiet):
         try:
             per_scan.append(_slices(det, path, k, m, kind, values, normal_k))
             kept.append((path, k, m))
-        except AeAnomalyError as err:
-            skipped.append(str(err))
-            click.echo(f"warning: skipped {err}", err=True)
+        except (AeAnomalyError, MemoryError) as err:
+            skipped.append(str(err) if isinstance(err, AeAnomalyError) else f"{path}: out of memory")
+            warn(f"skipped {skipped[-1]}")
     if not kept:
         raise EmptyInputError("no labelled scan could be read", images or labels_csv or (normal or abnormal)[0])
-    train_idx, val_idx = split_by_scan([k or 0 for _, k, _ in kept], val_fraction, seed)
+    if val_fraction > 0 and len(kept) < 2:
+        raise ConfigError("validation needs at least 2 labelled scans; pass --val-fraction 0 to train on all")
+    train_idx, val_idx = stratified_holdout([k or 0 for _, k, _ in kept], val_fraction, seed)
 
     def stack(idx):
         if not idx:
@@ -342,16 +252,16 @@ def _run(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, dep
     head = SupervisedHead(
         kind=kind, classes=names, size=det.size, channels=det.channels, window=det.window_.to_spec(),
         label_values=values, depth=depth, base_filters=base_filters, epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, patience=patience, augment=augment, jit_compile="auto" if jit else False,
-        seed=seed, verbose=0 if quiet else 2,
+        learning_rate=learning_rate, patience=patience, augment=not no_augment,
+        jit_compile=False if no_jit else "auto", seed=seed, verbose=0 if quiet else 2,
     )
     head.fit(x_tr, y_tr.astype(np.int64), val=(x_va, y_va.astype(np.int64)) if len(x_va) else None)
     note, calibration = "", None
     if kind == "unet" or getattr(old_head, "kind", None) == "unet":
-        det.head_ = head if kind == "unet" else None
+        det.set_head(head if kind == "unet" else None)
         calibration, cal_note = _recalibrate(det, calib_dir, kind, quiet)
         note += "; " + cal_note
-        det.head_ = None
+        det.set_head(None)
     if kind == "cnn" and val_idx:
         note += "; " + _fusion(det, head, kept, val_idx, per_scan, normal_k)
     head.train_info_ = {
@@ -359,13 +269,14 @@ def _run(bundle, kind, images, masks, labels_csv, normal, abnormal, classes, dep
         "train_scans": [str(kept[i][0]) for i in train_idx], "val_scans": [str(kept[i][0]) for i in val_idx],
         "skipped": skipped, "unpaired_scans": n_unpaired,
     }
-    _write_head(bundle, head, calibration)
+    save_head(bundle, head, calibration)
     if kind == "unet":
         held = ", ".join(f"{c} {d:.3f}" for c, d in head.val_dice_.items() if d is not None) or "n/a"
         metric = f"held-out Dice {held}"
     else:
         metric = "held-out slice accuracy " + ("n/a" if head.val_accuracy_ is None else f"{head.val_accuracy_:.3f}")
     extra = f"; {n_unpaired} scans without a mask ignored" if n_unpaired else ""
-    return (f"head {kind} ({', '.join(names)}) written to {bundle}: {metric} "
-            f"({len(train_idx)} train / {len(val_idx)} validation scans, {len(head.history_.get('loss', []))} epochs)"
-            f"{note}{extra}")
+    say(quiet, f"head {kind} ({', '.join(names)}) written to {bundle}: {metric} "
+               f"({len(train_idx)} train / {len(val_idx)} validation scans, "
+               f"{len(head.history_.get('loss', []))} epochs){note}{extra}; operating point target FPR "
+               f"{det.target_fpr_}")

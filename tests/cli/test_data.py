@@ -7,7 +7,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from aeanomaly.cli_data import data
+from aeanomaly.cli.data import data
 
 
 def run(*args):
@@ -120,7 +120,7 @@ def test_prepared_split_is_accepted_by_fit_and_evaluate(tmp_path):
                "--quiet").exit_code == 0
     invoke = CliRunner().invoke
     r = invoke(main, ["fit", "--normal-dir", str(prep / "normal" / "train"), "--out", str(tmp_path / "b"), "--size", "64",
-                      "--depth", "3", "--base-filters", "8", "--latent", "16", "--epochs", "1", "--calib-fraction", "0.4",
+                      "--depth", "3", "--base-filters", "8", "--latent-dim", "16", "--epochs", "1", "--calib-fraction", "0.4",
                       "--target-fpr", "0.2", "--quiet"])
     assert r.exit_code == 0, r.output
     r = invoke(main, ["evaluate", str(tmp_path / "b"), "--labels", str(prep / "labels_val.csv"), "--out",
@@ -128,3 +128,25 @@ def test_prepared_split_is_accepted_by_fit_and_evaluate(tmp_path):
     assert r.exit_code == 0, r.output
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["n_scans"] == 5 and metrics["n_errors"] == 0 and "pixel" in metrics
+
+
+def test_prepare_on_read_only_or_full_disk_output_exits_2_and_writes_nothing(phantoms, tmp_path, monkeypatch,
+                                                                             read_only_fs):
+    import errno
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    read_only_fs(ro)
+    one_error_line(run("prepare", "aeanomaly-phantoms", phantoms, "--out", ro / "o", "--quiet"), "Read-only file system")
+    assert list(ro.iterdir()) == []
+
+    def replace(src, dst, *a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(dst))
+
+    monkeypatch.setattr(os, "replace", replace)
+    full = tmp_path / "full"
+    full.mkdir()
+    one_error_line(run("prepare", "aeanomaly-phantoms", phantoms, "--out", full / "o", "--quiet"),
+                   "No space left on device")
+    assert list(full.iterdir()) == []

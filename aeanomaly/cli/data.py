@@ -1,7 +1,7 @@
 """``aeanomaly data``: list the dataset manifests, verify a dataset folder, prepare normal/abnormal sets.
 
 Exit codes: 0 ok; 1 ``verify`` found problems (the report says which); 2 bad input (unknown or
-invalid manifest, missing folder, bad option) with one line on stderr.
+invalid manifest, missing folder, bad option, unwritable output) with one line on stderr.
 """
 
 from __future__ import annotations
@@ -10,12 +10,7 @@ import sys
 
 import click
 
-from .errors import AeAnomalyError
-
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+from .common import check_writable, handles_errors, warn
 
 
 @click.group("data", context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,14 +26,12 @@ def data() -> None:
 
 @data.command("list")
 @click.option("--verbose", "-v", is_flag=True, help="Also print homepage, licence and the normal/abnormal rule.")
+@handles_errors
 def list_cmd(verbose):
     """List the known dataset manifests."""
-    from .datasets.manifests import list_manifests, manifest_dir
+    from ..datasets.manifests import list_manifests, manifest_dir
 
-    try:
-        manifests = list_manifests()
-    except AeAnomalyError as err:
-        _fail(str(err))
+    manifests = list_manifests()
     click.echo(f"{'id':<20} {'dim':<4} {'format':<10} {'rule':<16} name")
     for m in manifests:
         click.echo(f"{m['id']:<20} {m['dimensionality']:<4} {m['format']:<10} {m['normal_abnormal']['rule']:<16} {m['name']}")
@@ -57,18 +50,16 @@ def list_cmd(verbose):
 @click.option("--deep", is_flag=True, help="Read every image and label: unreadable files, shapes, label values.")
 @click.option("--checksums", is_flag=True, help="Hash the files that have published checksums (archives).")
 @click.option("--quiet", is_flag=True, help="No progress bar; the report is still printed.")
+@handles_errors
 def verify_cmd(manifest, directory, layout, subset, deep, checksums, quiet):
     """Check DIRECTORY against MANIFEST (an id from `data list` or a manifest .json).
 
     Prints the report; exits 0 when everything matches, 1 when something is missing or wrong.
     """
-    from .datasets.verify import verify
+    from ..datasets.verify import verify
 
-    try:
-        report = verify(manifest, directory, layout=layout, subset=subset, deep=deep, checksums=checksums,
-                        progress=not quiet)
-    except AeAnomalyError as err:
-        _fail(str(err))
+    report = verify(manifest, directory, layout=layout, subset=subset, deep=deep, checksums=checksums,
+                    progress=not quiet)
     click.echo("\n".join(report.lines()))
     sys.exit(0 if report.ok else 1)
 
@@ -87,6 +78,7 @@ def verify_cmd(manifest, directory, layout, subset, deep, checksums, quiet):
 @click.option("--assume-normal", is_flag=True, help="Use every scan of a dataset without abnormality labels as normal.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
 @click.option("--quiet", is_flag=True)
+@handles_errors
 def prepare_cmd(manifest, directory, out, seed, val_fraction, unit, layout, no_masks, assume_normal, overwrite, quiet):
     """Split DIRECTORY by patient into OUT/normal and OUT/abnormal (with masks and labels.csv).
 
@@ -94,15 +86,13 @@ def prepare_cmd(manifest, directory, out, seed, val_fraction, unit, layout, no_m
     then: aeanomaly fit --normal-dir OUT/normal/train --out BUNDLE
           aeanomaly evaluate BUNDLE --labels OUT/labels_val.csv --out EVAL
     """
-    from .datasets.prepare import prepare
+    from ..datasets.prepare import prepare
 
-    try:
-        res = prepare(manifest, directory, out, seed=seed, val_fraction=val_fraction, overwrite=overwrite, unit=unit,
-                      layout=layout, masks=not no_masks, assume_normal=assume_normal, progress=not quiet)
-    except AeAnomalyError as err:
-        _fail(str(err))
+    check_writable(out)
+    res = prepare(manifest, directory, out, seed=seed, val_fraction=val_fraction, overwrite=overwrite, unit=unit,
+                  layout=layout, masks=not no_masks, assume_normal=assume_normal, progress=not quiet)
     for s in res.skipped:
-        click.echo(f"warning: skipped {s}", err=True)
+        warn(f"skipped {s}")
     if not quiet:
         click.echo(f"prepared {res.out}: {res.summary()}")
         click.echo(f"labels in {res.labels_csv}")

@@ -1,0 +1,49 @@
+"""``aeanomaly info``: what a bundle holds (reads its JSON files only; no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import BundleError
+from .common import check_bundle, handles_errors
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path.name} is unreadable: {getattr(err, 'strerror', None) or err}", path.parent) from None
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@handles_errors
+def info(bundle):
+    """Print what a bundle holds."""
+    meta = check_bundle(bundle)
+    calib = _json(Path(bundle) / "calibration.json")
+    try:
+        inp, tr, p = meta["input"], meta.get("training", {}), meta["params"]
+        click.echo(f"bundle        {bundle}")
+        click.echo(f"format        {meta['format_version']} (aeanomaly {meta['aeanomaly_version']}, "
+                   f"created {meta['created']})")
+        click.echo(f"input         window {inp['window']}, {inp['size']} px, {inp['channels']} channel(s)")
+        click.echo(f"model         {'denoising AE with skips' if p['skip'] else 'bottleneck AE'}, depth {p['depth']}, "
+                   f"base filters {p['base_filters']}, latent {p['latent']} {p['latent_dim']}")
+        click.echo(f"training      {tr.get('epoch')} epochs, best val loss {tr.get('best')}, "
+                   f"{len(meta.get('split', {}).get('train', []))} train / "
+                   f"{len(meta.get('split', {}).get('val', []))} val scans")
+        sc = calib["scan"]
+        click.echo(f"calibration   {sc['method']} on {len(calib.get('calibration_scans', []))} normal scans, "
+                   f"target FPR {calib['target_fpr']}, threshold {sc['threshold']}, "
+                   f"inference {calib.get('precision', 'float32')}")
+        click.echo(f"scoring       slice {p['slice_score']}, scan {p['scan_aggregation']}, "
+                   f"pixel threshold {calib['pixel_threshold']:.4g} (q={calib['pixel_quantile']})")
+    except (KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"bundle.json or calibration.json lacks {err}", bundle) from None
+    if (Path(bundle) / "head.json").is_file():
+        head = _json(Path(bundle) / "head.json")
+        click.echo(f"head          {head.get('kind')} {head.get('classes', '')}")

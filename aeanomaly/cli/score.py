@@ -1,0 +1,106 @@
+"""``aeanomaly score``: scan-level labels, p-values, heatmaps, lesion tables and the HTML report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import AeAnomalyError, ConfigError, EmptyInputError
+from .common import (check_bundle, check_open_unit, check_output_dir, collect_scans, deprecated_alias, handles_errors,
+                     method_in_force, quiet_warnings, report_unscored, say, start_tensorflow)
+
+
+def head_summary(det) -> dict:
+    """Report header lines describing the bundle's supervised head (empty without one)."""
+    head = getattr(det, "head_", None)
+    if head is None:
+        return {}
+    what = {"unet": "U-Net organ region", "cnn": "CNN slice classifier"}[head.kind]
+    out = {"supervised head": f"{what} ({', '.join(head.classes_)})"}
+    if head.kind == "cnn":
+        out["fusion"] = "logistic stacking of p-value and classifier" if getattr(head, "fusion_", None) else "not fitted"
+    return out
+
+
+@click.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("scans", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Results folder.")
+@click.option("--target-fpr", type=float, default=None, help="Target FPR for this run (refits the threshold from "
+              "the bundle's normal calibration scores; the bundle is not changed).")
+@click.option("--slice-fdr", type=float, default=None,
+              help="Label slices by Benjamini-Hochberg across each scan's slices at this FDR (default: each "
+                   "slice against the slice-level threshold).")
+@click.option("--min-lesion-mm3", type=float, default=None, help="Drop lesions smaller than this volume (mm³).")
+@click.option("--heatmaps", type=click.Choice(["nifti", "npy", "none"]), default="nifti", show_default=True)
+@click.option("--overlays", default=3, show_default=True, type=click.IntRange(0),
+              help="PNG overlays of the N top-scoring slices per scan (0 = none).")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable scan (exit 2).")
+@click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any scan is labelled abnormal.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
+@click.option("--quiet", is_flag=True)
+@deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)
+@handles_errors
+def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, overlays, report, strict,
+          fail_on_anomaly, overwrite, quiet):
+    """Score scans (files or folders) with a fitted BUNDLE.
+
+    \b
+    Writes to OUT: scores.csv (one row per scan), slices.csv, lesions.csv, heatmaps/ (NIfTI in each
+    input's own geometry), overlays/ (PNG of the top slices) and report.html.
+    Exit code 0, or 1 with --fail-on-anomaly when a scan is abnormal; 2 for bad input and when no
+    scan could be scored. Inputs that cannot be scored are error rows; their count and the first
+    reason are printed on stderr.
+    """
+    quiet_warnings(quiet)
+    out = Path(out)
+    check_open_unit("--target-fpr", target_fpr)
+    check_open_unit("--slice-fdr", slice_fdr)
+    if min_lesion_mm3 is not None and min_lesion_mm3 < 0:
+        raise ConfigError(f"--min-lesion-mm3 must be ≥ 0, got {min_lesion_mm3}")
+    check_output_dir(out, overwrite)
+    paths = collect_scans(scans)
+    check_bundle(bundle)
+
+    start_tensorflow()
+    from .. import __version__
+    from ..detector import AnomalyDetector
+    from ..io.results import ResultsWriter, output_names
+
+    det = AnomalyDetector.load(bundle)
+    if slice_fdr is not None:
+        det.set_params(slice_fdr=slice_fdr)
+    if min_lesion_mm3 is not None:
+        det.set_params(min_lesion_mm3=min_lesion_mm3)
+    if target_fpr is not None:
+        det.set_threshold(target_fpr=target_fpr, reason="score --target-fpr")
+    from tqdm.auto import tqdm
+
+    with ResultsWriter(out, heatmaps=heatmaps, overlays=overlays, pixel_threshold=det.pixel_threshold_,
+                       report=report, overwrite=True) as writer:
+        for path, name in tqdm(list(zip(paths, output_names(paths))), desc="score", unit="scan", disable=quiet):
+            try:
+                res = det.score_scan(path)
+            except (AeAnomalyError, OSError, MemoryError) as err:
+                if strict:
+                    raise
+                writer.add(path, name, err)
+                continue
+            writer.add(path, name, res)
+        if writer.n_scored == 0:  # nothing usable: exit 2, write nothing
+            raise EmptyInputError(f"{writer.errors[0]} (none of the {len(paths)} scans could be scored)")
+        cal = det.calibrator_
+        writer.finish(summary={"bundle": str(bundle), "calibration method": method_in_force(cal),
+                               "target FPR": det.target_fpr_, "threshold": cal.threshold_,
+                               "normal calibration scans": len(det.calibration_sources_), **head_summary(det),
+                               "aeanomaly version": __version__})
+    n_err, n_abn = writer.n_errors, writer.n_abnormal
+    say(quiet, f"scored {writer.n_scored} scans: {n_abn} abnormal at target FPR {det.target_fpr_}"
+               + (f", {n_err} unreadable (see scores.csv)" if n_err else ""))
+    report_unscored(writer.errors, len(paths), "scores.csv")
+    say(quiet, f"results in {out}" + (f"; open {out / 'report.html'}" if report else ""))
+    if fail_on_anomaly and n_abn:
+        sys.exit(1)

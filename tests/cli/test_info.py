@@ -1,0 +1,23 @@
+"""aeanomaly/cli/info.py: `aeanomaly info` prints what a bundle holds, from its JSON files only."""
+
+import json
+import shutil
+
+
+def test_info_prints_the_bundle(cli, fitted_bundle):
+    r = cli("info", fitted_bundle)
+    assert r.exit_code == 0, r.output
+    for key in ("bundle", "format        1", "input         window", "model", "training", "calibration",
+                "scoring", "target FPR 0.2"):
+        assert key in r.output, key
+    assert "head" not in r.output.replace("bundle", "")
+
+
+def test_info_bad_bundles_exit_2_with_one_line(cli, one_error_line, fitted_bundle, tmp_path):
+    one_error_line(cli("info", tmp_path / "none"), str(tmp_path / "none"))
+    b = tmp_path / "b"
+    shutil.copytree(fitted_bundle, b)
+    (b / "calibration.json").write_text("{not json")
+    one_error_line(cli("info", b), "calibration.json is unreadable")
+    (b / "calibration.json").write_text(json.dumps({"scan": {}}))
+    one_error_line(cli("info", b), "lacks")
