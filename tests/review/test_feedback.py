@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -64,10 +65,8 @@ def test_export_round_trip_is_read_by_the_label_reader(reviewed, tmp_path):
     assert (summary["n_normal"], summary["n_abnormal"], summary["n_masks"]) == (5, 1, 1)
     assert [x["scan"] for x in summary["left_out"]] == [normals[5]]
     assert json.loads((out / "export.json").read_text())["n_abnormal"] == 1
-    try:
-        from aeanomaly.io.labels import read_labels_csv
-    except ImportError:  # pragma: no cover - older label reader
-        pytest.skip("aeanomaly.io.labels is not there yet")
+    from aeanomaly.io.labels import read_labels_csv
+
     items = read_labels_csv(out / "labels.csv")
     assert sorted(it.label for it in items) == [0, 0, 0, 0, 0, 1]
     (abn_item,) = [it for it in items if it.label == 1]
@@ -156,3 +155,56 @@ def test_exported_mask_of_a_dicom_upload_is_in_the_series_geometry(make_app, abn
     assert item.scan.is_dir() and series.n_slices == scan.n_slices
     mask = load_label(item.mask, like=series) > 0
     assert mask[5, 12, 50] and mask.sum() == mask[5].sum()  # one disc, on the marked slice
+
+
+def test_feedback_round_trip_through_the_cli(reviewed, fitted_bundle, tmp_path):
+    """export → calibrate --from-feedback → a changed threshold, logged with the reviews that went in."""
+    from click.testing import CliRunner
+
+    from aeanomaly.cli import main
+
+    _, db, *_ = reviewed
+    bundle = tmp_path / "bundle"
+    shutil.copytree(fitted_bundle, bundle)
+    before = json.loads((bundle / "calibration.json").read_text())
+    r = CliRunner().invoke(main, ["feedback", "export", "--db", str(db.path), "--out", str(tmp_path / "export")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["calibrate", str(bundle), "--from-feedback", str(db.path), "--method", "empirical",
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    after = json.loads((bundle / "calibration.json").read_text())
+    added = [str(p) for p in confirmed_normals(db)]
+    assert set(added) <= set(after["calibration_scans"])
+    assert set(before["calibration_scans"]) <= set(after["calibration_scans"])  # the bundle's own ones stay
+    assert after["scan"]["threshold"] != before["scan"]["threshold"]
+    entry = after["log"][-1]
+    assert "from feedback" in entry["what"] and str(confirmed_normal_reviews(db)[0]["review_id"]) in entry["what"]
+    r = CliRunner().invoke(main, ["calibrate", str(bundle)])
+    assert r.exit_code == 2 and "--from-feedback" in r.output
+
+
+@pytest.mark.slow
+def test_fine_tune_from_feedback_warm_starts_and_records_the_reviews(reviewed, fitted_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from aeanomaly.cli import main
+    from aeanomaly.detector import AnomalyDetector
+
+    _, db, *_ = reviewed
+    bundle = tmp_path / "bundle"
+    shutil.copytree(fitted_bundle, bundle)
+    old = AnomalyDetector.load(bundle)
+    r = CliRunner().invoke(main, ["fine-tune", str(bundle), "--from-feedback", str(db.path), "--epochs", "2",
+                                  "--quiet"])
+    assert r.exit_code == 0, r.output
+    new = AnomalyDetector.load(bundle)
+    (entry,) = new.train_state_["fine_tuned"]
+    assert sorted(entry["added"]) == sorted(str(p) for p in confirmed_normals(db))
+    assert "reviews" in entry["note"] and entry["epochs"] == 2
+    assert set(entry["added"]) <= set(new.split_["train"]) and not set(entry["added"]) & set(new.calibration_sources_)
+    assert new.calibration_log_[-1]["what"].startswith("fine-tune from feedback")
+    # warm start: the fine-tuned weights stay close to the bundle's (a fresh model would not)
+    w_old, w_new = old.model_.get_weights(), new.model_.get_weights()
+    assert any(not np.array_equal(a, b) for a, b in zip(w_old, w_new))
+    rel = np.mean([np.abs(a - b).mean() / (np.abs(a).mean() + 1e-8) for a, b in zip(w_old, w_new) if a.size > 100])
+    assert rel < 0.5
