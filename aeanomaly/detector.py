@@ -14,19 +14,21 @@ The flow of one scan: :func:`aeanomaly.io.load_scan` → :func:`aeanomaly.prepro
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import inspect
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from . import bundle as _bundle
-from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, NormalStats, benjamini_hochberg
+from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, benjamini_hochberg
+from .config import FIT_DEFAULTS, TRAIN_DEFAULTS, TrainConfig
 from .errors import ConfigError, NotFittedError
 from .fitting import build_store, normal_stats
 from .hybrid import head_outputs, organ_label_map
@@ -104,7 +106,7 @@ class AnomalyDetector:
         HU window preset (``lung``, ``abdomen``, ``liver``, ``mediastinum``, ``bone``) or ``"W,L"``.
     size, channels, depth, base_filters, latent, latent_dim, skip, norm, loss, noise_std,
     noise_resolution, epochs, batch_size, learning_rate, patience, seed
-        Model and training (see :class:`aeanomaly.model.train.TrainConfig`). ``noise_std > 0`` trains a
+        Model and training (see :class:`aeanomaly.config.TrainConfig`). ``noise_std > 0`` trains a
         coarse-noise denoising autoencoder; ``skip=False, noise_std=0`` is the classic bottleneck AE.
     augment : bool or dict
         Augmentation of the normal training slices (never at validation): True for the defaults of
@@ -132,12 +134,18 @@ class AnomalyDetector:
     """
 
     def __init__(
-        self, window: str = "lung", size: int = 128, channels: int = 1, depth: int = 4, base_filters: int = 16,
-        latent: str = "spatial", latent_dim: int = 64, skip: bool = True, norm: str = "group", loss: str = "mae",
-        noise_std: float = 0.2, noise_resolution: int = 16, epochs: int = 30, batch_size: int = 16,
-        learning_rate: float = 1e-3, patience: int = 8, augment: bool | dict = True, seed: int = 0,
-        val_fraction: float = 0.15, calib_fraction: float = 0.3, target_fpr: float = 0.05, calib_method: str = "auto",
-        precision: str = "float32", roi: str = SCORING_DEFAULTS["roi"],
+        self, window: str = FIT_DEFAULTS["window"], size: int = TRAIN_DEFAULTS["size"],
+        channels: int = TRAIN_DEFAULTS["channels"], depth: int = TRAIN_DEFAULTS["depth"],
+        base_filters: int = TRAIN_DEFAULTS["base_filters"], latent: str = TRAIN_DEFAULTS["latent"],
+        latent_dim: int = TRAIN_DEFAULTS["latent_dim"], skip: bool = TRAIN_DEFAULTS["skip"],
+        norm: str = TRAIN_DEFAULTS["norm"], loss: str = TRAIN_DEFAULTS["loss"],
+        noise_std: float = TRAIN_DEFAULTS["noise_std"], noise_resolution: int = TRAIN_DEFAULTS["noise_resolution"],
+        epochs: int = TRAIN_DEFAULTS["epochs"], batch_size: int = TRAIN_DEFAULTS["batch_size"],
+        learning_rate: float = TRAIN_DEFAULTS["learning_rate"], patience: int = TRAIN_DEFAULTS["patience"],
+        augment: bool | dict = TRAIN_DEFAULTS["augment"], seed: int = TRAIN_DEFAULTS["seed"],
+        val_fraction: float = FIT_DEFAULTS["val_fraction"], calib_fraction: float = FIT_DEFAULTS["calib_fraction"],
+        target_fpr: float = FIT_DEFAULTS["target_fpr"], calib_method: str = FIT_DEFAULTS["calib_method"],
+        precision: str = FIT_DEFAULTS["precision"], roi: str = SCORING_DEFAULTS["roi"],
         slice_score: str = SCORING_DEFAULTS["slice_score"], scan_aggregation: str = SCORING_DEFAULTS["scan_aggregation"],
         residual_sign: str = SCORING_DEFAULTS["residual_sign"], sigma_mm: float = SCORING_DEFAULTS["sigma_mm"],
         erode_mm: float = SCORING_DEFAULTS["erode_mm"], opening_mm: float = SCORING_DEFAULTS["opening_mm"],
@@ -207,9 +215,8 @@ class AnomalyDetector:
         return ScoringParams(**{n: getattr(self, n) for n in ScoringParams.names()}).validated()
 
     def train_config(self):
-        """The training settings as a validated :class:`aeanomaly.model.train.TrainConfig`."""
+        """The training settings as a validated :class:`aeanomaly.config.TrainConfig`."""
         from .model.data import Augment
-        from .model.train import TrainConfig
 
         names = set(TrainConfig.__dataclass_fields__) - {"augment_params", "augment"}
         aug = self.augment
@@ -396,42 +403,24 @@ class AnomalyDetector:
         strict : bool
             Stop at the first unreadable scan instead of skipping it with a warning.
         """
-        from .model.train import train_autoencoder
-
         window = self._validate_params()
         paths = list(paths)
         split = split_scans(len(paths), self.val_fraction, self.calib_fraction, self.seed, groups)
-        tmp_dir = None
-        if work_dir is None:
-            tmp_dir = work_dir = tempfile.mkdtemp(prefix="aeanomaly-fit-")
-        work = Path(work_dir)
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            spec = {"size": self.size, "channels": self.channels, "window": window.to_spec()}
-            store, skipped = build_store(self.prepare, paths, sorted(split.train + split.val), split.to_dict(), spec,
-                                         work, self.size, self.channels, strict=strict, resume=resume, verbose=verbose)
-            train_idx = np.flatnonzero(np.isin(store.scan_ids, split.train))
-            val_idx = np.flatnonzero(np.isin(store.scan_ids, split.val))
-            if len(train_idx) == 0:
-                raise ConfigError("no usable training slices: every training scan was unreadable or empty")
-            model, state = train_autoencoder(self.train_config(), store, train_idx, val_idx, work, resume=resume,
-                                             verbose=verbose)
-            store.close()
-            self.model_ = model
-            self.window_ = window
-            self.head_ = None
-            self.history_ = state["history"]
-            self.train_state_ = {**{k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from")},
-                                 "n_train_slices": int(len(train_idx)), "n_val_slices": int(len(val_idx))}
-            self.split_ = {side: [str(paths[i]) for i in getattr(split, side)] for side in ("train", "val", "calib")}
-            stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=self.precision),
-                                              [paths[i] for i in split.calib], strict=strict, verbose=verbose)
-            self.calibration_ = Calibration.fit(stats, target_fpr=self.target_fpr, method=self.calib_method,
-                                                pixel_quantile=self.pixel_quantile, precision=self.precision)
-            self.skipped_ = skipped + cal_skipped
-        finally:
-            if tmp_dir is not None:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+        with _work_folder(work_dir, "aeanomaly-fit-") as work:
+            model, state, skipped = self._train(paths, {"train": split.train, "val": split.val}, window, work,
+                                                self.train_config(), strict=strict, resume=resume, verbose=verbose)
+        self.model_ = model
+        self.window_ = window
+        self.head_ = None
+        self.history_ = state["history"]
+        self.train_state_ = {k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from",
+                                                       "n_train_slices", "n_val_slices")}
+        self.split_ = {side: [str(paths[i]) for i in getattr(split, side)] for side in ("train", "val", "calib")}
+        stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=self.precision),
+                                          [paths[i] for i in split.calib], strict=strict, verbose=verbose)
+        self.calibration_ = Calibration.fit(stats, target_fpr=self.target_fpr, method=self.calib_method,
+                                            pixel_quantile=self.pixel_quantile, precision=self.precision)
+        self.skipped_ = skipped + cal_skipped
         return self
 
     def fine_tune(self, paths: Iterable[str | os.PathLike], *, epochs: int = 5, learning_rate: float | None = None,
@@ -447,14 +436,13 @@ class AnomalyDetector:
         """
         import keras
 
-        from .model.train import train_autoencoder
-
         self._check_fitted()
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
         added = [str(p) for p in paths]
         exists = lambda p: os.path.exists(os.fspath(p))  # noqa: E731
-        train = [p for p in self.split_.get("train", []) if exists(p)] + [p for p in added if p not in self.split_.get("train", [])]
+        before = self.split_.get("train", [])
+        train = [p for p in before if exists(p)] + [p for p in added if p not in before]
         val = [p for p in self.split_.get("val", []) if exists(p) and p not in added]
         calib = [p for p in self.calibration_sources_ if exists(p) and p not in added]
         if not added:
@@ -463,37 +451,18 @@ class AnomalyDetector:
             raise ConfigError(f"fine-tuning recalibrates on the bundle's calibration scans, but only {len(calib)} of "
                               f"{len(self.calibration_sources_)} still exist; recalibrate afterwards with "
                               "`aeanomaly calibrate BUNDLE --normal-dir DIR` on normal scans not trained on")
-        cfg = self.train_config()
-        cfg = type(cfg)(**{**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, "epochs": int(epochs),
-                           "learning_rate": float(learning_rate or self.learning_rate / 10.0)})
+        cfg = replace(self.train_config(), epochs=int(epochs), learning_rate=float(learning_rate or self.learning_rate / 10))
         weights = self.model_.get_weights()
 
         class StartFromBundle(keras.callbacks.Callback):
             def on_train_begin(self, logs=None):
                 self.model.set_weights(weights)
 
-        all_paths = train + val
-        ids = list(range(len(all_paths)))
-        tmp_dir = None
-        if work_dir is None:
-            tmp_dir = work_dir = tempfile.mkdtemp(prefix="aeanomaly-fine-tune-")
-        work = Path(work_dir)
-        work.mkdir(parents=True, exist_ok=True)
-        try:
-            split = {"train": ids[: len(train)], "val": ids[len(train):]}
-            spec = {"size": self.size, "channels": self.channels, "window": self.window_.to_spec()}
-            store, skipped = build_store(self.prepare, all_paths, ids, split, spec, work, self.size, self.channels,
-                                         strict=strict, resume=False, verbose=verbose)
-            train_idx = np.flatnonzero(np.isin(store.scan_ids, split["train"]))
-            val_idx = np.flatnonzero(np.isin(store.scan_ids, split["val"]))
-            if len(train_idx) == 0:
-                raise ConfigError("no usable training slices among the scans to fine-tune on")
-            model, state = train_autoencoder(cfg, store, train_idx, val_idx, work, verbose=verbose,
-                                             callbacks=[StartFromBundle()])
-            store.close()
-        finally:
-            if tmp_dir is not None:
-                shutil.rmtree(tmp_dir, ignore_errors=True)
+        ids = list(range(len(train) + len(val)))
+        with _work_folder(work_dir, "aeanomaly-fine-tune-") as work:
+            model, state, skipped = self._train(train + val, {"train": ids[: len(train)], "val": ids[len(train):]},
+                                                self.window_, work, cfg, strict=strict, resume=False, verbose=verbose,
+                                                callbacks=[StartFromBundle()])
         old = (self.model_, self.history_, dict(self.train_state_), self.split_)
         self.model_ = model
         self.history_ = state["history"]
@@ -506,9 +475,32 @@ class AnomalyDetector:
             raise
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         entry = {"when": when, "note": note, "added": added, "epochs": int(state["epoch"]),
-                 "best": state.get("best"), "n_train_slices": int(len(train_idx)), "skipped": skipped}
+                 "best": state.get("best"), "n_train_slices": state["n_train_slices"], "skipped": skipped}
         self.train_state_ = {**old[2], "fine_tuned": [*old[2].get("fine_tuned", []), entry]}
         return self
+
+    def _train(self, paths: list, split: dict, window: HUWindow, work: Path, cfg: TrainConfig, *, strict: bool,
+               resume: bool, verbose: int, callbacks: list | None = None):
+        """Preprocess ``paths[i]`` for the ids of ``split["train"]`` and ``split["val"]`` into a slice store
+        in ``work`` and train on it; returns the model, the run state (with the slice counts) and the
+        skipped scans."""
+        from .model.train import train_autoencoder
+
+        spec = {"size": self.size, "channels": self.channels, "window": window.to_spec()}
+        store, skipped = build_store(self.prepare, paths, sorted(split["train"] + split["val"]),
+                                     {k: list(v) for k, v in split.items()}, spec, work, self.size, self.channels,
+                                     strict=strict, resume=resume, verbose=verbose)
+        try:
+            train_idx = np.flatnonzero(np.isin(store.scan_ids, split["train"]))
+            val_idx = np.flatnonzero(np.isin(store.scan_ids, split["val"]))
+            if len(train_idx) == 0:
+                raise ConfigError("no usable training slices: every training scan was unreadable or empty")
+            model, state = train_autoencoder(cfg, store, train_idx, val_idx, work, resume=resume, verbose=verbose,
+                                             callbacks=callbacks)
+        finally:
+            store.close()
+        state.update(n_train_slices=int(len(train_idx)), n_val_slices=int(len(val_idx)))
+        return model, state, skipped
 
     # -- operating point -------------------------------------------------------------------------
     def recalibrate(self, paths: Iterable[str | os.PathLike], *, method: str | None = None,
@@ -638,3 +630,18 @@ class AnomalyDetector:
         """The content of calibration.json."""
         self._check_fitted()
         return self.calibration_.to_dict()
+
+
+@contextlib.contextmanager
+def _work_folder(work_dir, prefix: str):
+    """``work_dir`` (created), or a temporary folder deleted afterwards when it is None."""
+    tmp = None
+    if work_dir is None:
+        tmp = work_dir = tempfile.mkdtemp(prefix=prefix)
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)

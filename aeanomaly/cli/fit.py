@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..config import FIT_DEFAULTS as F, TRAIN_DEFAULTS as T
 from ..errors import AeAnomalyError, BundleError, ConfigError
 from .common import (check_open_unit, check_writable, collect_scans, deprecated_alias, handles_errors,
                      method_in_force, quiet_warnings, say, start_tensorflow, warn)
@@ -47,32 +48,34 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--out", "out", required=True, type=click.Path(), help="Bundle directory to write.")
 @click.option("--region", type=click.Choice(REGIONS), default="lung", show_default=True, help="Sets the default window.")
 @click.option("--window", default=None, help="Window preset or 'W,L' in HU (overrides --region).")
-@click.option("--size", default=128, show_default=True, type=click.IntRange(32, 512), help="Model grid in pixels.")
-@click.option("--channels", default=1, show_default=True, type=int, help="Slices per input (odd; >1 is 2.5-D).")
+@click.option("--size", default=T["size"], show_default=True, type=click.IntRange(32, 512), help="Model grid in pixels.")
+@click.option("--channels", default=T["channels"], show_default=True, type=int, help="Slices per input (odd; >1 is 2.5-D).")
 @click.option("--model", "model_kind", type=click.Choice(["dae", "ae"]), default="dae", show_default=True,
               help="dae: coarse-noise denoising AE with skips; ae: bottleneck AE of the seed papers.")
-@click.option("--depth", default=4, show_default=True, type=click.IntRange(1, 7))
-@click.option("--base-filters", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--latent-dim", default=64, show_default=True, type=click.IntRange(1),
+@click.option("--depth", default=T["depth"], show_default=True, type=click.IntRange(1, 7))
+@click.option("--base-filters", default=T["base_filters"], show_default=True, type=click.IntRange(1))
+@click.option("--latent-dim", default=T["latent_dim"], show_default=True, type=click.IntRange(1),
               help="Latent channels (spatial) or units (dense).")
-@click.option("--latent-kind", type=click.Choice(["spatial", "dense"]), default="spatial", show_default=True,
+@click.option("--latent-kind", type=click.Choice(["spatial", "dense"]), default=T["latent"], show_default=True,
               help="Spatial latent feature map or a dense vector.")
-@click.option("--loss", type=click.Choice(["mae", "mse", "mae_ssim"]), default="mae", show_default=True)
-@click.option("--epochs", default=30, show_default=True, type=click.IntRange(1))
-@click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--learning-rate", default=1e-3, show_default=True, type=float)
-@click.option("--patience", default=8, show_default=True, type=click.IntRange(1))
+@click.option("--loss", type=click.Choice(["mae", "mse", "mae_ssim"]), default=T["loss"], show_default=True)
+@click.option("--norm", type=click.Choice(["group", "batch", "none"]), default=T["norm"], show_default=True,
+              help="Normalisation after each convolution (batch is folded into the convolutions at inference).")
+@click.option("--epochs", default=T["epochs"], show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=T["batch_size"], show_default=True, type=click.IntRange(1))
+@click.option("--learning-rate", default=T["learning_rate"], show_default=True, type=float)
+@click.option("--patience", default=T["patience"], show_default=True, type=click.IntRange(1))
 @click.option("--no-augment", is_flag=True, help="Disable augmentation of training slices.")
 @click.option("--augment", "augment_spec", default=None, metavar="K=V,...",
               help="Augmentation settings, e.g. 'flip=0,rotate_deg=15,scale=0.1,shift=0.05,gain=0.05,offset=0.02'.")
-@click.option("--val-fraction", default=0.15, show_default=True, type=float)
-@click.option("--calib-fraction", default=0.3, show_default=True, type=float)
-@click.option("--target-fpr", default=0.05, show_default=True, type=float,
+@click.option("--val-fraction", default=F["val_fraction"], show_default=True, type=float)
+@click.option("--calib-fraction", default=F["calib_fraction"], show_default=True, type=float)
+@click.option("--target-fpr", default=F["target_fpr"], show_default=True, type=float,
               help="Scan-level false-positive rate the threshold is calibrated for.")
-@click.option("--calib-method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default="auto",
+@click.option("--calib-method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default=F["calib_method"],
               show_default=True)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+@click.option("--seed", default=T["seed"], show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=F["precision"], show_default=True,
               help="Inference arithmetic for calibration and scoring (training is float32).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted fit from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
@@ -82,7 +85,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base_filters, latent_dim, latent_kind,
-        loss, epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction,
+        loss, norm, epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction,
         target_fpr, calib_method, seed, precision, resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
 
@@ -112,7 +115,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base
     det = AnomalyDetector(
         window=window or REGION_WINDOWS[region], size=size, channels=channels, depth=depth, base_filters=base_filters,
         latent=latent_kind, latent_dim=latent_dim, skip=model_kind == "dae",
-        noise_std=0.2 if model_kind == "dae" else 0.0, loss=loss, epochs=epochs, batch_size=batch_size,
+        noise_std=T["noise_std"] if model_kind == "dae" else 0.0, norm=norm, loss=loss, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, augment=augment, val_fraction=val_fraction,
         calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method, seed=seed,
         precision=precision,

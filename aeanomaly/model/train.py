@@ -9,59 +9,21 @@ in the run state (``state["timing"]``)."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
 import numpy as np
 from tqdm.auto import tqdm
 
-from .autoencoder import build_autoencoder, reconstruction_loss
+from ..config import TrainConfig  # noqa: F401  (the training settings; re-exported here)
+from .autoencoder import reconstruction_loss
 from .data import Augment, SliceDataset, SliceStore
 
 CHECKPOINT = "checkpoint.keras"
 BEST_WEIGHTS = "best.weights.h5"
 STATE = "state.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (stored in the bundle)."""
-
-    size: int = 128
-    channels: int = 1
-    depth: int = 4
-    base_filters: int = 16
-    latent: str = "spatial"
-    latent_dim: int = 64
-    skip: bool = True
-    norm: str = "group"
-    upsample: str = "transpose"
-    loss: str = "mae"
-    noise_std: float = 0.2
-    noise_resolution: int = 16
-    epochs: int = 30
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    patience: int = 8
-    augment: bool = True
-    seed: int = 0
-    augment_params: dict = field(default_factory=lambda: asdict(Augment()))
-
-    def build(self) -> keras.Model:
-        return build_autoencoder(
-            size=self.size, channels=self.channels, depth=self.depth, base_filters=self.base_filters,
-            latent=self.latent, latent_dim=self.latent_dim, skip=self.skip, norm=self.norm,
-            upsample=self.upsample,
-        )
-
-    def lr_at(self, epoch: int) -> float:
-        """Cosine decay from ``learning_rate`` to 5% of it over ``epochs`` (stateless, so resumable)."""
-        t = min(1.0, epoch / max(1, self.epochs - 1))
-        return float(self.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))))
 
 
 class RunState(keras.callbacks.Callback):
