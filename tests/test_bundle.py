@@ -69,7 +69,7 @@ def test_save_head_swaps_in_a_head_atomically(copy):
 
     det = AnomalyDetector.load(copy)
     head = SupervisedHead(kind="cnn", size=det.size, channels=det.channels, depth=2, base_filters=4)
-    head.model_ = head._build()  # an untrained model is stored the same way
+    head.model_ = head.build_model()  # an untrained model is stored the same way
     head.fit_fusion([0.01, 0.5, 0.02, 0.7], [0.8, 0.3, 0.6, 0.2], [1, 0, 1, 0])
     cal = det.calibration_dict()
     cal["log"].append({"what": "test"})

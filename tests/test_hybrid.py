@@ -140,7 +140,7 @@ def test_report_shows_head_probabilities_only_when_present(tmp_path):
 def write_lung_maps(phantoms: Path, out: Path, seed: int) -> Path:
     """Organ label maps (phantom label ids; 5 = lung) of a phantom set, regenerated from the seeds
     documented in ``write_phantom_set``, saved under the scans' own file names."""
-    from aeanomaly.datasets.synthetic import _subject_rng
+    from aeanomaly.datasets.synthetic import subject_rng
     from aeanomaly.io import load_scan
     from aeanomaly.io.writers import save_nifti
 
@@ -150,7 +150,7 @@ def write_lung_maps(phantoms: Path, out: Path, seed: int) -> Path:
     for r in rows:
         group = int(r["label"] == "abnormal")
         scan = load_scan(phantoms / r["scan"])
-        ph = make_phantom("chest", scan.hu.shape, tuple(scan.spacing), _subject_rng(seed, group, counters[r["label"]]))
+        ph = make_phantom("chest", scan.hu.shape, tuple(scan.spacing), subject_rng(seed, group, counters[r["label"]]))
         counters[r["label"]] += 1
         save_nifti(out / Path(r["scan"]).name, ph.labels, ph.affine)
     return out

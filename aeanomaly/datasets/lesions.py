@@ -29,7 +29,7 @@ def kinds_for(hu: np.ndarray, region_mask: np.ndarray) -> tuple[str, ...]:
     return LUNG_KINDS if float(np.median(np.asarray(hu)[region_mask])) < -400 else SOFT_TISSUE_KINDS
 
 
-def _check_kinds(kinds: Iterable[str] | str | None) -> tuple[str, ...] | None:
+def check_kinds(kinds: Iterable[str] | str | None) -> tuple[str, ...] | None:
     if kinds is None:
         return None
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -148,7 +148,7 @@ def inject_lesions(hu: np.ndarray, region_mask: np.ndarray, spacing: Sequence[fl
         raise ConfigError(f"size_mm must be (min, max) diameters with 0 < min <= max, got {size_mm}")
     if int(n_lesions) < 0:
         raise ConfigError(f"n_lesions must be >= 0, got {n_lesions}")
-    kinds = _check_kinds(kinds)
+    kinds = check_kinds(kinds)
     if not region.any():
         raise ConfigError("region_mask is empty: there is nowhere to place a lesion")
     rng = np.random.default_rng(rng)

@@ -30,7 +30,7 @@ from ..errors import DataManifestError
 #: Formats the aeanomaly.io loaders read.
 READABLE_FORMATS = ("nifti", "dicom", "metaimage", "tiff", "png", "npy")
 _EXTS = (*SCAN_SUFFIXES, ".raw", ".csv", ".json")
-_SHOW = 10  # paths listed per problem kind in a report
+SHOW_PATHS = 10  # paths listed per problem kind in a report
 
 
 def manifest_dir() -> Path:

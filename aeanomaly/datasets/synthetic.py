@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from ..errors import ConfigError
 from ..io.scan import Scan, internal_affine
 from ..io.writers import atomic_dir, save_nifti
-from .lesions import LUNG_KINDS, SOFT_TISSUE_KINDS, _check_kinds, inject_lesions
+from .lesions import LUNG_KINDS, SOFT_TISSUE_KINDS, check_kinds, inject_lesions
 
 from .anatomy import (  # noqa: F401  (label ids are part of this module's API)
     AIR, BONE, FAT, KIDNEY, LABELS, LIVER, LUNG, MUSCLE, SOFT, SPLEEN, TABLE, VESSEL, render_anatomy,
@@ -123,7 +123,8 @@ def organ_mask(labels: np.ndarray, organ: str) -> np.ndarray:
     return m
 
 
-def _subject_rng(seed: int, group: int, index: int) -> np.random.Generator:
+def subject_rng(seed: int, group: int, index: int) -> np.random.Generator:
+    """The random generator of phantom subject ``index`` of ``group`` (0 normal, 1 abnormal) of a set."""
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(group, index)))
 
 
@@ -194,7 +195,7 @@ def write_phantom_set(out_dir: str | os.PathLike, n_normal: int, n_abnormal: int
     if region not in REGIONS:
         raise ConfigError(f"unknown phantom region {region!r}; expected one of {', '.join(REGIONS)}", out_dir)
     shape, spacing = _check_grid(shape, spacing)
-    kinds = _check_kinds(kinds)
+    kinds = check_kinds(kinds)
     n_normal, n_abnormal = int(n_normal), int(n_abnormal)
     lo, hi = (int(v) for v in lesions_per_scan)
     if n_normal < 0 or n_abnormal < 0 or n_normal + n_abnormal == 0:
@@ -211,7 +212,7 @@ def write_phantom_set(out_dir: str | os.PathLike, n_normal: int, n_abnormal: int
     rows, lesion_rows = [], []
     with atomic_dir(out_dir, overwrite=exists) as tmp:
         for label, j, number in jobs:
-            rng = _subject_rng(seed, int(label == "abnormal"), j)
+            rng = subject_rng(seed, int(label == "abnormal"), j)
             ph = make_phantom(region, shape, spacing, rng)
             name = f"phantom_{number:04d}"
             scan = f"{label}/{name}.nii.gz"

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import AeAnomalyError, DataManifestError
 from .manifests import (
-    _SHOW, READABLE_FORMATS, Item, discover, expected_id_set, find_csv, load_manifest, read_csv_keys,
+    SHOW_PATHS, READABLE_FORMATS, Item, discover, expected_id_set, find_csv, load_manifest, read_csv_keys,
 )
 
 
@@ -79,16 +79,16 @@ class VerifyReport:
             out.append(f"  {what:<12} found {found:>6}   expected {exp:>6}   {state}".rstrip())
         if self.missing_ids:
             ids = self.missing_ids
-            shown = ", ".join(map(str, ids[:5 * _SHOW])) + (f" ... and {len(ids) - 5 * _SHOW} more" if len(ids) > 5 * _SHOW else "")
+            shown = ", ".join(map(str, ids[:5 * SHOW_PATHS])) + (f" ... and {len(ids) - 5 * SHOW_PATHS} more" if len(ids) > 5 * SHOW_PATHS else "")
             out += [f"absent case ids{' (subset)' if self.subset else ''} ({len(ids)}):", f"  {shown}"]
         for title, items in (("missing files", self.missing), ("unpaired labels (no image)", self.unpaired_labels),
                              ("unreadable files", self.unreadable), ("shape problems", self.shape_problems),
                              ("checksum problems", self.checksum_problems), ("other problems", self.problems)):
             if items:
                 out.append(f"{title} ({len(items)}):")
-                out += [f"  {p}" for p in items[:_SHOW]]
-                if len(items) > _SHOW:
-                    out.append(f"  ... and {len(items) - _SHOW} more")
+                out += [f"  {p}" for p in items[:SHOW_PATHS]]
+                if len(items) > SHOW_PATHS:
+                    out.append(f"  ... and {len(items) - SHOW_PATHS} more")
         out += [f"note: {s}" for s in self.info]
         n = len(self.count_problems) + sum(len(x) for x in (self.missing, self.unpaired_labels, self.unreadable,
                                                             self.shape_problems, self.checksum_problems,
@@ -152,7 +152,7 @@ def verify(manifest, root: str | os.PathLike, *, layout: str | None = None, subs
         rep.missing_ids = sorted(wanted - have)
         extra = sorted(have - wanted)
         if extra:
-            rep.problems.append(f"case ids outside the published ranges: {', '.join(map(str, extra[:_SHOW]))}")
+            rep.problems.append(f"case ids outside the published ranges: {', '.join(map(str, extra[:SHOW_PATHS]))}")
     _check_rule(m, root, items, rep)
     if checksums:
         _check_files(m, root, rep)
@@ -237,4 +237,4 @@ def _deep(m: dict, root: Path, items: list[Item], rep: VerifyReport, progress: b
         elif known:
             odd = sorted(set(np.unique(lab).tolist()) - known)
             if odd:
-                rep.problems.append(f"{it.label}: label values {odd[:_SHOW]} are not in the label map")
+                rep.problems.append(f"{it.label}: label values {odd[:SHOW_PATHS]} are not in the label map")

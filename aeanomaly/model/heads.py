@@ -197,7 +197,8 @@ class SupervisedHead:
         flip = self.flip if self.flip is not None else (0.0 if self.kind == "unet" and len(self.classes_) > 1 else 0.5)
         return {**AUGMENT_DEFAULTS, "flip": float(flip)}
 
-    def _build(self) -> keras.Model:
+    def build_model(self) -> keras.Model:
+        """The untrained Keras model these settings describe (compiled)."""
         common = dict(size=self.size, channels=self.channels, base_filters=self.base_filters, norm=self.norm,
                       learning_rate=self.learning_rate, jit_compile=self.jit_compile)
         if self.kind == "unet":
@@ -239,7 +240,7 @@ class SupervisedHead:
         if val is not None:
             val = self._check_xy(*val, "validation")
         keras.utils.set_random_seed(int(self.seed))
-        model = self._build()
+        model = self.build_model()
         self.history_ = train_model(
             model, x, y, kind=self.kind, n_classes=len(self.classes_), val=val, epochs=self.epochs,
             batch_size=self.batch_size, patience=self.patience, seed=self.seed, augment=self._augment_params(),

@@ -253,7 +253,7 @@ def test_cnn_head_round_trips_with_its_fusion(tmp_path):
     with pytest.raises(NotFittedError):
         head.to_dict()
     x = blobs(6)[0]
-    head.model_ = head._build()  # an untrained model is enough for the storage round trip
+    head.model_ = head.build_model()  # an untrained model is enough for the storage round trip
     head.fit_fusion([0.01, 0.5, 0.02, 0.7], [0.8, 0.3, 0.6, 0.2], [1, 0, 1, 0])
     save_head_files(tmp_path, head)
     loaded = load_head(tmp_path)
