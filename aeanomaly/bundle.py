@@ -88,6 +88,8 @@ def save_bundle(path: str | os.PathLike, det, overwrite: bool = False) -> Path:
                 save_training_curves(tmp / "training.png", history)
             if det.head_ is not None:
                 save_head_files(tmp, det.head_)
+            if getattr(det, "seg_model_", None) is not None:
+                save_segmenter_files(tmp, det.seg_model_, det.seg_history_ or {})
     except FileExistsError:
         raise BundleError("appeared while writing; not replaced", path) from None
     return path
@@ -172,8 +174,45 @@ def load_parts(path: str | os.PathLike) -> dict:
         raise BundleError(f"calibration.json: {err.reason}", path) from None
     model = load_keras_model(path / "model.keras", path)
     head = load_head(path) if (path / "head.json").is_file() else None
+    segmenter = (None, None)
+    if params.get("model_kind", "dae") != "dae" or (path / "seg.json").is_file():
+        segmenter = load_segmenter(path)
     return {"info": info, "model": model, "calibration": calibration,
-            "history": read_history_csv(path / "history.csv"), "head": head}
+            "history": read_history_csv(path / "history.csv"), "head": head, "segmenter": segmenter}
+
+
+# ---------------------------------------------------------------------------------------------
+# The self-supervised segmenter (model_kind "dae+seg")
+# ---------------------------------------------------------------------------------------------
+
+#: The segmenter's files inside a bundle.
+SEG_FILES = ("seg.keras", "seg.json")
+SEG_FORMAT_VERSION = 1
+
+
+def save_segmenter_files(directory: str | os.PathLike, model, history: dict) -> list[Path]:
+    """Write ``seg.keras`` and ``seg.json`` (format version, training history) into ``directory``."""
+    d = Path(directory)
+    with atomic_path(d / "seg.keras") as tmp:
+        model.save(tmp)
+    with atomic_path(d / "seg.json") as tmp:
+        dump_json(Path(tmp), {"format_version": SEG_FORMAT_VERSION, "model_kind": "dae+seg", "history": history})
+    return [d / f for f in SEG_FILES]
+
+
+def load_segmenter(bundle_dir: str | os.PathLike):
+    """(Keras model, training history) of the bundle's segmenter (safe_mode; stock layers only)."""
+    d = Path(bundle_dir)
+    missing = [f for f in SEG_FILES if not (d / f).is_file()]
+    if missing:
+        raise BundleError(f"a dae+seg bundle without its segmenter: missing {', '.join(missing)}", d)
+    try:
+        info = json.loads((d / "seg.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise BundleError(f"seg.json is unreadable: {err}", d) from None
+    if info.get("format_version") != SEG_FORMAT_VERSION:
+        raise BundleError(f"unknown seg.json format_version {info.get('format_version')!r}", d)
+    return load_keras_model(d / "seg.keras", d), info.get("history", {})
 
 
 # ---------------------------------------------------------------------------------------------

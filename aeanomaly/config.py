@@ -20,6 +20,9 @@ FIT_DEFAULTS = {
     "target_fpr": 0.05,
     "calib_method": "auto",
     "precision": "float32",
+    "model_kind": "dae",
+    "seg_epochs": 10,
+    "seg_filters": 16,
 }
 
 

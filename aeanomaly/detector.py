@@ -37,11 +37,15 @@ from .localize import Lesion, find_lesions
 from .masks import LUNG_THRESHOLD_HU, resolved_roi, scoring_region
 from .parallel import map_slices
 from .preprocess import HUWindow, PreparedScan, from_model_grid, model_to_input_yx, prepare_volume
-from .scoring import Analysis, ScoringParams, analyse, resolved_sign
+from .scoring import Analysis, ScoringParams, analyse, resolved_sign, scan_score, slice_scores
 from .splits import split_scans
 
 #: Scoring parameters and their defaults (the benchmarks choose them; see README "Benchmarks").
 SCORING_DEFAULTS = ScoringParams().to_dict()
+#: What the heatmap is: the autoencoder's residual, or a self-supervised segmenter's anomaly probability.
+MODEL_KINDS = ("dae", "dae+seg")
+#: At most this many normal training slices train the dae+seg segmenter (memory stays bounded).
+SEG_MAX_SLICES = 4000
 
 
 @dataclass
@@ -125,6 +129,14 @@ class AnomalyDetector:
     roi, slice_score, scan_aggregation, residual_sign, sigma_mm, erode_mm, opening_mm, pixel_quantile,
     min_lesion_mm2, min_lesion_mm3, min_body_fraction, slice_fdr
         Scoring and localisation: see :class:`aeanomaly.scoring.ScoringParams`.
+    model_kind : {"dae", "dae+seg"}
+        ``dae``: the heatmap is the smoothed reconstruction residual. ``dae+seg`` (self-supervised, DRAEM
+        style; :mod:`aeanomaly.model.selfsup`): after the autoencoder, a small U-Net that sees each slice
+        and its reconstruction is trained on normal slices with synthetic anomalies (blended patches of
+        other normal slices, intensity and texture changes, foreign-patch interpolation, smooth blobs)
+        to segment them; the heatmap is its per-pixel anomaly probability.
+    seg_epochs, seg_filters
+        Training epochs and base filters of that segmentation network.
 
     Fitted attributes
     -----------------
@@ -154,6 +166,8 @@ class AnomalyDetector:
         min_lesion_mm3: float | None = SCORING_DEFAULTS["min_lesion_mm3"],
         min_body_fraction: float = SCORING_DEFAULTS["min_body_fraction"],
         slice_fdr: float | None = SCORING_DEFAULTS["slice_fdr"],
+        model_kind: str = FIT_DEFAULTS["model_kind"], seg_epochs: int = FIT_DEFAULTS["seg_epochs"],
+        seg_filters: int = FIT_DEFAULTS["seg_filters"],
     ):
         self.window = window
         self.size = size
@@ -190,6 +204,9 @@ class AnomalyDetector:
         self.min_lesion_mm3 = min_lesion_mm3
         self.min_body_fraction = min_body_fraction
         self.slice_fdr = slice_fdr
+        self.model_kind = model_kind
+        self.seg_epochs = seg_epochs
+        self.seg_filters = seg_filters
 
     # -- sklearn-style parameter access ---------------------------------------------------------
     @classmethod
@@ -251,6 +268,12 @@ class AnomalyDetector:
             raise ConfigError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.model_kind not in MODEL_KINDS:
+            raise ConfigError(f"model_kind must be one of {', '.join(MODEL_KINDS)}, got {self.model_kind!r}")
+        for name in ("seg_epochs", "seg_filters"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         self.scoring_params()
         self.train_config()
         return window
@@ -376,11 +399,46 @@ class AnomalyDetector:
             region, roi = prep.body.copy(), "body"
             notes.append("no lung region found: scored in the body region")
         sign = resolved_sign(params.residual_sign, roi, unet)
-        out = analyse(image, np.asarray(reconstruction, np.float32), region, keep, prep.spacing, params, sign,
-                      note="; ".join(notes))
+        reconstruction = np.asarray(reconstruction, np.float32)
+        out = analyse(image, reconstruction, region, keep, prep.spacing, params, sign, note="; ".join(notes))
+        if getattr(self, "seg_model_", None) is not None:
+            out = self._with_anomaly_probability(out, prep, reconstruction, params)
         out.prepared = prep
         out.organ_labels = organs
         return out
+
+    def _with_anomaly_probability(self, out: Analysis, prep: PreparedScan, reconstruction: np.ndarray,
+                                  params: ScoringParams) -> Analysis:
+        """``out`` with the segmenter's anomaly probability as the heatmap (in the same mask), and the
+        slice and scan scores recomputed from it."""
+        from .model.selfsup import anomaly_probability
+
+        scored = out.mask.reshape(len(out.mask), -1).any(axis=1)
+        prob = np.zeros(out.heatmap.shape, np.float32)
+        if scored.any():
+            prob[scored] = anomaly_probability(self.seg_model_, prep.x[scored], reconstruction[scored])
+        out.heatmap = np.where(out.mask, prob, np.float32(0.0))
+        out.slice_scores = slice_scores(out.heatmap, out.mask, params.slice_score if params.slice_score != "mae" else "p99")
+        out.scan_score = scan_score(out.slice_scores, params.scan_aggregation)
+        return out
+
+    def _fit_segmenter(self, x: np.ndarray, verbose: int) -> None:
+        """Train the ``dae+seg`` segmenter on prepared normal training slices ``x`` (n, size, size, c); the
+        synthetic anomalies go into the scoring region (an Otsu lung mask for the lung region: the slices
+        are already windowed), or the body where a slice has none."""
+        from .masks import body_mask
+        from .model.selfsup import train_discriminator
+
+        image = x[..., self.channels // 2]
+        body = body_mask(image, is_hu=False)
+        roi = resolved_roi(self.roi, self.window_.name)
+        region = scoring_region(image, body, roi)
+        empty = ~region.reshape(len(region), -1).any(axis=1)
+        region[empty] = body[empty]  # slices without lung: anomalies anywhere in the body
+        self.seg_model_, self.seg_history_ = train_discriminator(
+            x, lambda b: self.reconstruct(b, precision="float32"), epochs=self.seg_epochs, batch_size=self.batch_size,
+            seed=self.seed, size=self.size, region=region, base_filters=self.seg_filters,
+            verbose=1 if verbose else 0)
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(
@@ -412,6 +470,9 @@ class AnomalyDetector:
         self.model_ = model
         self.window_ = window
         self.head_ = None
+        self.seg_model_ = self.seg_history_ = None
+        if self.model_kind == "dae+seg":
+            self._fit_segmenter(state.pop("train_slices"), verbose)
         self.history_ = state["history"]
         self.train_state_ = {k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from",
                                                        "n_train_slices", "n_val_slices")}
@@ -464,14 +525,18 @@ class AnomalyDetector:
                                                 self.window_, work, cfg, strict=strict, resume=False, verbose=verbose,
                                                 callbacks=[StartFromBundle()])
         old = (self.model_, self.history_, dict(self.train_state_), self.split_)
+        old_seg = (getattr(self, "seg_model_", None), getattr(self, "seg_history_", None))
         self.model_ = model
         self.history_ = state["history"]
+        if self.model_kind == "dae+seg":  # the segmenter learns from the new reconstructions
+            self._fit_segmenter(state.pop("train_slices"), verbose)
         self.split_ = {"train": [str(p) for p in train], "val": [str(p) for p in val],
                        "calib": self.split_.get("calib", list(self.calibration_sources_))}
         try:
             self.recalibrate(calib, strict=strict, verbose=verbose, note=f"{note}: recalibrated after fine-tuning")
         except BaseException:
             self.model_, self.history_, self.train_state_, self.split_ = old
+            self.seg_model_, self.seg_history_ = old_seg
             raise
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         entry = {"when": when, "note": note, "added": added, "epochs": int(state["epoch"]),
@@ -497,6 +562,9 @@ class AnomalyDetector:
                 raise ConfigError("no usable training slices: every training scan was unreadable or empty")
             model, state = train_autoencoder(cfg, store, train_idx, val_idx, work, resume=resume, verbose=verbose,
                                              callbacks=callbacks)
+            if self.model_kind == "dae+seg":  # the segmenter trains on (at most SEG_MAX_SLICES of) the same slices
+                pick = np.random.default_rng(self.seed).permutation(train_idx)[:SEG_MAX_SLICES]
+                state["train_slices"] = store.read(np.sort(pick))
         finally:
             store.close()
         state.update(n_train_slices=int(len(train_idx)), n_val_slices=int(len(val_idx)))
@@ -619,6 +687,7 @@ class AnomalyDetector:
         det.window_ = window
         det.calibration_ = parts["calibration"]
         det.head_ = parts["head"]
+        det.seg_model_, det.seg_history_ = parts["segmenter"]
         det.history_ = parts["history"]
         det.train_state_ = info.get("training", {})
         det.split_ = info.get("split", {})

@@ -95,73 +95,62 @@ def quality(q: dict) -> str:
     return "\n\n".join(parts)
 
 
+def _targets(targets: dict) -> list[list]:
+    rows = []
+    for k, v in targets.items():
+        val = v.get("value", v.get("value_s"))
+        met = "" if "met" not in v else f" (met: {f(v.get('met'))})"
+        rows.append([f"target {k}", "skipped" if "skipped" in v else f"{f(val, 3)}{met}"])
+    return rows
+
+
 def fit(d: dict) -> str:
-    s = d.get("summary", {})
-    n = s.get("N_scans")
-    rows = [
-        ["training throughput, 128 px (slices/s)", f(s.get("train_slices_per_s_128px"), 2)],
-        ["training throughput, 256 px (slices/s)", f(s.get("train_slices_per_s_256px"), 2)],
-        ["time spent producing batches (128 / 256 px)", f"{f(s.get('batch_production_fraction_128px'), 3)} / "
-                                                        f"{f(s.get('batch_production_fraction_256px'), 3)}"],
-        [f"peak RSS of `aeanomaly fit`, {n} vs {10 * n if n else '10N'} scans (MiB)",
-         f"{f(s.get('peak_rss_mib_N'), 0)} vs {f(s.get('peak_rss_mib_10N'), 0)} "
-         f"(×{f(s.get('peak_rss_ratio_10N_over_N'), 3)}; within 1.2×: {f(s.get('within_1.2x'))})"],
-        ["validation-MAE plateau (64 px, 24 scans)", f"best epoch {s.get('plateau_best_epoch')} of "
-         f"{s.get('plateau_epochs_run')}; within 2 % of the best from epoch {s.get('plateau_first_epoch_within_2pct')}"],
-    ]
-    return table(["training", "measured"], rows)
+    """Training throughput through ``train_autoencoder`` against the bare network's training step."""
+    c = d.get("config", {})
+    rows = []
+    for name, r in d.get("runs", {}).items():
+        b, ft = r.get("bare_network", {}), r.get("fit", {})
+        rows.append([name, f(b.get("train_slices_per_s"), 1), f(b.get("train_fraction_of_sgemm"), 2),
+                     f(ft.get("train_slices_per_s"), 1), f(ft.get("ratio_to_bare_train_step"), 2),
+                     f(ft.get("checkpoint_fraction_of_1000_slice_epoch"), 4)])
+    head = (f"`benchmarks/fit.py` ({c.get('slices')} slices, {c.get('epochs')} epochs, batch {c.get('batch_size')}; "
+            f"numpy sgemm {f(d.get('numpy_sgemm', {}).get('gflops_median'), 1)} GFLOP/s in the same run):\n\n")
+    out = head + table(["model", "bare training step (slices/s)", "of sgemm", "`fit` training (slices/s)",
+                        "÷ bare step", "checkpoint / 1000-slice epoch"], rows)
+    tr = [r for name, targets in d.get("targets", {}).items() for r in _targets({f"{name}: {k}": v for k, v in targets.items()})]
+    return out + "\n\n" + table(["training target", "measured"], tr) if tr else out
 
 
 def speed(d: dict) -> str:
+    """Network inference/training against sgemm, and the scoring pipeline by stage."""
+    c = d.get("config", {})
+    sc = c.get("scan_shape_zyx") or c.get("scan", {}).get("shape_zyx")
     rows = []
-    sc = d.get("config", {}).get("scan_shape_zyx")
-    for k, v in d.get("bare_predict", {}).items():
-        rows.append([f"bare `model.predict`, {k} (slices/s)", f(v["slices_per_s"], 2)])
-    p = d.get("pipeline")
-    if p:
-        rows.append([f"`score` pipeline on a {'×'.join(map(str, sc[::-1]))} NIfTI at 256 px, per scan (s)", f(p["total_s"], 1)])
-        rows.append(["pipeline slices/s ÷ bare predict slices/s", f(p["ratio_to_bare_predict_256"], 2)])
-        rows += [[f"  stage: {k} (s)", f(v, 2)] for k, v in p["stages_s"].items()]
-    ps = d.get("pipeline_serial_cpu_stages")
-    if ps and p:
-        rows.append([f"before: same pipeline with serial CPU stages (`AEANOMALY_THREADS=1`) (s); speed-up of "
-                     f"{p.get('cpu_stage_threads')} threads", f"{f(ps['total_s'], 1)}; ×{f(p.get('speedup_vs_serial_cpu_stages'), 2)}"])
-    bf = d.get("pipeline_bfloat16")
-    if bf:
-        rows.append(["same pipeline, `precision=\"bfloat16\"` (s); speed-up; reconstruction max / mean abs. difference",
-                     f"{f(bf['total_s'], 1)}; ×{f(bf.get('speedup_vs_float32_pipeline'), 2)}; "
-                     f"{f(bf.get('reconstruction_max_abs_diff'), 4)} / {f(bf.get('reconstruction_mean_abs_diff'), 4)}"])
-    c = d.get("cli_score")
-    if c:
-        rows.append(["`aeanomaly score` CLI, whole run incl. start-up (s) / peak RSS (MiB)",
-                     f"{f(c['wall_s'], 1)} / {f(c['peak_rss_mib'], 0)}"])
-    t = d.get("pytorch_peer")
-    if t and not t.get("skipped"):
-        rows.append([f"PyTorch peer ({t.get('torch')}), same weights (slices/s); `score`'s inference ÷ PyTorch; "
-                     "`model.predict` ÷ PyTorch",
-                     f"{f(t.get('best_slices_per_s'), 2)}; {f(t.get('package_infer_over_torch'), 2)}; "
-                     f"{f(t.get('keras_over_torch'), 2)}"])
-    sg = d.get("numpy_sgemm")
-    if sg:
-        rows.append(["numpy sgemm (GFLOP/s)", f(sg["gflops_median"], 1)])
-        b = d.get("bare_predict", {}).get("256px")
-        if b:
-            rows.append(["bare predict 256 px achieved (GFLOP/s)", f(b["achieved_gflops"], 1)])
-    for v in d.get("variants_256px", []):
-        if "slices_per_s" in v:
-            extra = f"; max abs. difference {f(v['max_abs_diff'], 4)}" if "max_abs_diff" in v else ""
-            rows.append([f"variant: {v['variant']} (slices/s)", f"{f(v['slices_per_s'], 2)} "
-                         f"(×{f(v.get('speedup_vs_bare_predict'), 2)} bare{extra})"])
-    o = d.get("overlap_io")
-    if o:
-        rows.append([f"loading the next scan during scoring ({o['n_scans']} scans): speed-up", f"×{f(o['speedup'], 2)}"])
-    rss = d.get("peak_rss_mib")
+    for name, n in d.get("networks", {}).items():
+        rows.append([name, f(n.get("gflop_per_slice"), 2), f(n.get("infer_slices_per_s"), 1),
+                     f(n.get("infer_fraction_of_sgemm"), 2), f(n.get("train_slices_per_s"), 1),
+                     f(n.get("train_fraction_of_sgemm"), 2)])
+    out = [f"Network alone (numpy sgemm {f(d.get('numpy_sgemm', {}).get('gflops_median'), 1)} GFLOP/s in the same run):",
+           "", table(["network", "GFLOP/slice", "inference (slices/s)", "of sgemm", "training (slices/s)", "of sgemm"], rows)]
+    prow = []
+    for name, p in d.get("pipelines", {}).items():
+        st = p.get("stages_s", {})
+        prow.append([name, f(p.get("total_s"), 2), *[f(v, 2) for v in st.values()], f(p.get("ratio_to_bare_infer"), 2),
+                     f(p.get("heatmap_write_fraction"), 3), f(p.get("compute_floor_s"), 2),
+                     f(p.get("extrapolated_300_slices_s"), 1)])
+    if prow:
+        stages = list(next(iter(d["pipelines"].values())).get("stages_s", {}))
+        out += ["", f"`score` pipeline on a {'×'.join(map(str, sc[::-1])) if sc else '?'} NIfTI at "
+                    f"{c.get('model_size_px', 256)} px, seconds per scan by stage:", "",
+                table(["network", "total", *stages, "÷ bare inference", "heatmap write share", "compute floor (s)",
+                       "300 slices, extrapolated (s)"], prow)]
+    tr = _targets(d.get("targets", {}))
+    rss = d.get("peak_rss_mib", {}).get("this_process")
     if rss:
-        rows.append(["peak RSS, benchmark process (MiB)", f(rss.get("this_process"), 0)])
-    for k, v in d.get("targets", {}).items():
-        val = v.get("value", v.get("value_s"))
-        rows.append([f"target {k}", "skipped" if "skipped" in v else f"{f(val, 3)} (met: {f(v.get('met'))})"])
-    return table(["scoring speed", "measured"], rows)
+        tr.append(["peak RSS, benchmark process (MiB)", f(rss, 0)])
+    if tr:
+        out += ["", table(["speed target", "measured"], tr)]
+    return "\n".join(out)
 
 
 def lesion_size(d: dict) -> str:

@@ -199,12 +199,11 @@ def test_unet_head_restricts_region_and_names_lesion_organs(hybrid, fitted_bundl
     assert cal["log"][-1]["what"] == "fit-head unet"  # calibrated on the head's region
     scan = load_scan(find_scans(phantom_test / "abnormal")[0])
     prep = det.prepare(scan)
-    image = prep.x[..., 0]
-    region = det.region(prep, image)
+    region = det.analyse(scan).region
     organs = organ_label_map(det.head_, prep.x)
     np.testing.assert_array_equal(region, (organs > 0) & prep.body)
     np.testing.assert_array_equal(region, det.head_.region_mask(prep.x) & prep.body)
-    assert region.any() and not np.array_equal(region, plain.region(prep, image))
+    assert region.any() and not np.array_equal(region, plain.analyse(scan).region)
     res = det.score_scan(scan)
     assert res.organ_labels is not None and res.head_proba is None and res.fused_proba is None
     assert (res.heatmap[res.organ_labels == 0] == 0).all()  # residuals count only inside the organ region
@@ -226,7 +225,7 @@ def test_score_cli_writes_head_columns(hybrid, phantom_test, tmp_path):
             "--overlays", "1", "--heatmaps", "none", "--quiet")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(open(out / "scores.csv")))
-    assert list(rows[0]) == OLD_SCORE_COLUMNS + ["head_proba", "fused_proba"] and len(rows) == 12
+    assert list(rows[0]) == OLD_SCORE_COLUMNS + ["head_proba", "fused_proba", "note"] and len(rows) == 12
     for row in rows:
         assert 0 <= float(row["head_proba"]) <= 1 and 0 < float(row["fused_proba"]) < 1
     slices = list(csv.DictReader(open(out / "slices.csv")))

@@ -50,8 +50,13 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--window", default=None, help="Window preset or 'W,L' in HU (overrides --region).")
 @click.option("--size", default=T["size"], show_default=True, type=click.IntRange(32, 512), help="Model grid in pixels.")
 @click.option("--channels", default=T["channels"], show_default=True, type=int, help="Slices per input (odd; >1 is 2.5-D).")
-@click.option("--model", "model_kind", type=click.Choice(["dae", "ae"]), default="dae", show_default=True,
-              help="dae: coarse-noise denoising AE with skips; ae: bottleneck AE of the seed papers.")
+@click.option("--model", "model_kind", type=click.Choice(["dae", "dae+seg", "ae"]), default=F["model_kind"],
+              show_default=True,
+              help="dae: coarse-noise denoising AE with skips, heatmap = residual; dae+seg: the same AE plus a "
+                   "self-supervised segmenter of synthetic anomalies, heatmap = its anomaly probability; ae: "
+                   "bottleneck AE of the seed papers.")
+@click.option("--seg-epochs", default=F["seg_epochs"], show_default=True, type=click.IntRange(1),
+              help="Training epochs of the dae+seg segmenter.")
 @click.option("--depth", default=T["depth"], show_default=True, type=click.IntRange(1, 7))
 @click.option("--base-filters", default=T["base_filters"], show_default=True, type=click.IntRange(1))
 @click.option("--latent-dim", default=T["latent_dim"], show_default=True, type=click.IntRange(1),
@@ -84,7 +89,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @deprecated_alias("--latent", "--latent-dim", "latent_dim", type=click.IntRange(1))
 @deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)
 @handles_errors
-def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base_filters, latent_dim, latent_kind,
+def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, depth, base_filters, latent_dim, latent_kind,
         loss, norm, epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction,
         target_fpr, calib_method, seed, precision, resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
@@ -114,8 +119,9 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, depth, base
 
     det = AnomalyDetector(
         window=window or REGION_WINDOWS[region], size=size, channels=channels, depth=depth, base_filters=base_filters,
-        latent=latent_kind, latent_dim=latent_dim, skip=model_kind == "dae",
-        noise_std=T["noise_std"] if model_kind == "dae" else 0.0, norm=norm, loss=loss, epochs=epochs, batch_size=batch_size,
+        latent=latent_kind, latent_dim=latent_dim, skip=model_kind != "ae",
+        model_kind="dae+seg" if model_kind == "dae+seg" else "dae", seg_epochs=seg_epochs,
+        noise_std=T["noise_std"] if model_kind != "ae" else 0.0, norm=norm, loss=loss, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, augment=augment, val_fraction=val_fraction,
         calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method, seed=seed,
         precision=precision,

@@ -31,7 +31,11 @@ def info(bundle):
         click.echo(f"format        {meta['format_version']} (aeanomaly {meta['aeanomaly_version']}, "
                    f"created {meta['created']})")
         click.echo(f"input         window {inp['window']}, {inp['size']} px, {inp['channels']} channel(s)")
-        click.echo(f"model         {'denoising AE with skips' if p['skip'] else 'bottleneck AE'}, depth {p['depth']}, "
+        kind = p.get("model_kind", "dae") if p["skip"] else "ae"
+        what = "denoising AE with skips" if p["skip"] else "bottleneck AE"
+        if kind == "dae+seg":
+            what += f" + self-supervised anomaly segmenter ({p.get('seg_epochs')} epochs): heatmap = its probability"
+        click.echo(f"model         {kind}: {what}, depth {p['depth']}, "
                    f"base filters {p['base_filters']}, latent {p['latent']} {p['latent_dim']}")
         click.echo(f"training      {tr.get('epoch')} epochs, best val loss {tr.get('best')}, "
                    f"{len(meta.get('split', {}).get('train', []))} train / "

@@ -42,10 +42,18 @@ def head_summary(det) -> dict:
 @click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any scan is labelled abnormal.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @click.option("--quiet", is_flag=True)
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a pool of Ray workers that each load the bundle once "
+                   "(pip install 'aeanomaly[distributed]'); resumable: re-run the same command after an interruption.")
+@click.option("--address", default=None, metavar="auto|HOST:PORT",
+              help="Ray cluster (--engine ray): 'auto' = the cluster this machine joined with `ray start`, "
+                   "HOST:PORT = a remote head; default: a local Ray instance.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray workers (--engine ray; default: one per CPU of the cluster).")
 @deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)
 @handles_errors
 def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, overlays, report, strict,
-          fail_on_anomaly, overwrite, quiet):
+          fail_on_anomaly, overwrite, quiet, engine, address, workers):
     """Score scans (files or folders) with a fitted BUNDLE.
 
     \b
@@ -61,6 +69,12 @@ def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, o
     check_open_unit("--slice-fdr", slice_fdr)
     if min_lesion_mm3 is not None and min_lesion_mm3 < 0:
         raise ConfigError(f"--min-lesion-mm3 must be ≥ 0, got {min_lesion_mm3}")
+    if engine == "local" and (address is not None or workers is not None):
+        raise ConfigError("--address and --workers need --engine ray")
+    if engine == "ray":
+        from ..distributed.ray_engine import require_ray  # imports no Ray
+
+        require_ray()
     check_output_dir(out, overwrite)
     paths = collect_scans(scans)
     check_bundle(bundle)
@@ -79,24 +93,34 @@ def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, o
         det.set_threshold(target_fpr=target_fpr, reason="score --target-fpr")
     from tqdm.auto import tqdm
 
-    with ResultsWriter(out, heatmaps=heatmaps, overlays=overlays, pixel_threshold=det.pixel_threshold_,
-                       report=report, overwrite=True) as writer:
-        for path, name in tqdm(list(zip(paths, output_names(paths))), desc="score", unit="scan", disable=quiet):
-            try:
-                res = det.score_scan(path)
-            except (AeAnomalyError, OSError, MemoryError) as err:
-                if strict:
-                    raise
-                writer.add(path, name, err)
-                continue
-            writer.add(path, name, res)
-        if writer.n_scored == 0:  # nothing usable: exit 2, write nothing
-            raise EmptyInputError(f"{writer.errors[0]} (none of the {len(paths)} scans could be scored)")
-        cal = det.calibrator_
-        writer.finish(summary={"bundle": str(bundle), "calibration method": method_in_force(cal),
-                               "target FPR": det.target_fpr_, "threshold": cal.threshold_,
-                               "normal calibration scans": len(det.calibration_sources_), **head_summary(det),
-                               "aeanomaly version": __version__})
+    cal = det.calibrator_
+    summary = {"bundle": str(bundle), "calibration method": method_in_force(cal), "target FPR": det.target_fpr_,
+               "threshold": cal.threshold_, "normal calibration scans": len(det.calibration_sources_),
+               **head_summary(det), "aeanomaly version": __version__}
+    if engine == "ray":
+        from ..distributed.ray_engine import score_folder_on_ray
+
+        params = {k: v for k, v in (("slice_fdr", slice_fdr), ("min_lesion_mm3", min_lesion_mm3)) if v is not None}
+        with tqdm(total=len(paths), desc="score", unit="scan", disable=quiet) as bar:
+            writer, _ = score_folder_on_ray(
+                bundle, paths, out, heatmaps=heatmaps, overlays=overlays, pixel_threshold=det.pixel_threshold_,
+                report=report, overwrite=True, summary=summary, address=address, workers=workers, params=params,
+                target_fpr=target_fpr, strict=strict, on_result=lambda rec: bar.update(1))
+    else:
+        with ResultsWriter(out, heatmaps=heatmaps, overlays=overlays, pixel_threshold=det.pixel_threshold_,
+                           report=report, overwrite=True) as writer:
+            for path, name in tqdm(list(zip(paths, output_names(paths))), desc="score", unit="scan", disable=quiet):
+                try:
+                    res = det.score_scan(path)
+                except (AeAnomalyError, OSError, MemoryError) as err:
+                    if strict:
+                        raise
+                    writer.add(path, name, err)
+                    continue
+                writer.add(path, name, res)
+            if writer.n_scored == 0:  # nothing usable: exit 2, write nothing
+                raise EmptyInputError(f"{writer.errors[0]} (none of the {len(paths)} scans could be scored)")
+            writer.finish(summary=summary)
     n_err, n_abn = writer.n_errors, writer.n_abnormal
     say(quiet, f"scored {writer.n_scored} scans: {n_abn} abnormal at target FPR {det.target_fpr_}"
                + (f", {n_err} unreadable (see scores.csv)" if n_err else ""))
