@@ -46,6 +46,8 @@ SCORING_DEFAULTS = ScoringParams().to_dict()
 MODEL_KINDS = ("dae", "dae+seg")
 #: At most this many normal training slices train the dae+seg segmenter (memory stays bounded).
 SEG_MAX_SLICES = 4000
+#: Radii of the synthetic anomalies as fractions of the grid (the real-CT benchmark's setting).
+SEG_RADIUS_FRACTION = (0.008, 0.06)
 
 
 @dataclass
@@ -438,7 +440,7 @@ class AnomalyDetector:
         self.seg_model_, self.seg_history_ = train_discriminator(
             x, lambda b: self.reconstruct(b, precision="float32"), epochs=self.seg_epochs, batch_size=self.batch_size,
             seed=self.seed, size=self.size, region=region, base_filters=self.seg_filters,
-            verbose=1 if verbose else 0)
+            radius_fraction=SEG_RADIUS_FRACTION, verbose=1 if verbose else 0)
 
     # -- fit -------------------------------------------------------------------------------------
     def fit(

@@ -145,6 +145,7 @@ def create_app(bundle_dir: str | os.PathLike, db_path: str | os.PathLike, scans_
     app.config.update(MAX_CONTENT_LENGTH=state.max_bytes + (64 << 10), SESSION_COOKIE_HTTPONLY=True,
                       SESSION_COOKIE_SAMESITE="Strict", PROPAGATE_EXCEPTIONS=False, TRAP_HTTP_EXCEPTIONS=False)
     app.jinja_loader = DictLoader(TEMPLATES)
+    app.jinja_env.autoescape = True  # the templates are named without .html: escape every one of them
     app.extensions["aeanomaly_review"] = state
 
     def csrf_token() -> str:

@@ -34,7 +34,7 @@ progress{width:300px} #lesions tr.here td{background:#233}
 {% block scripts %}{% endblock %}
 </body></html>"""
 
-WORKLIST = """{% extends "base" %}{% block main %}
+WORKLIST = """{% extends "base.html" %}{% block main %}
 <form method="post" action="{{ url_for('upload') }}" enctype="multipart/form-data" id="upload-form">
 <input type="hidden" name="csrf_token" value="{{ csrf_token() }}">
 <input type="file" name="scan" id="upload-file" required> <button type="submit" id="upload-btn">Upload and score</button>
@@ -54,7 +54,7 @@ WORKLIST = """{% extends "base" %}{% block main %}
 {% block scripts %}{% if pending %}<script src="{{ url_for('script', name='worklist.js') }}"></script>{% endif %}
 {% endblock %}"""
 
-VIEWER = """{% extends "base" %}{% block title %}{{ scan.name }} · aeanomaly review{% endblock %}
+VIEWER = """{% extends "base.html" %}{% block title %}{{ scan.name }} · aeanomaly review{% endblock %}
 {% block main %}
 <h2>{{ scan.name }}</h2>
 {% if scan.status != 'done' %}
@@ -105,7 +105,7 @@ p-value {{ fmt(scan.p_value) }}, threshold {{ fmt(scan.threshold) }}; {{ scan.n_
 {% elif scan.status != 'error' %}<script src="{{ url_for('script', name='progress.js') }}"></script>{% endif %}
 {% endblock %}"""
 
-ERROR = """{% extends "base" %}{% block title %}{{ code }} · aeanomaly review{% endblock %}
+ERROR = """{% extends "base.html" %}{% block title %}{{ code }} · aeanomaly review{% endblock %}
 {% block main %}<h2>{{ title }}</h2><p class="err" id="error-message">{{ message }}</p>
 <p><a href="{{ url_for('worklist') }}">Back to the worklist</a></p>{% endblock %}"""
 
@@ -215,5 +215,5 @@ listMissed(); show(z);
 })();"""
 
 SCRIPTS = {"viewer.js": VIEWER_JS, "progress.js": PROGRESS_JS, "worklist.js": WORKLIST_JS}
-TEMPLATES = {"base": BASE, "worklist.html": WORKLIST, "viewer.html": VIEWER, "error.html": ERROR,
+TEMPLATES = {"base.html": BASE, "worklist.html": WORKLIST, "viewer.html": VIEWER, "error.html": ERROR,
              "report.html": REPORT}

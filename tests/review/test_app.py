@@ -11,9 +11,8 @@ import pytest
 
 pytest.importorskip("flask")
 
-from aeanomaly.errors import BundleError, ConfigError  # noqa: E402
+from aeanomaly.errors import BundleError  # noqa: E402
 from aeanomaly.review.app import create_app  # noqa: E402
-from aeanomaly.review.server import check_bind  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -276,16 +275,6 @@ def test_token_required_when_configured(make_app):
     assert client.get("/").status_code == 200  # the session remembers
     other = app.test_client()
     assert other.get("/api/scans", headers={"Authorization": "Bearer " + "t" * 20}).status_code == 200
-
-
-def test_check_bind_requires_a_token_off_localhost():
-    assert check_bind("127.0.0.1", None) == (None, False)
-    assert check_bind("localhost", None) == (None, False)
-    token, generated = check_bind("0.0.0.0", None)
-    assert generated and len(token) >= 16
-    assert check_bind("192.168.1.5", "x" * 16) == ("x" * 16, False)
-    with pytest.raises(ConfigError, match="at least 16"):
-        check_bind("0.0.0.0", "short")
 
 
 def test_bundle_that_cannot_load_is_refused(fitted_bundle, tmp_path):

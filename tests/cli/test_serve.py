@@ -1,8 +1,8 @@
-"""`aeanomaly serve` and `aeanomaly feedback export|stats` as commands."""
+"""`aeanomaly serve` as a command: bundle refusals, localhost vs token binds, a port in use, option errors
+(the blocking server loop is replaced; the app itself is tested in tests/review/)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -10,16 +10,15 @@ from click.testing import CliRunner
 
 pytest.importorskip("flask")
 
-from aeanomaly.cli.feedback import feedback  # noqa: E402
 from aeanomaly.cli.serve import serve  # noqa: E402
 from aeanomaly.review import server  # noqa: E402
-from aeanomaly.review.db import FeedbackDB  # noqa: E402
 
 
 @pytest.fixture
 def served(monkeypatch):
     """Replace the blocking server loop; record what it was asked to serve."""
     calls = []
+
     def fake(app, host, port, on_ready=None):
         calls.append((app, host, port))
         on_ready(port)
@@ -78,31 +77,3 @@ def test_serve_option_errors(fitted_bundle, tmp_path, served):
     r = CliRunner().invoke(serve, [str(fitted_bundle), "--scans", str(tmp_path / "none"), "--quiet"])
     assert r.exit_code == 2 and "scans folder does not exist" in r.output
     assert not served
-
-
-def test_feedback_export_and_stats(tmp_path, fitted_bundle, abnormal_phantom):
-    db = FeedbackDB(tmp_path / "r.sqlite")
-    sid, _ = db.add_scan("a" * 64, abnormal_phantom, "v1")
-    db.record_result(sid, scan_score=0.5, p_value=0.01, label="abnormal", threshold=0.1, n_slices=8, lesions=[])
-    db.add_missed(sid, 2, 30, 30, "dr a", "nodule")
-    db.add_review(sid, "confirm", "dr a")
-    db.close()
-    runner = CliRunner()
-    res = runner.invoke(feedback, ["export", "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out")])
-    assert res.exit_code == 0, res.output
-    assert "1 abnormal" in res.output and (tmp_path / "out" / "masks" / "phantom_0007_mask.nii.gz").is_file()
-    res = runner.invoke(feedback, ["export", "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out")])
-    assert res.exit_code == 2 and "--overwrite" in res.output
-    res = runner.invoke(feedback, ["stats", "--db", str(tmp_path / "r.sqlite")])
-    assert res.exit_code == 0 and "sensitivity 1.000" in res.output and "1 missed" in res.output
-    res = runner.invoke(feedback, ["stats", "--db", str(tmp_path / "r.sqlite"), "--bundle", str(fitted_bundle),
-                                   "--json"])
-    assert res.exit_code == 0, res.output
-    s = json.loads(res.output)
-    assert s["threshold"] is not None and s["n_reviewed"] == 1
-    res = runner.invoke(feedback, ["stats", "--db", str(tmp_path / "missing.sqlite")])
-    assert res.exit_code == 2 and "feedback database does not exist" in res.output
-    junk = tmp_path / "junk.sqlite"
-    junk.write_bytes(b"junk" * 1000)
-    res = runner.invoke(feedback, ["stats", "--db", str(junk)])
-    assert res.exit_code == 2 and "not a usable feedback database" in res.output

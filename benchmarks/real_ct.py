@@ -1,0 +1,434 @@
+"""The real-CT benchmark that decides (issue 15): real normals for training, real nodules and injected
+lesion kinds at full resolution in HU for testing, every method through the product's public API.
+
+    python benchmarks/real_ct.py                 # → benchmarks/results/real_ct.json
+    python benchmarks/real_ct.py --quick         # 64 px, 1 epoch, a few scans (< 3 min on 2 cores)
+    python benchmarks/real_ct.py --sizes 128 256 --channels 1 3 --epochs 20 --seg-epochs 8
+
+Protocol (data: :mod:`real_ct_data`; methods and metrics: :mod:`real_ct_maps`; tables: :mod:`real_ct_tables`):
+
+* **Training normals, split by patient**: TCGA-LUAD slices (patient = DICOM PatientID), kmader-lungs-512
+  (one LUNA16 scan each), the nodule-free slabs (≥ 10 mm from any reader's outline) of the LIDC patient
+  *not* under test, and the chest part of totalseg-examples. 30 % of the TCGA / kmader patients are held
+  back (same for every fold): half *tune*, half *test*. ``AnomalyDetector.fit`` splits the training
+  normals again (by patient) into train / validation / calibration.
+* **Test A, real nodules** (two folds: a model never saw the patient it scores): the whole LIDC volume
+  through ``AnomalyDetector.analyse``; slice AUROC (nodule slices vs slices no reader marked),
+  pixel AUROC / AUPRC in the lungs against the consensus (≥ 2 readers), nodules hit by a lesion
+  (``find_lesions`` at the calibrated pixel threshold), false lesions per scan, time per scan.
+* **Test normals**: held-back test patients' scans: observed FPR at the target and false lesions per scan.
+* **Test B, lesion kinds** in HU at full resolution (:mod:`real_ct_lesions`, 4–30 mm in three size
+  classes) in held-back patients' slices: the *tune* patients with the tuning kinds only choose between
+  the self-supervised map alone and its fusion with the residual; the *test* patients report every kind,
+  the held-out kinds apart, per kind and per size.
+* **Methods**: ``dae`` (the product as configured), ``dae+seg`` (model kind of
+  :mod:`aeanomaly.model.selfsup`, composed here from its public functions until ``fit`` offers it),
+  baselines ``pca``, ``intensity``, ``log``, ``hessian`` on the same prepared scans and masks.
+* **Variants**: model grid (``--sizes``) × channels (``--channels``: 1 or 3 = 2.5-D).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+import real_ct_data as RD  # noqa: E402
+import real_ct_lesions as RL  # noqa: E402
+import real_ct_maps as RM  # noqa: E402
+
+#: Synthetic anomaly radii for the self-supervised training, as a fraction of the model grid's side:
+#: ≈ 3–21 mm on a 350 mm field of view (nodules are 3–30 mm across).
+SEG_RADIUS_FRACTION = (0.008, 0.06)
+GOALS = {"slice_auroc": 0.90, "pixel_auprc": 0.30, "false_lesions_per_normal_scan": 1.0,
+         "held_out_kinds_ge8mm_slice_auroc": 0.90, "fpr_tolerance": 0.02}
+
+
+# ------------------------------------------------------------------------------------------------
+# fitting one variant
+# ------------------------------------------------------------------------------------------------
+
+def pca_fn(det, paths, variance: float = 0.95, max_slices: int = 2000):
+    """PCA on the prepared centre channel of the detector's training slices: (reconstruct, n_components)."""
+    from sklearn.decomposition import PCA
+
+    from aeanomaly.io import load_scan
+
+    xs = []
+    for p in paths:
+        prep = det.prepare(load_scan(p))
+        xs.append(prep.x[prep.keep][..., det.channels // 2])
+    flat = np.concatenate(xs)[:max_slices].reshape(-1, det.size * det.size)
+    pca = PCA(n_components=min(variance, len(flat) - 1) if len(flat) > 2 else 1, svd_solver="full",
+              random_state=0).fit(flat)
+
+    def reconstruct(x):
+        f = x[..., det.channels // 2].reshape(len(x), -1)
+        return np.clip(pca.inverse_transform(pca.transform(f)), 0, 1).reshape(x.shape[:3]).astype(np.float32)
+
+    return reconstruct, int(pca.n_components_)
+
+
+def seg_training_slices(det, paths, max_slices: int = 3000):
+    """Prepared training slices ``(n, s, s, c)`` and their scoring regions (lungs, else body)."""
+    from aeanomaly.io import load_scan
+
+    xs, regions = [], []
+    for p in paths:
+        prep = det.prepare(load_scan(p))
+        k = prep.keep
+        if not k.any():
+            continue
+        a = det.analyse_prepared(prep, np.zeros(prep.x.shape[:3], np.float32))
+        reg = np.where(a.region.reshape(len(k), -1).any(1)[:, None, None], a.region, prep.body)
+        xs.append(prep.x[k])
+        regions.append(reg[k])
+    return np.concatenate(xs)[:max_slices], np.concatenate(regions)[:max_slices]
+
+
+def fit_variant(sets, size, channels, cfg, seed) -> tuple:
+    from aeanomaly.detector import AnomalyDetector
+    from aeanomaly.io import load_scan
+    from aeanomaly.model.selfsup import train_discriminator
+
+    det = AnomalyDetector(window="lung", size=size, channels=channels, epochs=cfg["epochs"],
+                          batch_size=cfg["batch_size"], seed=seed, val_fraction=0.12, calib_fraction=0.3,
+                          target_fpr=0.05)
+    t0 = time.perf_counter()
+    det.fit([i.path for i in sets.train], groups=[i.patient for i in sets.train], verbose=0)
+    info = {"fit_s": round(time.perf_counter() - t0, 1), "epochs_run": len(det.history_.get("loss", [])),
+            "n_train_slices": det.train_state_.get("n_train_slices"), "n_calib_scans": len(det.split_["calib"]),
+            "skipped": det.skipped_}
+    seg = None
+    if cfg["seg_epochs"] > 0:
+        t0 = time.perf_counter()
+        x, reg = seg_training_slices(det, det.split_["train"])
+        seg, hist = train_discriminator(x, det.reconstruct, epochs=cfg["seg_epochs"], batch_size=cfg["batch_size"],
+                                        seed=seed, size=size, region=reg, steps_per_epoch=cfg.get("seg_steps"),
+                                        base_filters=cfg["seg_filters"], depth=3,
+                                        radius_fraction=SEG_RADIUS_FRACTION)
+        info["seg"] = {"fit_s": round(time.perf_counter() - t0, 1), "loss": hist["loss"], "n_slices": int(len(x)),
+                       "families": hist["families"]}
+    pca, ncomp = pca_fn(det, det.split_["train"])
+    info["pca_components"] = ncomp
+    methods = RM.Methods(det, seg_model=seg, pca=pca)
+    calib_scans = [load_scan(p) for p in det.split_["calib"]]
+    if seg is not None:
+        methods.fix_residual_scale(calib_scans)
+    return det, methods, calib_scans, info
+
+
+# ------------------------------------------------------------------------------------------------
+# Test A: the real nodules of one LIDC patient, whole volume
+# ------------------------------------------------------------------------------------------------
+
+def test_a(methods, cal, root, patient) -> dict:
+    from aeanomaly.preprocess import mask_to_model_grid
+
+    det = methods.det
+    scan, readers = RD.lidc_volume(root, patient)
+    a, maps, times = methods.maps(scan)
+    any_m = mask_to_model_grid(readers > 0, det.size)
+    cons = mask_to_model_grid(readers >= 2, det.size)
+    y = (readers.reshape(len(readers), -1).max(1) > 0).astype(int)
+    scored = a.mask.reshape(len(y), -1).any(1)
+    region = (a.region | cons) & scored[:, None, None]
+    nodules, n_nod = ndi_label(cons)
+    near = ndi_dilate(any_m, 2)
+    out = {}
+    for name, heat in maps.items():
+        s, _ = methods.scores(a, heat, name)
+        r = {"slice": RM.auroc_pm(y, s), **RM.pixel_scores([heat], [cons], [region]), "time_s": round(times[name], 2),
+             "consensus_in_scoring_mask": float((cons & a.mask).sum() / max(int(cons.sum()), 1))}
+        if name in cal:
+            c = cal[name]
+            lesions, labels = RM.lesions_of(det, heat, a.prepared, c)
+            hit = [bool((labels[nodules == k] > 0).any()) for k in range(1, n_nod + 1)]
+            false = [lab for lab in np.unique(labels[labels > 0]) if not near[labels == lab].any()]
+            pred = np.asarray(c.slice.predict(np.nan_to_num(s, nan=-np.inf)), bool)
+            r.update(n_nodules=n_nod, nodules_hit=int(sum(hit)), n_lesions=len(lesions), false_lesions=len(false),
+                     slice_sensitivity=float(pred[y == 1].mean()) if (y == 1).any() else None,
+                     slice_fpr=float(pred[(y == 0) & scored].mean()) if ((y == 0) & scored).any() else None)
+        out[name] = r
+    return out
+
+
+def ndi_label(mask):
+    from scipy import ndimage as ndi
+
+    return ndi.label(mask, structure=np.ones((3, 3, 3), bool))
+
+
+def ndi_dilate(mask, r):
+    from scipy import ndimage as ndi
+
+    return ndi.binary_dilation(mask, structure=np.ones((1, 2 * r + 1, 2 * r + 1), bool)) if mask.any() else mask
+
+
+# ------------------------------------------------------------------------------------------------
+# held-back normals and Test B
+# ------------------------------------------------------------------------------------------------
+
+def test_normals(methods, cal, items) -> dict:
+    from aeanomaly.io import load_scan
+
+    flagged = {n: [] for n in cal}
+    false = {n: [] for n in cal}
+    for it in items:
+        a, maps, _ = methods.maps(load_scan(it.path))
+        for n in cal:
+            s, agg = methods.scores(a, maps[n], n)
+            if not np.isfinite(agg):
+                continue
+            flagged[n].append(bool(np.asarray(cal[n].scan.predict(agg)).ravel()[0]))
+            _, labels = RM.lesions_of(methods.det, maps[n], a.prepared, cal[n])
+            false[n].append(int(len(np.unique(labels[labels > 0]))))
+    return {n: {"n_scans": len(flagged[n]), "observed_fpr": float(np.mean(flagged[n])) if flagged[n] else None,
+                "target_fpr": float(cal[n].target_fpr), "false_lesions_per_scan": float(np.mean(false[n])) if false[n] else None}
+            for n in cal}
+
+
+def lesion_cases(items, kinds, seed, max_hosts=None) -> list[dict]:
+    """Clean host slices plus one lesion slice per (host, kind), sizes cycling through :data:`RL.SIZES`."""
+    from aeanomaly.io import load_scan
+    from aeanomaly.io.validate import checked_scan
+
+    rng = np.random.default_rng(seed)
+    classes = list(RL.SIZES)
+    cases = []
+    for j, it in enumerate(items[:max_hosts] if max_hosts else items):
+        scan = load_scan(it.path)
+        z = len(scan.hu) // 2
+        hu = scan.hu[z]
+        lung = RL.lung_mask_hu(hu)
+        if lung.sum() < 200:
+            continue
+        one = lambda v, tag: checked_scan(v[None].astype(np.float32), scan.spacing, scan.affine,  # noqa: E731
+                                          f"{it.path}#{tag}", dict(scan.meta))
+        cases.append({"scan": one(hu, "clean"), "truth": None, "kind": "normal", "size": "", "host": it.patient})
+        for k, kind in enumerate(kinds):
+            size = classes[(j + k) % len(classes)]
+            try:
+                new, mask = RL.inject(hu, lung, scan.spacing[1:], kind, float(rng.uniform(*RL.SIZES[size])), rng)
+            except ValueError:
+                continue
+            cases.append({"scan": one(new, kind), "truth": mask[None], "kind": kind, "size": size, "host": it.patient})
+    return cases
+
+
+def test_b(methods, cal, cases) -> dict:
+    from aeanomaly.preprocess import mask_to_model_grid
+
+    det = methods.det
+    rows = []
+    cal = cal or {}
+    for c in cases:
+        a, maps, _ = methods.maps(c["scan"])
+        truth = np.zeros(a.image.shape, bool) if c["truth"] is None else mask_to_model_grid(c["truth"], det.size)
+        rows.append((c, a, maps, truth))
+    kinds = np.array([c["kind"] for c, *_ in rows])
+    sizes = np.array([c["size"] for c, *_ in rows])
+    y = (kinds != "normal").astype(int)
+    out = {"n_normal": int((y == 0).sum()), "n_lesion": int(y.sum()), "methods": {},
+           "cases": [{"host": c["host"], "kind": c["kind"], "size": c["size"]} for c, *_ in rows]}
+    for name in rows[0][2] if rows else ():
+        s = np.array([methods.scores(a, maps[name], name)[0][0] for _, a, maps, _ in rows])
+        m = {"per_kind": {}, "per_size": {}}
+        for kind in sorted(set(kinds) - {"normal"}):
+            sel = (kinds == "normal") | (kinds == kind)
+            ab = [i for i in np.flatnonzero(kinds == kind)]
+            pix = RM.pixel_scores([rows[i][2][name] for i in ab], [rows[i][3] for i in ab],
+                                  [(rows[i][1].region | rows[i][3]) for i in ab])
+            det_rate = None
+            if name in cal:
+                hits = [bool((RM.lesions_of(det, rows[i][2][name], rows[i][1].prepared, cal[name])[1][rows[i][3]] > 0).any())
+                        for i in ab]
+                det_rate = float(np.mean(hits)) if hits else None
+            inside = [float((rows[i][3] & rows[i][1].mask).sum() / max(int(rows[i][3].sum()), 1)) for i in ab]
+            m["per_kind"][kind] = {**RM.auroc_pm(y[sel], s[sel]), "pixel_auprc": pix["pixel_auprc"],
+                                   "lesion_detection_rate": det_rate,
+                                   "lesion_in_scoring_mask": float(np.mean(inside)) if inside else None}
+        for size in RL.SIZES:
+            sel = (kinds == "normal") | (sizes == size)
+            m["per_size"][size] = RM.auroc_pm(y[sel], s[sel])
+        for group, ks in (("tuning_kinds", RL.TUNING_KINDS), ("held_out_kinds", RL.HELD_OUT_KINDS)):
+            sel = (kinds == "normal") | np.isin(kinds, ks)
+            m[group] = RM.auroc_pm(y[sel], s[sel])
+            big = (kinds == "normal") | (np.isin(kinds, ks) & np.isin(sizes, ("8-15mm", "15-30mm")))
+            m[group + "_ge8mm"] = RM.auroc_pm(y[big], s[big])
+        # paired: how often a lesion raises the score of its own host slice (blind to between-patient spread)
+        clean = {rows[i][0]["host"]: s[i] for i in np.flatnonzero(y == 0)}
+        pairs = [(s[i] > clean[rows[i][0]["host"]]) for i in np.flatnonzero(y == 1)
+                 if rows[i][0]["host"] in clean and np.isfinite(s[i]) and np.isfinite(clean[rows[i][0]["host"]])]
+        m["paired_raise_rate"] = float(np.mean(pairs)) if pairs else None
+        m["case_scores"] = [None if not np.isfinite(v) else round(float(v), 6) for v in s]
+        ab = np.flatnonzero(y == 1)
+        m["pixel"] = RM.pixel_scores([rows[i][2][name] for i in ab], [rows[i][3] for i in ab],
+                                     [(rows[i][1].region | rows[i][3]) for i in ab]) if len(ab) else {}
+        out["methods"][name] = m
+    return out
+
+
+SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
+
+
+def choose_slice_scores(methods, cases) -> dict:
+    """Per method, the slice score (of :data:`SLICE_SCORE_CHOICES`) with the best slice AUROC on the tune
+    cases (tune patients, tuning kinds only); sets ``methods.slice_score`` and returns the table."""
+    rows = [(c["kind"] != "normal", *methods.maps(c["scan"])[:2]) for c in cases]
+    y = np.array([r[0] for r in rows], int)
+    table = {}
+    for name in methods.names:
+        aucs = {}
+        for m in SLICE_SCORE_CHOICES:
+            s = np.array([methods.scores(a, maps[name], method=m)[0][0] for _, a, maps in rows])
+            aucs[m] = RM.auroc_pm(y, s)["auroc"]
+        best = max(aucs, key=lambda k: -1 if aucs[k] is None else aucs[k])
+        methods.slice_score[name] = best
+        table[name] = {"chosen": best, "tune_auroc": aucs}
+    return table
+
+
+def choose_seg(tune: dict) -> str | None:
+    """The self-supervised map (alone or fused) with the higher tune AUROC + pixel AUPRC (tuning kinds)."""
+    best, key = None, -1.0
+    for name in ("dae+seg", "dae+seg(fused)"):
+        m = tune["methods"].get(name)
+        if m is None:
+            continue
+        v = (m["tuning_kinds"]["auroc"] or 0) + (m["pixel"].get("pixel_auprc") or 0)
+        if v > key:
+            best, key = name, v
+    return best
+
+
+# ------------------------------------------------------------------------------------------------
+# driver
+# ------------------------------------------------------------------------------------------------
+
+def summary(variants: list[dict]) -> list[dict]:
+    """Per (size, channels, method): Test A pooled over folds and the Test B / normals means."""
+    rows = {}
+    for v in variants:
+        for name, r in v["test_a"].items():
+            key = (v["size"], v["channels"], name)
+            d = rows.setdefault(key, {"size": v["size"], "channels": v["channels"], "method": name, "folds": 0,
+                                      "slice_auroc": [], "slice_auroc_pm95": [], "pixel_auprc": [], "pixel_auroc": [], "nodules": 0,
+                                      "nodules_hit": 0, "false_lesions": [], "time_s": [], "fpr": [],
+                                      "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": []})
+            d["folds"] += 1
+            d["slice_auroc"].append(r["slice"]["auroc"])
+            d["slice_auroc_pm95"].append(r["slice"]["auroc_pm95"])
+            d["pixel_auprc"].append(r["pixel_auprc"])
+            d["pixel_auroc"].append(r["pixel_auroc"])
+            d["nodules"] += r.get("n_nodules", 0)
+            d["nodules_hit"] += r.get("nodules_hit", 0)
+            d["false_lesions"].append(r.get("false_lesions"))
+            d["time_s"].append(r["time_s"])
+            n = v["normals"].get(name, {})
+            d["fpr"].append(n.get("observed_fpr"))
+            d["false_per_normal"].append(n.get("false_lesions_per_scan"))
+            b = v["test_b"]["test"]["methods"].get(name, {})
+            d["b_held"].append((b.get("held_out_kinds") or {}).get("auroc"))
+            d["b_held8"].append((b.get("held_out_kinds_ge8mm") or {}).get("auroc"))
+            d["b_held8_pm95"].append((b.get("held_out_kinds_ge8mm") or {}).get("auroc_pm95"))
+            d["b_tune"].append((b.get("tuning_kinds") or {}).get("auroc"))
+    mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None  # noqa: E731
+    out = []
+    for d in rows.values():
+        out.append({k: (mean(v) if isinstance(v, list) else v) for k, v in d.items()})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run (64 px, 1 epoch, a few scans)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=None)
+    ap.add_argument("--channels", type=int, nargs="+", default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--seg-epochs", type=int, default=None)
+    ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    root = RD.shared_data()
+    why = RD.available(root)
+    if why:
+        print(f"real_ct: {why}", file=sys.stderr)
+        return 2
+    q = args.quick
+    cfg = {"sizes": args.sizes or ([64] if q else [128]), "channels": args.channels or ([1] if q else [3]),
+           "epochs": args.epochs or (1 if q else 15), "seg_epochs": args.seg_epochs if args.seg_epochs is not None else (1 if q else 6),
+           "batch_size": 8 if q else 16, "seg_filters": 8 if q else 16, "seg_steps": 3 if q else None,
+           "limit": 4 if q else None, "max_hosts": 3 if q else None,
+           "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS))}
+    out_path = args.out or _common.RESULTS / ("real_ct_quick.json" if q else "real_ct.json")
+    load_before = _load_avg()
+    t_all = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="aeanomaly-realct-"))
+    variants, data = [], {}
+    try:
+        for fold in cfg["folds"]:
+            sets = RD.normal_sets(root, work / fold, fold, seed=args.seed, limit=cfg["limit"])
+            data[fold] = sets.summary()
+            tune_cases = lesion_cases(sets.tune, RL.TUNING_KINDS, args.seed + 1, cfg["max_hosts"])
+            test_cases = lesion_cases(sets.test, RL.KINDS, args.seed + 2, cfg["max_hosts"])
+            for size in cfg["sizes"]:
+                for ch in cfg["channels"]:
+                    print(f"real_ct: fold {fold}, {size} px, {ch} channel(s)", flush=True)
+                    det, methods, calib_scans, info = fit_variant(sets, size, ch, cfg, args.seed)
+                    chosen_scores = choose_slice_scores(methods, tune_cases)
+                    t0 = time.perf_counter()
+                    cal = methods.calibrate(calib_scans)
+                    info["calibrate_s"] = round(time.perf_counter() - t0, 1)
+                    tb_tune = test_b(methods, None, tune_cases)
+                    v = {"fold": fold, "size": size, "channels": ch, "fit": info,
+                         "scoring": det.scoring_params().to_dict(), "slice_score_choice": chosen_scores,
+                         "test_a": test_a(methods, cal, root, fold), "normals": test_normals(methods, cal, sets.test),
+                         "test_b": {"tune": tb_tune, "test": test_b(methods, cal, test_cases)},
+                         "chosen_seg": choose_seg(tb_tune)}
+                    variants.append(v)
+                    _print_variant(v)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    payload = {"benchmark": "real_ct", "quick": q, "settings": cfg, "goals": GOALS, "data": data,
+               "kinds": {"tuning": RL.TUNING_KINDS, "held_out": RL.HELD_OUT_KINDS, "sizes": RL.SIZES},
+               "variants": variants, "summary": summary(variants), "total_s": round(time.perf_counter() - t_all, 1),
+               "machine": _common.machine_info(),
+               "load_note": f"load average before {load_before}, after {_load_avg()} (2 cores shared with other agents: "
+                            "times are upper bounds)"}
+    _common.write_json(out_path, payload)
+    print(f"real_ct: wrote {out_path} in {payload['total_s']} s")
+    return 0
+
+
+def _load_avg():
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _print_variant(v):
+    for name, r in v["test_a"].items():
+        b = v["test_b"]["test"]["methods"].get(name, {})
+        print(f"  {name:15s} sliceAUROC {_f(r['slice']['auroc'])}  pixAUPRC {_f(r['pixel_auprc'])}  "
+              f"nodules {r.get('nodules_hit', '-')}/{r.get('n_nodules', '-')}  false {r.get('false_lesions', '-')}  "
+              f"B held-out AUROC {_f((b.get('held_out_kinds') or {}).get('auroc'))}  {r['time_s']} s", flush=True)
+
+
+def _f(x):
+    return "  -  " if x is None else f"{x:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

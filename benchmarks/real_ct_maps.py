@@ -1,0 +1,171 @@
+"""Heatmaps of every method of the real_ct benchmark from one product analysis, their calibration on
+normal scans, and the metrics.
+
+One :meth:`AnomalyDetector.analyse` per scan (the product's prepare → reconstruct → scoring region)
+gives the image, the reconstruction and the scoring mask; every method's heatmap is computed on that
+same prepared scan and mask, so methods differ only in the map:
+
+* ``dae`` — the product's residual heatmap (``Analysis.heatmap``) as it is configured.
+* ``dae+seg`` / ``dae+seg(fused)`` — the self-supervised segmenter's probability
+  (:func:`aeanomaly.model.selfsup.anomaly_probability`), alone or fused half-and-half with the residual
+  (scale fixed on the calibration normals).
+* ``pca`` — the product's scoring of a PCA reconstruction (``AnomalyDetector.analyse_prepared``).
+* ``intensity`` — the product's scoring of a zero reconstruction: the (positive) windowed intensity.
+* ``log`` / ``hessian`` — non-learned bright-blob filters in the lungs, multi-scale (σ 1–6 mm, at least 0.7 px):
+  scale-normalised −∇²G, and the Hessian blobness −λ_max·σ² where both eigenvalues are negative (a
+  tube has one eigenvalue near zero, so vessels along the plane score low).
+
+Slice scores use the product's ``slice_scores`` with the detector's ``slice_score`` method and scan
+scores its ``scan_score``; calibration is the product's ``Calibration.fit`` on the detector's own
+calibration normals (``det.split_["calib"]``), lesions the product's ``find_lesions``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy import ndimage as ndi
+
+BLOB_SIGMAS_MM = (1.0, 1.75, 3.0, 4.5, 6.0)
+#: Scales below this (in model pixels) are raised to it: sub-pixel derivative kernels are noise.
+MIN_SIGMA_PX = 0.7
+
+
+def log_blobness(image: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """Scale-normalised bright-blob response ``max_σ −σ²∇²G_σ * image`` per slice, ≥ 0 (float32)."""
+    out = np.zeros(image.shape, np.float32)
+    for s_mm in BLOB_SIGMAS_MM:
+        s = max(s_mm / spacing_mm, MIN_SIGMA_PX)
+        out = np.maximum(out, -(s * s) * ndi.gaussian_laplace(image, s, axes=(1, 2)))
+    return out
+
+
+def hessian_blobness(image: np.ndarray, spacing_mm: float) -> np.ndarray:
+    """``max_σ σ²·(−λ_max)`` where both in-plane Hessian eigenvalues are negative (bright blobs), else 0."""
+    out = np.zeros(image.shape, np.float32)
+    for s_mm in BLOB_SIGMAS_MM:
+        s = max(s_mm / spacing_mm, MIN_SIGMA_PX)
+        hyy = ndi.gaussian_filter(image, s, order=(2, 0), axes=(1, 2))
+        hxx = ndi.gaussian_filter(image, s, order=(0, 2), axes=(1, 2))
+        hxy = ndi.gaussian_filter(image, s, order=(1, 1), axes=(1, 2))
+        half = np.sqrt(((hyy - hxx) / 2) ** 2 + hxy ** 2)
+        lam_max = (hyy + hxx) / 2 + half
+        out = np.maximum(out, np.where(lam_max < 0, -lam_max * s * s, 0.0))
+    return out
+
+
+class Methods:
+    """All methods' heatmaps for one fitted detector: ``maps(scan)`` → ``(analysis, {name: heatmap}, times)``."""
+
+    def __init__(self, det, *, seg_model=None, pca=None, names=None):
+        self.det, self.seg, self.pca = det, seg_model, pca
+        self.residual_scale = None  # set by fix_residual_scale() from the dae's normal heatmaps
+        self.slice_score: dict[str, str] = {}  # per method, chosen on the tune split
+        self.names = names or ["dae", *(("dae+seg", "dae+seg(fused)") if seg_model is not None else ()),
+                               *(("pca",) if pca is not None else ()), "intensity", "log", "hessian"]
+
+    def maps(self, scan) -> tuple:
+        from aeanomaly.model.selfsup import anomaly_probability, fused_heatmap
+
+        det = self.det
+        t0 = time.perf_counter()
+        a = det.analyse(scan)
+        times = {"dae": time.perf_counter() - t0}
+        m = a.mask
+        maps = {"dae": a.heatmap}
+        prep = a.prepared
+        sp = float(prep.spacing[1])
+        if self.seg is not None:
+            t = time.perf_counter()
+            prob = np.zeros(a.image.shape, np.float32)
+            k = m.reshape(len(m), -1).any(axis=1)
+            if k.any():
+                prob[k] = anomaly_probability(self.seg, prep.x[k], a.reconstruction[k])
+            maps["dae+seg"] = np.where(m, prob, 0).astype(np.float32)
+            times["dae+seg"] = times["dae"] + time.perf_counter() - t
+            if self.residual_scale is not None:
+                maps["dae+seg(fused)"] = np.where(m, fused_heatmap(prob, a.heatmap, 0.5, self.residual_scale), 0)
+                times["dae+seg(fused)"] = times["dae+seg"]
+        if self.pca is not None:
+            t = time.perf_counter()
+            rec = np.zeros(a.image.shape, np.float32)
+            k = prep.keep if prep.keep.any() else np.ones(len(rec), bool)
+            rec[k] = self.pca(prep.x[k])
+            maps["pca"] = det.analyse_prepared(prep, rec, is_hu=scan.is_hu).heatmap
+            times["pca"] = time.perf_counter() - t
+        t = time.perf_counter()
+        maps["intensity"] = det.analyse_prepared(prep, np.zeros(a.image.shape, np.float32), is_hu=scan.is_hu).heatmap
+        times["intensity"] = time.perf_counter() - t
+        img = a.image.astype(np.float32)
+        for name, fn in (("log", log_blobness), ("hessian", hessian_blobness)):
+            t = time.perf_counter()
+            maps[name] = np.where(m, fn(img, sp), 0).astype(np.float32)
+            times[name] = time.perf_counter() - t
+        return a, {n: maps[n] for n in self.names if n in maps}, times
+
+    def scores(self, a, heat, name: str | None = None, method: str | None = None) -> tuple[np.ndarray, float]:
+        """Slice scores (the product's ``slice_scores``; per method the choice of the tune split, else the
+        detector's ``slice_score``) and the scan score (the detector's ``scan_aggregation``)."""
+        from aeanomaly.scoring import scan_score, slice_scores
+
+        method = method or self.slice_score.get(name, self.det.slice_score)
+        s = slice_scores(heat, a.mask, method)
+        return s, (scan_score(s, self.det.scan_aggregation) if np.isfinite(s).any() else float("nan"))
+
+    def fix_residual_scale(self, scans) -> float:
+        """The fused map's residual scale: the ``pixel_quantile`` of the dae heatmap on normal ``scans``."""
+        vals = []
+        for scan in scans:
+            a = self.det.analyse(scan)
+            vals.append(a.heatmap[a.mask])
+        v = np.concatenate(vals) if vals else np.zeros(1)
+        self.residual_scale = max(float(np.quantile(v, self.det.pixel_quantile)), 1e-6) if v.size else 1.0
+        return self.residual_scale
+
+    def calibrate(self, scans) -> dict:
+        """Per method: the product's ``Calibration`` fitted on normal ``scans`` (each one scan)."""
+        from aeanomaly.calibrate import Calibration, NormalStats
+
+        stats = {n: NormalStats() for n in self.names}
+        for i, scan in enumerate(scans):
+            a, maps, _ = self.maps(scan)
+            for n, h in maps.items():
+                s, agg = self.scores(a, h, n)
+                if np.isfinite(agg):
+                    stats[n].add(f"calib{i}", agg, s, h, a.mask)
+        return {n: Calibration.fit(st, target_fpr=self.det.target_fpr, pixel_quantile=self.det.pixel_quantile)
+                for n, st in stats.items() if len(st) >= 2}
+
+
+def lesions_of(det, heat, prep, cal):
+    from aeanomaly.localize import find_lesions
+
+    return find_lesions(heat, cal.pixel_threshold, prep.spacing, prep.affine, min_size_mm2=det.min_lesion_mm2,
+                        min_volume_mm3=det.min_lesion_mm3, opening_px=int(round(det.opening_mm / prep.spacing[1])),
+                        normal_peaks=cal.normal_peaks)
+
+
+def auroc_pm(y, s) -> dict:
+    """AUROC and AUPRC with the Hanley–McNeil 95 % half-width."""
+    from aeanomaly.evaluate import classification_metrics
+
+    y, s = np.asarray(y, int), np.asarray(s, float)
+    ok = np.isfinite(s)
+    m = classification_metrics(y[ok], s[ok], np.zeros(int(ok.sum()), int))
+    auc, npos, nneg = m["auroc"], m["n_abnormal"], m["n_normal"]
+    pm = None
+    if auc is not None and npos and nneg:
+        q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+        var = (auc * (1 - auc) + (npos - 1) * (q1 - auc * auc) + (nneg - 1) * (q2 - auc * auc)) / (npos * nneg)
+        pm = 1.96 * max(var, 0.0) ** 0.5
+    return {"auroc": auc, "auroc_pm95": pm, "auprc": m["auprc"], "n_pos": npos, "n_neg": nneg}
+
+
+def pixel_scores(heats, truths, regions) -> dict:
+    from aeanomaly.evaluate import pixel_metrics
+
+    m = pixel_metrics(heats, truths, regions, [np.zeros_like(t) for t in truths])
+    return {"pixel_auroc": m.get("pixel_auroc"), "pixel_auprc": m.get("pixel_auprc"),
+            "prevalence": float(sum(int(t[r].sum()) for t, r in zip(truths, regions))
+                                / max(sum(int(r.sum()) for r in regions), 1))}

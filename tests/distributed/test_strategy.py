@@ -1,0 +1,104 @@
+"""tf.distribute: the tiny autoencoder trains to the same loss curve with MirroredStrategy over 2
+logical CPU devices, and with MultiWorkerMirroredStrategy across 2 local worker processes
+(TF_CONFIG), as on one device. Training runs in subprocesses: logical devices and the worker
+cluster must be set up before TensorFlow starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aeanomaly.distributed.strategy import is_chief, make_strategy, parse_tf_config
+from aeanomaly.errors import ConfigError
+
+WORKER = Path(__file__).with_name("train_worker.py")
+REPO = Path(__file__).resolve().parents[2]
+RTOL = 1e-4
+
+
+def _env(**extra) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO), **extra}
+    env.pop("TF_CONFIG", None) if "TF_CONFIG" not in extra else None
+    return env
+
+
+def _result(stdout: str) -> dict:
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    assert lines, stdout[-2000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_bad_strategy_and_tf_config_are_one_clear_error(monkeypatch):
+    with pytest.raises(ConfigError, match="strategy must be one of"):
+        make_strategy("horovod")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="needs TF_CONFIG"):
+        make_strategy("multiworker")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_tf_config("{cluster")
+    with pytest.raises(ConfigError, match='no "task"'):
+        parse_tf_config('{"cluster": {"worker": ["a:1"]}}')
+    with pytest.raises(ConfigError, match="not in its cluster"):
+        parse_tf_config('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}')
+    cfg = parse_tf_config('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}')
+    assert not is_chief(cfg) and is_chief({**cfg, "task": {"type": "worker", "index": 0}})
+    assert is_chief()  # no TF_CONFIG: a single process is its own chief
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_logical_cpus_matches_the_default_loss_curve():
+    proc = subprocess.run([sys.executable, str(WORKER), "compare", "2"], capture_output=True, text=True,
+                          env=_env(), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _result(proc.stdout)
+    assert out["replicas"] == 2
+    default, mirrored = np.array(out["default"]), np.array(out["mirrored"])
+    assert default[-1] < default[0]  # it learns
+    np.testing.assert_allclose(mirrored, default, rtol=RTOL)
+    np.testing.assert_allclose(out["default_loop"], default, rtol=RTOL)  # the replicated loop = Keras fit
+    np.testing.assert_allclose(out["mirrored_generator"], default, rtol=RTOL)  # a generator dataset too
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multiworker_across_two_local_processes_matches_the_default_loss_curve():
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "multiworker"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=_env(TF_CONFIG=json.dumps({"cluster": cluster,
+                                                             "task": {"type": "worker", "index": i}})))
+             for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=600)
+            assert p.returncode == 0, stderr[-3000:]
+            outs.append(_result(stdout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [o["replicas"] for o in outs] == [2, 2]
+    assert [o["chief"] for o in outs] == [True, False]
+    np.testing.assert_array_equal(outs[0]["multiworker"], outs[1]["multiworker"])  # in sync
+    single = subprocess.run([sys.executable, str(WORKER), "default"], capture_output=True, text=True, env=_env(),
+                            timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    np.testing.assert_allclose(outs[0]["multiworker"], _result(single.stdout)["default"], rtol=RTOL)

@@ -1,0 +1,162 @@
+"""aeanomaly.io.writers: atomic files and folders, and NIfTI writing in the internal or the input grid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from aeanomaly.io import load_scan
+from aeanomaly.io.scan import internal_affine
+from aeanomaly.io.writers import atomic_dir, atomic_path, save_like_input, save_nifti, write_text
+
+
+@contextlib.contextmanager
+def umask(mask):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(p) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+# ------------------------------------------------------------------------------------------ atomic_path
+def test_atomic_path_renames_on_success_only(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target and tmp.name.startswith(".out.json.")
+        assert tmp.name.endswith(".json")  # the suffixes are kept (writers pick the format from them)
+        tmp.write_text("new")
+        assert not target.exists()  # nothing at the target until the block ends
+    assert target.read_text() == "new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["out.json"]
+
+
+def test_atomic_path_leaves_the_old_file_and_no_temp_on_an_exception(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    with pytest.raises(KeyboardInterrupt):  # also on BaseException
+        with atomic_path(tmp_path / "b.txt") as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_atomic_path_overwrites_an_existing_file(tmp_path):
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+    with atomic_path(target, suffix=".tmp") as tmp:
+        assert tmp.name.endswith(".tmp")
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("mask, want", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_respect_the_umask(tmp_path, mask, want):
+    with umask(mask):
+        write_text(tmp_path / "t.txt", "hi")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("x")
+    assert _mode(tmp_path / "t.txt") == want  # not mkstemp's 0600
+    assert _mode(tmp_path / "d") == 0o777 & ~mask  # not mkdtemp's 0700
+    assert (tmp_path / "t.txt").read_text(encoding="utf-8") == "hi"
+
+
+# ------------------------------------------------------------------------------------------- atomic_dir
+def test_atomic_dir_moves_a_complete_folder(tmp_path):
+    target = tmp_path / "deep" / "bundle"
+    with atomic_dir(target) as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".bundle.tmp-")
+        (tmp / "a.txt").write_text("a")
+        assert not target.exists()
+    assert sorted(p.name for p in target.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["bundle"]
+
+
+def test_atomic_dir_refuses_an_existing_folder_without_overwrite(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep").write_text("k")
+    with pytest.raises(FileExistsError, match="out"):
+        with atomic_dir(target) as tmp:
+            (tmp / "new").write_text("n")
+    assert sorted(p.name for p in target.iterdir()) == ["keep"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the new folder is removed
+
+
+def test_atomic_dir_overwrite_replaces_only_once_complete(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old").write_text("o")
+    with pytest.raises(ValueError):
+        with atomic_dir(target, overwrite=True) as tmp:
+            (tmp / "new").write_text("n")
+            raise ValueError("failed half-way")
+    assert sorted(p.name for p in target.iterdir()) == ["old"]  # the old folder survives a failure
+    with atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "new").write_text("n")
+        assert (target / "old").exists()
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or trash folder left
+
+
+# ------------------------------------------------------------------------------------------------ NIfTI
+@pytest.mark.parametrize("name", ["v.nii.gz", "v.nii"])
+def test_save_nifti_round_trips_data_and_geometry(tmp_path, name):
+    rng = np.random.default_rng(0)
+    vol = rng.integers(-1000, 1000, (4, 40, 36)).astype(np.int16)  # (z, y, x)
+    aff = internal_affine((3.0, 0.8, 0.7), (10.0, 20.0, -30.0))
+    out = save_nifti(tmp_path / name, vol, aff)
+    assert out == tmp_path / name and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    img = nib.load(out)
+    assert img.shape == (36, 40, 4) and img.header.get_xyzt_units()[0] == "mm"
+    np.testing.assert_allclose(img.affine, aff)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), vol.transpose(2, 1, 0))
+    scan = load_scan(out)
+    np.testing.assert_array_equal(scan.hu, vol.astype(np.float32))
+    assert scan.spacing == pytest.approx((3.0, 0.8, 0.7))
+    np.testing.assert_allclose(scan.affine, aff)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_save_like_input_overlays_the_input_file(tmp_path, seed):
+    """A scan stored flipped and permuted: the result is written in the file's own voxel grid."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(-1000, 1000, (34, 36, 33)).astype(np.int16)  # the file's (i, j, k)
+    aff = np.eye(4)
+    aff[:3, :3] = (np.eye(3)[:, rng.permutation(3)] * rng.choice([-1.0, 1.0], 3)) @ np.diag(rng.uniform(0.5, 3, 3))
+    aff[:3, 3] = rng.uniform(-100, 100, 3)
+    src = tmp_path / "in.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), str(src))
+    scan = load_scan(src)
+    out = save_like_input(tmp_path / "res.nii.gz", scan.hu + 1, scan)
+    img = nib.load(out)
+    assert img.shape == data.shape
+    np.testing.assert_allclose(img.affine, aff)
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data.astype(np.float32) + 1)
+    with pytest.raises(ValueError, match="differs from the scan's"):
+        save_like_input(tmp_path / "bad.nii.gz", scan.hu[:1], scan)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii.gz", "res.nii.gz"]  # no half-written file
+
+
+def test_a_failed_nifti_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "v.nii.gz"
+    target.write_bytes(b"old")
+    with pytest.raises(Exception):
+        save_nifti(target, np.zeros((2, 2, 2), object), np.eye(4))  # object arrays cannot be NIfTI
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.nii.gz"]
