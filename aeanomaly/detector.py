@@ -445,7 +445,7 @@ class AnomalyDetector:
     # -- fit -------------------------------------------------------------------------------------
     def fit(
         self, paths: Iterable[str | os.PathLike], *, groups: list | None = None, work_dir: str | os.PathLike | None = None,
-        resume: bool = False, strict: bool = False, verbose: int = 1,
+        resume: bool = False, strict: bool = False, verbose: int = 1, strategy=None,
     ) -> "AnomalyDetector":
         """Train on normal scans and calibrate on held-out normal scans.
 
@@ -462,13 +462,17 @@ class AnomalyDetector:
             Continue an interrupted run from the last checkpoint in ``work_dir``.
         strict : bool
             Stop at the first unreadable scan instead of skipping it with a warning.
+        strategy : tf.distribute.Strategy, optional
+            Data-parallel training (:func:`aeanomaly.distributed.strategy.make_strategy`); the loss curve
+            is the single-device one.
         """
         window = self._validate_params()
         paths = list(paths)
         split = split_scans(len(paths), self.val_fraction, self.calib_fraction, self.seed, groups)
         with _work_folder(work_dir, "aeanomaly-fit-") as work:
             model, state, skipped = self._train(paths, {"train": split.train, "val": split.val}, window, work,
-                                                self.train_config(), strict=strict, resume=resume, verbose=verbose)
+                                                self.train_config(), strict=strict, resume=resume, verbose=verbose,
+                                                strategy=strategy)
         self.model_ = model
         self.window_ = window
         self.head_ = None
@@ -547,7 +551,7 @@ class AnomalyDetector:
         return self
 
     def _train(self, paths: list, split: dict, window: HUWindow, work: Path, cfg: TrainConfig, *, strict: bool,
-               resume: bool, verbose: int, callbacks: list | None = None):
+               resume: bool, verbose: int, callbacks: list | None = None, strategy=None):
         """Preprocess ``paths[i]`` for the ids of ``split["train"]`` and ``split["val"]`` into a slice store
         in ``work`` and train on it; returns the model, the run state (with the slice counts) and the
         skipped scans."""
@@ -563,7 +567,7 @@ class AnomalyDetector:
             if len(train_idx) == 0:
                 raise ConfigError("no usable training slices: every training scan was unreadable or empty")
             model, state = train_autoencoder(cfg, store, train_idx, val_idx, work, resume=resume, verbose=verbose,
-                                             callbacks=callbacks)
+                                             callbacks=callbacks, strategy=strategy)
             if self.model_kind == "dae+seg":  # the segmenter trains on (at most SEG_MAX_SLICES of) the same slices
                 pick = np.random.default_rng(self.seed).permutation(train_idx)[:SEG_MAX_SLICES]
                 state["train_slices"] = store.read(np.sort(pick))

@@ -172,8 +172,23 @@ def lesion_size(d: dict) -> str:
                          "Dice", "lesions found", "scan AUROC by kind", "scan AUROC with MAE/max / top-k/top3"], rows)
 
 
+def real_ct(d: dict) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import real_ct_tables
+
+    return real_ct_tables.real_ct(d)
+
+
+def scale(d: dict) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import scale as scale_bench
+
+    return scale_bench.table(d) if hasattr(scale_bench, "table") else json.dumps(d.get("summary", {}), indent=1)
+
+
 def main() -> int:
-    for name, fn in (("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed)):
+    for name, fn in (("real_ct", real_ct), ("quality", quality), ("lesion_size", lesion_size), ("fit", fit),
+                     ("speed", speed), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             print(f"<!-- {name}: from {p.relative_to(RESULTS.parent.parent)} -->\n")

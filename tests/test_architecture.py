@@ -10,7 +10,9 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "aeanomaly"
 
 #: Application layers: may import anything below them, nothing imports them but each other.
-APPS = ("aeanomaly.cli", "aeanomaly.review", "aeanomaly.distributed")
+APPS = ("aeanomaly.cli", "aeanomaly.review")
+#: Optional engines: imported only inside the functions that use them (the default path imports none).
+OPTIONAL = ("aeanomaly.distributed", "ray")
 #: The composition and its persistence.
 UPPER = ("aeanomaly.detector", "aeanomaly.bundle", "aeanomaly.fitting")
 
@@ -91,7 +93,7 @@ def test_dependencies_point_one_way():
         for d in deps:
             if _is(d, APPS) and not _is(mod, APPS):
                 bad.append(f"{mod} imports the application layer {d}")
-            elif _is(d, UPPER) and not (_is(mod, APPS) or _is(mod, UPPER)):
+            elif _is(d, UPPER) and not (_is(mod, APPS) or _is(mod, UPPER) or _is(mod, OPTIONAL)):
                 bad.append(f"the stage {mod} imports {d}")
     assert not bad, "\n".join(sorted(bad))
 
@@ -112,3 +114,17 @@ def test_cli_sub_commands_import_only_the_shared_helpers():
         siblings = {t for t, _ in _imports(path) if t.startswith("aeanomaly.cli")}
         assert siblings <= {"aeanomaly.cli.common", "aeanomaly.cli"} and "aeanomaly.cli" not in siblings, \
             f"{path.name} imports {sorted(siblings)}"
+
+
+def test_optional_engines_are_imported_only_when_asked():
+    bad = []
+    for path in PKG.rglob("*.py"):
+        mod = _module_name(path)
+        if _is(mod, OPTIONAL):
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:  # module level only
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else
+                [f"aeanomaly.{node.module}"] if isinstance(node, ast.ImportFrom) and node.module else [])
+            bad += [f"{mod} imports {n} at module level" for n in names if _is(n, OPTIONAL) or "distributed" in n]
+    assert not bad, "\n".join(bad)

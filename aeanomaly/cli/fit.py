@@ -82,6 +82,9 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=F["precision"], show_default=True,
               help="Inference arithmetic for calibration and scoring (training is float32).")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
+              show_default=True, help="tf.distribute: mirrored = every GPU of this machine; multiworker = several "
+                                      "machines, cluster from TF_CONFIG (see README 'Scaling out').")
 @click.option("--resume", is_flag=True, help="Continue an interrupted fit from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 @click.option("--strict", is_flag=True, help="Stop at an unreadable scan instead of skipping it.")
@@ -91,7 +94,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, depth, base_filters, latent_dim, latent_kind,
         loss, norm, epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction,
-        target_fpr, calib_method, seed, precision, resume, overwrite, strict, quiet):
+        target_fpr, calib_method, seed, precision, strategy, resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
 
     Prints every input it skipped and how many slices it trained on (with --quiet too when more than
@@ -129,7 +132,14 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume:
         shutil.rmtree(work)
+    if strategy == "multiworker":
+        from ..distributed.strategy import parse_tf_config
+
+        parse_tf_config()  # before TensorFlow: a bad or missing TF_CONFIG is one line, exit 2
     start_tensorflow()
+    from ..distributed.strategy import is_chief, make_strategy
+
+    strat = make_strategy(strategy)  # the first TensorFlow call of the command
     say(quiet, f"fitting on {len(paths)} normal scans (window {window_spec}, {size} px)")
     try:
         with warnings.catch_warnings():
@@ -137,7 +147,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
             warnings.filterwarnings("ignore", message="skipped unreadable scan")
             warnings.filterwarnings("ignore", message=".*too few for the conformal guarantee")
             warnings.filterwarnings("ignore", message=".*cannot reach a false-positive rate")
-            det.fit(paths, work_dir=work, resume=resume, strict=strict, verbose=0 if quiet else 1)
+            det.fit(paths, work_dir=work, resume=resume, strict=strict, verbose=0 if quiet else 1, strategy=strat)
     except KeyboardInterrupt:
         click.echo(f"interrupted: resume with the same command and --resume (state in {work})", err=True)
         sys.exit(130)
@@ -148,6 +158,9 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         raise
     if det.train_state_.get("resumed_from"):
         say(quiet, f"resumed from epoch {det.train_state_['resumed_from']}")
+    if not is_chief():  # multiworker: the chief (worker 0) writes the bundle
+        say(quiet, "trained as a non-chief worker; the chief writes the bundle")
+        return
     try:
         det.save(out, overwrite=overwrite)
     finally:

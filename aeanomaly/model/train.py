@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,6 +151,7 @@ def train_autoencoder(
     verbose: int = 1,
     callbacks: list | None = None,
     prefetch: int = 2,
+    strategy=None,
 ) -> tuple[keras.Model, dict]:
     """Train (or resume training) and return the model with its best weights and the run state.
 
@@ -162,6 +164,12 @@ def train_autoencoder(
         Extra callbacks (e.g. benchmarks' timers), called after the run's own.
     prefetch : int
         Batches prepared ahead of the training step by the ``tf.data`` pipeline.
+    strategy : tf.distribute.Strategy, optional
+        Data-parallel training (:func:`aeanomaly.distributed.strategy.make_strategy`): the model is built
+        under its scope, ``config.batch_size`` stays the global batch (split across replicas, gradients
+        summed), so the loss curve is the single-device one. Under MultiWorkerMirroredStrategy only the
+        chief keeps its checkpoints, and training runs in the equivalent synchronous loop of
+        :func:`aeanomaly.distributed.strategy.fit_replicated` (Keras 3's ``fit`` does not support it).
 
     Returns
     -------
@@ -171,15 +179,25 @@ def train_autoencoder(
         ``timing`` (per epoch: ``epoch_s``, ``train_s``, ``val_s``, ``checkpoint_s``, ``train_slices``,
         ``train_slices_per_s``).
     """
+    import tensorflow as tf
+
     work_dir = Path(work_dir)
+    strategy = strategy or tf.distribute.get_strategy()
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if multiworker:
+        from ..distributed.strategy import is_chief
+
+        if not is_chief():  # every worker checkpoints (collectively); only the chief's are kept
+            work_dir = Path(tempfile.mkdtemp(prefix="aeanomaly-worker-"))
     keras.utils.set_random_seed(config.seed)
     state = load_state(work_dir) if resume else None
-    if state is not None:
-        model = keras.models.load_model(work_dir / CHECKPOINT, safe_mode=True)
-        state["resumed_from"] = state["epoch"]
-    else:
-        model = config.build()
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=reconstruction_loss(config.loss))
+    with strategy.scope():  # build, compile and load under the scope
+        if state is not None:
+            model = keras.models.load_model(work_dir / CHECKPOINT, safe_mode=True)
+            state["resumed_from"] = state["epoch"]
+        else:
+            model = config.build()
+            model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=reconstruction_loss(config.loss))
     start = int(state["epoch"]) if state else 0
     run_state = RunState(work_dir, config.patience, state, slices_per_epoch=len(train_idx))
     done = (state or {}).get("stopped_early", False) or start >= config.epochs
@@ -196,16 +214,31 @@ def train_autoencoder(
         own = [keras.callbacks.LearningRateScheduler(config.lr_at), run_state]
         if verbose == 1:
             own.append(FitProgress(train_ds.batch_sizes(), config.epochs))
-        model.fit(
-            train_ds.as_tf_dataset(epochs=config.epochs - start, prefetch=prefetch),
-            steps_per_epoch=len(train_ds),
-            validation_data=val_ds.as_tf_dataset(prefetch=prefetch) if val_ds is not None else None,
-            epochs=config.epochs,
-            initial_epoch=start,
-            verbose=2 if verbose == 2 else 0,
-            shuffle=False,  # the dataset shuffles per epoch from (seed, epoch)
-            callbacks=own + list(callbacks or []),
-        )
+        train_tf = train_ds.as_tf_dataset(epochs=config.epochs - start, prefetch=prefetch)
+        val_tf = val_ds.as_tf_dataset(prefetch=prefetch) if val_ds is not None else None
+        if multiworker:
+            from ..distributed.strategy import fit_replicated
+
+            run_state.set_model(model)
+
+            def begin(epoch):
+                model.optimizer.learning_rate = config.lr_at(epoch)
+                run_state.on_epoch_begin(epoch)
+
+            fit_replicated(model, train_tf, strategy, epochs=config.epochs, initial_epoch=start,
+                           steps_per_epoch=len(train_ds), validation_data=val_tf, loss=reconstruction_loss(config.loss),
+                           optimizer=model.optimizer, on_epoch_begin=begin, on_epoch_end=run_state.on_epoch_end)
+        else:
+            model.fit(
+                train_tf,
+                steps_per_epoch=len(train_ds),
+                validation_data=val_tf,
+                epochs=config.epochs,
+                initial_epoch=start,
+                verbose=2 if verbose == 2 else 0,
+                shuffle=False,  # the dataset shuffles per epoch from (seed, epoch)
+                callbacks=own + list(callbacks or []),
+            )
     best = work_dir / BEST_WEIGHTS
     if best.is_file():
         model.load_weights(best)

@@ -24,9 +24,9 @@ RTOL = 1e-4
 
 
 def _env(**extra) -> dict:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO), **extra}
-    env.pop("TF_CONFIG", None) if "TF_CONFIG" not in extra else None
-    return env
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
+    env.pop("TF_CONFIG", None)  # only the multi-worker processes get one
+    return {**env, **extra}
 
 
 def _result(stdout: str) -> dict:
@@ -102,3 +102,31 @@ def test_multiworker_across_two_local_processes_matches_the_default_loss_curve()
                             timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
     np.testing.assert_allclose(outs[0]["multiworker"], _result(single.stdout)["default"], rtol=RTOL)
+
+
+PRODUCT_FIT = r"""
+import json, sys
+from aeanomaly.distributed.strategy import make_strategy
+strat = make_strategy("mirrored", logical_cpus=2)
+from aeanomaly.detector import AnomalyDetector
+from aeanomaly.datasets.synthetic import write_phantom_set
+from aeanomaly.io import find_scans
+data = write_phantom_set(sys.argv[1], 8, 0, region="chest", seed=1, shape=(4, 32, 32), spacing=(6.0, 11.0, 11.0))
+kw = dict(size=32, depth=2, base_filters=4, latent_dim=8, epochs=2, batch_size=8, calib_fraction=0.3,
+          target_fpr=0.2, seed=0, augment=False)
+paths = find_scans(data.parent / "normal")
+plain = AnomalyDetector(**kw).fit(paths, verbose=0)
+mirrored = AnomalyDetector(**kw).fit(paths, verbose=0, strategy=strat)
+print("RESULT " + json.dumps({"replicas": strat.num_replicas_in_sync, "plain": plain.history_["loss"],
+                              "mirrored": mirrored.history_["loss"]}))
+"""
+
+
+@pytest.mark.slow
+def test_the_products_fit_trains_under_mirrored_strategy_to_the_same_losses(tmp_path):
+    r = subprocess.run([sys.executable, "-c", PRODUCT_FIT, str(tmp_path / "data")], capture_output=True, text=True,
+                       env=_env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = _result(r.stdout)
+    assert res["replicas"] == 2
+    np.testing.assert_allclose(res["mirrored"], res["plain"], rtol=1e-3)
