@@ -52,14 +52,16 @@ test: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -q -ra -m "not slow" --durations=10
 	$(BIN)/python -m pytest -q -ra -m slow --durations=10
 
-# Quality, lesion-size, training and speed benchmarks (about 1 h on 2 cores); JSON in benchmarks/results/,
-# the README tables from `python benchmarks/tables.py`.
-bench: $(STAMP)
+# The benchmarks (hours on 2 cores); JSON in benchmarks/results/, the README tables from
+# `python benchmarks/tables.py`.
+bench: $(TEST_STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/real_ct.py
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/lesion_size.py
 	$(BIN)/python benchmarks/fit.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/tables.py
 
 clean:
