@@ -252,17 +252,23 @@ def foreign_interp(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray |
     return _finish(x, new, alpha)
 
 
+def _shape_alphas(x: np.ndarray, rng: np.random.Generator, region, radius_fraction, edge_px):
+    """Per slice ``i``: ``(i, alpha)`` with alpha a smooth random shape in the slice's region, weighted per
+    channel, ``(h, w, c)``; ``edge_px()`` draws its edge softness (drawn in this order, so seeded runs repeat)."""
+    _, h, w, c = x.shape
+    for i, reg in enumerate(_regions(region, x)):
+        shape = smooth_shape(rng, h, w, _centre(rng, reg, h, w), radius_fraction, edge_px=edge_px())
+        yield i, shape[..., None] * _channel_weights(rng, c)
+
+
 def intensity_shape(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None,
                     region: np.ndarray | None = None, radius_fraction=RADIUS_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Shift the brightness by ±0.05…0.5 inside a smooth random shape (``donors`` unused).
     Parameters and returns as :func:`patch_blend`."""
     x = _as_nhwc(x)
-    n, h, w, c = x.shape
     alpha = np.zeros_like(x)
     new = x.copy()
-    for i, reg in enumerate(_regions(region, x)):
-        shape = smooth_shape(rng, h, w, _centre(rng, reg, h, w), radius_fraction, edge_px=rng.uniform(0.5, 2.5))
-        a = shape[..., None] * _channel_weights(rng, c)
+    for i, a in _shape_alphas(x, rng, region, radius_fraction, lambda: rng.uniform(0.5, 2.5)):
         delta = rng.uniform(0.05, 0.5) * (1 if rng.random() < 0.7 else -1)
         new[i] = x[i] + a * delta
         alpha[i] = a
@@ -277,9 +283,7 @@ def texture_shape(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | 
     n, h, w, c = x.shape
     alpha = np.zeros_like(x)
     new = x.copy()
-    for i, reg in enumerate(_regions(region, x)):
-        shape = smooth_shape(rng, h, w, _centre(rng, reg, h, w), radius_fraction, edge_px=1.0)
-        a = shape[..., None] * _channel_weights(rng, c)
+    for i, a in _shape_alphas(x, rng, region, radius_fraction, lambda: 1.0):
         if rng.random() < 0.5:
             other = ndi.gaussian_filter(x[i], (rng.uniform(1.5, 4.0),) * 2 + (0,))
         else:
