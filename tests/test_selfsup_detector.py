@@ -50,6 +50,7 @@ def test_bundle_round_trip_and_recalibration(seg_det, phantom_test, tmp_path):
         AnomalyDetector.load(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_cli_fit_info_score_evaluate_with_dae_seg(phantom_train, phantom_test, tmp_path):
     run = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
     normals = tmp_path / "normals"

@@ -83,6 +83,7 @@ def _snapshot(bundle: Path) -> dict:
             if p.is_file() and not p.name.startswith("head.") and not p.name.startswith("calibration.")}
 
 
+@pytest.mark.slow
 def test_fit_head_unet_then_refuse_then_replace_with_cnn(data, tmp_path):
     import shutil
 
@@ -181,6 +182,7 @@ def test_parse_classes():
             parse_classes(bad, kind)
 
 
+@pytest.mark.slow
 def test_fit_head_unet_recalibrates_on_calib_dir_or_warns(data, tmp_path):
     import shutil
 

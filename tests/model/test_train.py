@@ -59,6 +59,7 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_after_an_interruption_continues_the_same_run(store, tmp_path):
     cfg = TrainConfig(**TINY, epochs=4, patience=10)
     tr, va = np.arange(32), np.arange(32, 40)
@@ -90,6 +91,7 @@ def test_run_state_records_epoch_timings_and_checkpoint_cost(store, tmp_path):
     assert json.loads((tmp_path / STATE).read_text())["timing"] == timing
 
 
+@pytest.mark.slow
 def test_progress_bar_shows_rate_and_eta_and_verbose_0_is_silent(store, tmp_path, capfd):
     cfg = TrainConfig(**TINY, epochs=2)
     (tmp_path / "a").mkdir()
