@@ -82,7 +82,8 @@ class Calibrator:
         self.target_fpr = target_fpr
 
     # -- fitting -----------------------------------------------------------------------------
-    def _validate(self) -> None:
+    def check_params(self) -> None:
+        """ConfigError unless ``method`` and ``target_fpr`` are valid."""
         if self.method not in CHOICES:
             raise ConfigError(f"calibration method must be one of {', '.join(CHOICES)}, got {self.method!r}")
         if not (isinstance(self.target_fpr, (int, float)) and 0.0 < float(self.target_fpr) < 1.0):
@@ -90,7 +91,7 @@ class Calibrator:
 
     def fit(self, normal_scores) -> "Calibrator":
         """Fit on scores of normal scans (1-D, finite, at least 2)."""
-        self._validate()
+        self.check_params()
         s = np.asarray(normal_scores, dtype=float).ravel()
         if not np.all(np.isfinite(s)):
             raise ConfigError(f"normal scores contain {int((~np.isfinite(s)).sum())} NaN/inf values")
@@ -251,7 +252,7 @@ class Calibrator:
     @classmethod
     def from_dict(cls, d: dict) -> "Calibrator":
         cal = cls(d["method"], d["target_fpr"])
-        cal._validate()
+        cal.check_params()
         if cal.method == "auto":
             raise ConfigError("a stored calibrator must name the method it was fitted with, not 'auto'")
         cal.scores_ = np.sort(np.asarray(d["scores"], dtype=float))

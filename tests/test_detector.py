@@ -189,11 +189,11 @@ def test_fit_is_reproducible_with_a_seed(phantom_train, tmp_path):
     assert c.split_ != a.split_ or not np.allclose(c.history_["loss"], a.history_["loss"])
 
 
-FIXTURE_V1 = Path(__file__).parent / "fixtures" / "v1"
+FIXTURE_V1 = Path(__file__).parent / "data" / "v1"
 
 
 def test_a_bundle_written_by_the_first_release_loads_and_scores_identically():
-    """tests/fixtures/v1 was written by aeanomaly at commit ed33ef0 (format_version 1), with the
+    """tests/data/v1 was written by aeanomaly at commit ed33ef0 (format_version 1), with the
     scores it gave then."""
     expected = json.loads((FIXTURE_V1 / "expected.json").read_text())["scans"]
     det = AnomalyDetector.load(FIXTURE_V1 / "bundle")

@@ -167,7 +167,7 @@ def gather_labeled(normal_dirs: Sequence[str | os.PathLike] = (), abnormal_dirs:
         want = [i for i, it in enumerate(items) if it.mask is None and it.label == 1]
         paired = pair_masks([items[i].scan for i in want], masks_dir)
         for i, m in zip(want, paired):
-            items[i] = items[i]._replace(mask=m)
+            items[i] = LabeledScan(items[i].scan, items[i].label, m)
     if not items:
         raise ConfigError("no labelled scans: give --normal-dir/--abnormal-dir folders or --labels")
     return items

@@ -14,29 +14,11 @@ from aeanomaly.model.head_train import (
 S = 32
 
 
-def organs(n: int, seed: int = 0):
-    """Slices with two 'organs': a bright disk (label 1, upper left) and a grey square (label 2)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:S, :S]
-    x = np.zeros((n, S, S, 1), np.float32)
-    y = np.zeros((n, S, S), np.int64)
-    for i in range(n):
-        cy, cx, r = rng.uniform(9, 14), rng.uniform(8, 13), rng.uniform(4, 6)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        qy, qx, h = rng.uniform(17, 22), rng.uniform(17, 22), rng.uniform(3, 5)
-        sq = (np.abs(yy - qy) < h) & (np.abs(xx - qx) < h)
-        img = 0.2 + rng.normal(0, 0.03, (S, S))
-        img[disk], img[sq] = 0.8, 0.5
-        x[i, ..., 0] = np.clip(img, 0, 1)
-        y[i][disk], y[i][sq] = 1, 2
-    return x, y
-
-
 # ---------------------------------------------------------------------------------------------
 # losses
 
 
-def test_losses_are_near_zero_for_a_perfect_prediction_and_large_otherwise():
+def test_losses_are_near_zero_for_a_perfect_prediction_and_large_otherwise(organs):
     y = organs(2)[1]
     binary = (y > 0).astype("float32")[..., None]
     bce = DiceBCELoss()
@@ -81,7 +63,7 @@ def test_flip_only_mirrors_left_right():
     np.testing.assert_array_equal(m, (image > 0.5)[:, ::-1])
 
 
-def test_dataset_augments_reproducibly_and_not_without_augment():
+def test_dataset_augments_reproducibly_and_not_without_augment(organs):
     x, y = organs(10)
     plain = HeadDataset(x, y, 4, kind="unet", n_classes=2, seed=0, augment=None, shuffle=False)
     xb, yb = plain[0]

@@ -14,24 +14,6 @@ from aeanomaly.model.heads import CCEDiceLoss, DiceBCELoss, SupervisedHead, buil
 S = 32
 
 
-def organs(n: int, seed: int = 0):
-    """Slices with two 'organs': a bright disk (label 1, upper left) and a grey square (label 2)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:S, :S]
-    x = np.zeros((n, S, S, 1), np.float32)
-    y = np.zeros((n, S, S), np.int64)
-    for i in range(n):
-        cy, cx, r = rng.uniform(9, 14), rng.uniform(8, 13), rng.uniform(4, 6)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        qy, qx, h = rng.uniform(17, 22), rng.uniform(17, 22), rng.uniform(3, 5)
-        sq = (np.abs(yy - qy) < h) & (np.abs(xx - qx) < h)
-        img = 0.2 + rng.normal(0, 0.03, (S, S))
-        img[disk], img[sq] = 0.8, 0.5
-        x[i, ..., 0] = np.clip(img, 0, 1)
-        y[i][disk], y[i][sq] = 1, 2
-    return x, y
-
-
 def blobs(n: int, seed: int = 1):
     """Noise slices; odd ones hold a bright blob (class 1 = abnormal)."""
     rng = np.random.default_rng(seed)
@@ -99,7 +81,7 @@ def test_dice_iou_per_class():
 
 
 @pytest.fixture(scope="module")
-def unet_head():
+def unet_head(organs):
     x, y = organs(56)
     head = SupervisedHead(kind="unet", classes=("disk", "square"), size=S, channels=1, window="abdomen",
                           label_values=[[5], [1]], depth=2, base_filters=8, epochs=6, batch_size=8,
@@ -173,7 +155,7 @@ def test_cnn_head_round_trips_with_its_fusion(tmp_path):
     np.testing.assert_allclose(loaded.fused_proba([0.05], [0.5]), head.fused_proba([0.05], [0.5]))
 
 
-def test_estimator_checks_its_input():
+def test_estimator_checks_its_input(organs):
     head = SupervisedHead(kind="unet", size=S, depth=2, base_filters=4, epochs=1)
     with pytest.raises(NotFittedError):
         head.predict_labels(np.zeros((1, S, S, 1), np.float32))
