@@ -157,6 +157,17 @@ def _regions(region, x):
 # anomaly families
 # ------------------------------------------------------------------------------------------------
 
+def _per_slice(x: np.ndarray, region, corrupt_slice) -> tuple[np.ndarray, np.ndarray]:
+    """The frame of every family: ``corrupt_slice(x, i, region_i) -> (new_i, alpha_i)`` for each slice
+    of ``x`` as ``(n, h, w, c)``, then the target from the alphas (:func:`_finish`)."""
+    x = _as_nhwc(x)
+    alpha = np.zeros_like(x)
+    new = x.copy()
+    for i, reg in enumerate(_regions(region, x)):
+        new[i], alpha[i] = corrupt_slice(x, i, reg)
+    return _finish(x, new, alpha)
+
+
 def patch_blend(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None,
                 region: np.ndarray | None = None, radius_fraction=RADIUS_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Blend a region of another normal slice in under a smooth shape with a gradient alpha.
@@ -180,20 +191,18 @@ def patch_blend(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | No
     target : np.ndarray
         float32 ``(n, h, w)`` in [0, 1].
     """
-    x = _as_nhwc(x)
-    donors = _check_donors(x, donors)
-    n, h, w, c = x.shape
-    alpha = np.zeros_like(x)
-    new = x.copy()
-    for i, reg in enumerate(_regions(region, x)):
+    donors = _check_donors(_as_nhwc(x), donors)
+
+    def blended(x, i, reg):
+        n, h, w, c = x.shape
         shape = smooth_shape(rng, h, w, _centre(rng, reg, h, w), radius_fraction, edge_px=rng.uniform(1.0, 3.0))
         a = shape[..., None] * rng.uniform(0.4, 1.0) * _channel_weights(rng, c)
         d = _donor(rng, donors, i, n)
         shift = rng.integers(-h // 4, h // 4 + 1), rng.integers(-w // 4, w // 4 + 1)
         d = np.roll(d, shift, axis=(0, 1))
-        new[i] = (1 - a) * x[i] + a * d
-        alpha[i] = a
-    return _finish(x, new, alpha)
+        return (1 - a) * x[i] + a * d, a
+
+    return _per_slice(x, region, blended)
 
 
 def poisson_patch(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None,
@@ -205,12 +214,10 @@ def poisson_patch(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | 
     values): the donor's gradients, the host's level at the seam. Parameters and returns as
     :func:`patch_blend`.
     """
-    x = _as_nhwc(x)
-    donors = _check_donors(x, donors)
-    n, h, w, c = x.shape
-    alpha = np.zeros_like(x)
-    new = x.copy()
-    for i, reg in enumerate(_regions(region, x)):
+    donors = _check_donors(_as_nhwc(x), donors)
+
+    def pasted(x, i, reg):
+        n, h, w, c = x.shape
         shape = smooth_shape(rng, h, w, _centre(rng, reg, h, w), radius_fraction, edge_px=0.0) > 0.5
         ring = ndi.binary_dilation(shape, iterations=1) & ~shape
         d = _donor(rng, donors, i, n)
@@ -224,22 +231,20 @@ def poisson_patch(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | 
         den = ndi.gaussian_filter(ring.astype(np.float32), size)[..., None]
         membrane = num / np.maximum(den, 1e-6)
         wgt = _channel_weights(rng, c)
-        a = shape[..., None].astype(np.float32) * wgt
-        new[i] = np.where(shape[..., None], (1 - wgt) * x[i] + wgt * (d + membrane), x[i])
-        alpha[i] = a
-    return _finish(x, new, alpha)
+        new = np.where(shape[..., None], (1 - wgt) * x[i] + wgt * (d + membrane), x[i])
+        return new, shape[..., None].astype(np.float32) * wgt
+
+    return _per_slice(x, region, pasted)
 
 
 def foreign_interp(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None,
                    region: np.ndarray | None = None, radius_fraction=RADIUS_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Foreign-patch interpolation (FPI): a rectangle interpolated with the same rectangle of another
     slice by one factor α ~ U(0.2, 1). Parameters and returns as :func:`patch_blend`."""
-    x = _as_nhwc(x)
-    donors = _check_donors(x, donors)
-    n, h, w, c = x.shape
-    alpha = np.zeros_like(x)
-    new = x.copy()
-    for i, reg in enumerate(_regions(region, x)):
+    donors = _check_donors(_as_nhwc(x), donors)
+
+    def interpolated(x, i, reg):
+        n, h, w, c = x.shape
         cy, cx = _centre(rng, reg, h, w)
         ry = max(1, int(rng.uniform(*radius_fraction) * h))
         rx = max(1, int(rng.uniform(*radius_fraction) * w))
@@ -247,65 +252,57 @@ def foreign_interp(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray |
         box[max(0, cy - ry):cy + ry + 1, max(0, cx - rx):cx + rx + 1] = 1.0
         a = box[..., None] * rng.uniform(0.2, 1.0) * _channel_weights(rng, c)
         d = _donor(rng, donors, i, n)
-        new[i] = (1 - a) * x[i] + a * d
-        alpha[i] = a
-    return _finish(x, new, alpha)
+        return (1 - a) * x[i] + a * d, a
+
+    return _per_slice(x, region, interpolated)
 
 
-def _shape_alphas(x: np.ndarray, rng: np.random.Generator, region, radius_fraction, edge_px):
-    """Per slice ``i``: ``(i, alpha)`` with alpha a smooth random shape in the slice's region, weighted per
-    channel, ``(h, w, c)``; ``edge_px()`` draws its edge softness (drawn in this order, so seeded runs repeat)."""
-    _, h, w, c = x.shape
-    for i, reg in enumerate(_regions(region, x)):
+def _in_shape(rng: np.random.Generator, radius_fraction, edge_px, other_fn):
+    """A per-slice corruption for :func:`_per_slice`: ``other_fn(x, i)`` (the slice's ``(h, w, c)``
+    replacement) blended into ``x[i]`` inside a smooth random shape, weighted per channel; ``edge_px()``
+    draws the shape's edge softness. The draws come in this order per slice (shape, then ``other_fn``)."""
+    def blended(x, i, reg):
+        _, h, w, c = x.shape
         shape = smooth_shape(rng, h, w, _centre(rng, reg, h, w), radius_fraction, edge_px=edge_px())
-        yield i, shape[..., None] * _channel_weights(rng, c)
+        a = shape[..., None] * _channel_weights(rng, c)
+        return (1 - a) * x[i] + a * other_fn(x, i), a
+
+    return blended
 
 
 def intensity_shape(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None,
                     region: np.ndarray | None = None, radius_fraction=RADIUS_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Shift the brightness by ±0.05…0.5 inside a smooth random shape (``donors`` unused).
     Parameters and returns as :func:`patch_blend`."""
-    x = _as_nhwc(x)
-    alpha = np.zeros_like(x)
-    new = x.copy()
-    for i, a in _shape_alphas(x, rng, region, radius_fraction, lambda: rng.uniform(0.5, 2.5)):
-        delta = rng.uniform(0.05, 0.5) * (1 if rng.random() < 0.7 else -1)
-        new[i] = x[i] + a * delta
-        alpha[i] = a
-    return _finish(x, new, alpha)
+    def shifted(x, i):
+        return x[i] + rng.uniform(0.05, 0.5) * (1 if rng.random() < 0.7 else -1)
+
+    return _per_slice(x, region, _in_shape(rng, radius_fraction, lambda: rng.uniform(0.5, 2.5), shifted))
 
 
 def texture_shape(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None,
                   region: np.ndarray | None = None, radius_fraction=RADIUS_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """Change the texture inside a smooth random shape: blur it away, or add coarse noise
     (``donors`` unused). Parameters and returns as :func:`patch_blend`."""
-    x = _as_nhwc(x)
-    n, h, w, c = x.shape
-    alpha = np.zeros_like(x)
-    new = x.copy()
-    for i, a in _shape_alphas(x, rng, region, radius_fraction, lambda: 1.0):
+    def retextured(x, i):
+        _, h, w, _ = x.shape
         if rng.random() < 0.5:
-            other = ndi.gaussian_filter(x[i], (rng.uniform(1.5, 4.0),) * 2 + (0,))
-        else:
-            s = max(2, int(rng.integers(2, 6)))
-            coarse = rng.standard_normal((h // s + 1, w // s + 1)).astype(np.float32)
-            noise = np.repeat(np.repeat(coarse, s, 0), s, 1)[:h, :w]
-            other = x[i] + rng.uniform(0.05, 0.25) * ndi.gaussian_filter(noise, 0.7)[..., None]
-        new[i] = (1 - a) * x[i] + a * other
-        alpha[i] = a
-    return _finish(x, new, alpha)
+            return ndi.gaussian_filter(x[i], (rng.uniform(1.5, 4.0),) * 2 + (0,))
+        s = max(2, int(rng.integers(2, 6)))
+        coarse = rng.standard_normal((h // s + 1, w // s + 1)).astype(np.float32)
+        noise = np.repeat(np.repeat(coarse, s, 0), s, 1)[:h, :w]
+        return x[i] + rng.uniform(0.05, 0.25) * ndi.gaussian_filter(noise, 0.7)[..., None]
+
+    return _per_slice(x, region, _in_shape(rng, radius_fraction, lambda: 1.0, retextured))
 
 
 def smooth_blob(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None,
                 region: np.ndarray | None = None, radius_fraction=RADIUS_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """A smooth anisotropic Gaussian-profile blob of random intensity in [0, 1], truncated at 2.5 σ
     (``donors`` unused). Parameters and returns as :func:`patch_blend`."""
-    x = _as_nhwc(x)
-    n, h, w, c = x.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    alpha = np.zeros_like(x)
-    new = x.copy()
-    for i, reg in enumerate(_regions(region, x)):
+    def blob(x, i, reg):
+        _, h, w, c = x.shape
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         cy, cx = _centre(rng, reg, h, w)
         sy = max(0.7, rng.uniform(*radius_fraction) * h / 2)
         sx = max(0.7, rng.uniform(*radius_fraction) * w / 2)
@@ -317,9 +314,9 @@ def smooth_blob(x: np.ndarray, rng: np.random.Generator, donors: np.ndarray | No
         prof = np.where(q < 6.25, np.exp(-0.5 * q), 0.0).astype(np.float32) * rng.uniform(0.5, 1.0)
         a = prof[..., None] * _channel_weights(rng, c)
         value = rng.uniform(0.0, 1.0)
-        new[i] = x[i] + a * (value - x[i])
-        alpha[i] = a
-    return _finish(x, new, alpha)
+        return x[i] + a * (value - x[i]), a
+
+    return _per_slice(x, region, blob)
 
 
 GENERATORS: dict[str, Callable] = {

@@ -20,7 +20,9 @@ from aeanomaly.errors import ConfigError
 
 WORKER = Path(__file__).with_name("train_worker.py")
 REPO = Path(__file__).resolve().parents[2]
-RTOL = 1e-4
+# The all-reduce sums the two workers' gradients in another order than one device sums the whole batch:
+# float32 rounding that training amplifies step by step (4e-4 relative seen at epoch 3 on an idle machine).
+RTOL = 2e-3
 
 
 def _env(**extra) -> dict:
