@@ -43,6 +43,7 @@ import _common  # noqa: E402
 import real_ct_data as RD  # noqa: E402
 import real_ct_lesions as RL  # noqa: E402
 import real_ct_maps as RM  # noqa: E402
+from aeanomaly.config import TRAIN_DEFAULTS  # noqa: E402  (stdlib only: no TensorFlow at import)
 
 #: Synthetic anomaly radii for the self-supervised training, as a fraction of the model grid's side:
 #: ≈ 3–21 mm on a 350 mm field of view (nodules are 3–30 mm across).
@@ -93,14 +94,14 @@ def seg_training_slices(det, paths, max_slices: int = 3000):
     return np.concatenate(xs)[:max_slices], np.concatenate(regions)[:max_slices]
 
 
-def fit_variant(sets, size, channels, cfg, seed) -> tuple:
+def fit_variant(sets, size, channels, cfg, seed, norm=None) -> tuple:
     from aeanomaly.detector import AnomalyDetector
     from aeanomaly.io import load_scan
     from aeanomaly.model.selfsup import train_discriminator
 
     det = AnomalyDetector(window="lung", size=size, channels=channels, epochs=cfg["epochs"],
                           batch_size=cfg["batch_size"], seed=seed, val_fraction=0.12, calib_fraction=0.3,
-                          target_fpr=0.05)
+                          target_fpr=0.05, **({} if norm is None else {"norm": norm}))
     t0 = time.perf_counter()
     det.fit([i.path for i in sets.train], groups=[i.patient for i in sets.train], verbose=0)
     info = {"fit_s": round(time.perf_counter() - t0, 1), "epochs_run": len(det.history_.get("loss", [])),
@@ -314,12 +315,14 @@ def choose_seg(tune: dict) -> str | None:
 # ------------------------------------------------------------------------------------------------
 
 def summary(variants: list[dict]) -> list[dict]:
-    """Per (size, channels, method): Test A pooled over folds and the Test B / normals means."""
+    """Per (size, channels, norm, method): Test A pooled over folds and the Test B / normals means."""
     rows = {}
     for v in variants:
         for name, r in v["test_a"].items():
-            key = (v["size"], v["channels"], name)
-            d = rows.setdefault(key, {"size": v["size"], "channels": v["channels"], "method": name, "folds": 0,
+            norm = v.get("norm", "group")  # runs before the option trained group-normalised models
+            key = (v["size"], v["channels"], norm, name)
+            d = rows.setdefault(key, {"size": v["size"], "channels": v["channels"], "norm": norm, "method": name,
+                                      "folds": 0,
                                       "slice_auroc": [], "slice_auroc_pm95": [], "pixel_auprc": [], "pixel_auroc": [], "nodules": 0,
                                       "nodules_hit": 0, "false_lesions": [], "time_s": [], "fpr": [],
                                       "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": []})
@@ -354,6 +357,8 @@ def main(argv=None) -> int:
     ap.add_argument("--channels", type=int, nargs="+", default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seg-epochs", type=int, default=None)
+    ap.add_argument("--norms", nargs="+", default=None, choices=("group", "batch", "none"),
+                    help="the autoencoder's normalisation (default: fit's default)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -368,7 +373,8 @@ def main(argv=None) -> int:
            "epochs": args.epochs or (1 if q else 15), "seg_epochs": args.seg_epochs if args.seg_epochs is not None else (1 if q else 6),
            "batch_size": 8 if q else 16, "seg_filters": 8 if q else 16, "seg_steps": 3 if q else None,
            "limit": 4 if q else None, "max_hosts": 3 if q else None,
-           "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS))}
+           "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
+           "norms": args.norms or [TRAIN_DEFAULTS["norm"]]}
     out_path = args.out or _common.RESULTS / ("real_ct_quick.json" if q else "real_ct.json")
     load_before = _load_avg()
     t_all = time.perf_counter()
@@ -381,15 +387,15 @@ def main(argv=None) -> int:
             tune_cases = lesion_cases(sets.tune, RL.TUNING_KINDS, args.seed + 1, cfg["max_hosts"])
             test_cases = lesion_cases(sets.test, RL.KINDS, args.seed + 2, cfg["max_hosts"])
             for size in cfg["sizes"]:
-                for ch in cfg["channels"]:
-                    print(f"real_ct: fold {fold}, {size} px, {ch} channel(s)", flush=True)
-                    det, methods, calib_scans, info = fit_variant(sets, size, ch, cfg, args.seed)
+                for ch, norm in [(c, n) for c in cfg["channels"] for n in cfg["norms"]]:
+                    print(f"real_ct: fold {fold}, {size} px, {ch} channel(s), norm {norm}", flush=True)
+                    det, methods, calib_scans, info = fit_variant(sets, size, ch, cfg, args.seed, norm)
                     chosen_scores = choose_slice_scores(methods, tune_cases)
                     t0 = time.perf_counter()
                     cal = methods.calibrate(calib_scans)
                     info["calibrate_s"] = round(time.perf_counter() - t0, 1)
                     tb_tune = test_b(methods, None, tune_cases)
-                    v = {"fold": fold, "size": size, "channels": ch, "fit": info,
+                    v = {"fold": fold, "size": size, "channels": ch, "norm": norm, "fit": info,
                          "scoring": det.scoring_params().to_dict(), "slice_score_choice": chosen_scores,
                          "test_a": test_a(methods, cal, root, fold), "normals": test_normals(methods, cal, sets.test),
                          "test_b": {"tune": tb_tune, "test": test_b(methods, cal, test_cases)},

@@ -108,6 +108,24 @@ def pipeline_stages(det, path: Path, out_dir: Path, repeats: int) -> dict:
             "n_slices_scored": runs[0]["n_scored"], "n_lesions": len(res.lesions), "label": res.label}
 
 
+def cli_score(bundle: Path, scan_path: Path, out_dir: Path) -> dict:
+    """``aeanomaly score BUNDLE SCAN`` as a user runs it, in a child process: wall time (TensorFlow's
+    start included) and the child's own peak RSS from ``wait4``."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "aeanomaly.cli", "score", str(bundle), str(scan_path), "--out", str(out_dir),
+           "--overwrite", "--quiet"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode(errors="replace")[-400:]
+    proc.stderr.close()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024.0, "exit_code": proc.returncode,
+            **({"stderr_tail": err} if proc.returncode else {})}
+
+
 # ------------------------------------------------------------------------------------------------
 # PyTorch peer
 # ------------------------------------------------------------------------------------------------
@@ -279,6 +297,9 @@ def main(argv=None) -> None:
             bundle, t_fit = _t(lambda: fit_bundle(work, 256, n_scans=4 if quick else 6, epochs=1, norm=norm))
             det = AnomalyDetector.load(bundle)
             p = pipeline_stages(det, scan_path, work, reps)
+            p["cli_score"] = cli_score(bundle, scan_path, work / f"cli-{norm}")
+            print(f"  aeanomaly score: {p['cli_score']['wall_s']:.1f} s, peak RSS {p['cli_score']['peak_rss_mib']:.0f} MiB",
+                  flush=True)
             bare = nets[f"256px {label}"]
             peak = max(sgemm, bare["sgemm_gflops_reference"])  # the best sgemm rate seen in this run
             floor = bare["gflop_per_slice"] * p["n_slices_scored"] / peak
@@ -333,6 +354,10 @@ def main(argv=None) -> None:
                                                                 "met": p["ratio_to_bare_infer"] >= 0.85}
         targets[f"{label}: heatmap_write_le_5pct"] = {"value": p["heatmap_write_fraction"],
                                                       "met": p["heatmap_write_fraction"] <= 0.05}
+        cli = p["cli_score"]
+        if cli["exit_code"] == 0:  # the target is for 300 slices: a shorter scan cannot meet it
+            targets[f"{label}: score_cli_peak_rss_le_2GiB ({n_slices} slices)"] = {
+                "value": cli["peak_rss_mib"], "met": cli["peak_rss_mib"] <= 2048 and n_slices >= 300}
     tp = result.get("pytorch_peer") or {}
     if tp.get("pipeline_over_torch_infer") is not None:
         targets["pipeline_ge_1.5x_pytorch_peer"] = {"value": tp["pipeline_over_torch_infer"],

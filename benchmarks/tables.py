@@ -144,6 +144,11 @@ def speed(d: dict) -> str:
                     f"{c.get('model_size_px', 256)} px, seconds per scan by stage:", "",
                 table(["network", "total", *stages, "÷ bare inference", "heatmap write share", "compute floor (s)",
                        "300 slices, extrapolated (s)"], prow)]
+    cli = [[name, f(p["cli_score"].get("wall_s"), 1), f(p["cli_score"].get("peak_rss_mib"), 0)]
+           for name, p in d.get("pipelines", {}).items() if p.get("cli_score")]
+    if cli:
+        out += ["", "`aeanomaly score BUNDLE SCAN --quiet` as a user runs it (a child process; TensorFlow's start "
+                    "included):", "", table(["network", "wall (s)", "peak RSS (MiB)"], cli)]
     tr = _targets(d.get("targets", {}))
     rss = d.get("peak_rss_mib", {}).get("this_process")
     if rss:

@@ -105,7 +105,7 @@ def write_heatmap(path: str | os.PathLike, heatmap_zyx: np.ndarray, scan, fmt: s
     """Write a heatmap given on the scan's internal grid: NIfTI in the input's own voxel grid and
     affine (overlays the original in ITK-SNAP / 3D Slicer), or .npy in the internal ``(z, y, x)``."""
     if fmt == "nifti":
-        return save_like_input(path, heatmap_zyx.astype(np.float32), scan)
+        return save_like_input(path, np.asarray(heatmap_zyx, dtype=np.float32), scan)
     with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, np.asarray(heatmap_zyx, dtype=np.float32), allow_pickle=False)
     return Path(path)

@@ -114,7 +114,8 @@ def to_input_geometry(volume_zyx: np.ndarray, scan: Scan) -> tuple[np.ndarray, n
     """Map an internal-grid volume (same shape as ``scan.hu``) back to the input file's grid.
 
     Returns ``(data_ijk, input_affine)``: save them together (e.g. as NIfTI) and the result
-    overlays the original file voxel for voxel. Scans without a recorded reorientation (2-D images,
+    overlays the original file voxel for voxel. ``data_ijk`` is Fortran-ordered (NIfTI's own layout:
+    a free view of a C-ordered ``(z, y, x)`` volume when no reorientation is needed). Scans without a recorded reorientation (2-D images,
     .npy) come back in the internal grid with ``scan.affine``.
     """
     vol = np.asarray(volume_zyx)
@@ -123,8 +124,8 @@ def to_input_geometry(volume_zyx: np.ndarray, scan: Scan) -> tuple[np.ndarray, n
     xyz = vol.transpose(2, 1, 0)
     ornt = scan.meta.get("input_ornt")
     if ornt is None:
-        return np.ascontiguousarray(xyz), np.asarray(scan.affine, dtype=float)
+        return np.asfortranarray(xyz), np.asarray(scan.affine, dtype=float)
     back = nio.ornt_transform(nio.axcodes2ornt(INTERNAL_AXCODES), nio.io_orientation(scan.meta["input_affine"]))
     # ornt_transform(target, start) is the inverse of ornt_transform(start, target)
     data = nio.apply_orientation(xyz, back)
-    return np.ascontiguousarray(data), np.asarray(scan.meta["input_affine"], dtype=float)
+    return np.asfortranarray(data), np.asarray(scan.meta["input_affine"], dtype=float)
