@@ -682,8 +682,8 @@ class AnomalyDetector:
         """Load a fitted detector from a bundle directory."""
         parts = _bundle.load_parts(path)
         info = parts["info"]
-        try:
-            det = cls(**info["params"])
+        try:  # bundles written before the norm option held GroupNorm models (the default then)
+            det = cls(**{"norm": "group", **info["params"]})
             window = HUWindow.parse(det.window)
         except (TypeError, ConfigError) as err:
             from .errors import BundleError

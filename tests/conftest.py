@@ -74,6 +74,20 @@ def fitted_bundle(phantom_train, tmp_path_factory) -> Path:
     return det.save(tmp_path_factory.mktemp("bundles") / "tiny")
 
 
+@pytest.fixture(scope="session")
+def abnormal_phantom(phantom_test, fitted_bundle) -> Path:
+    """The abnormal test phantom that the tiny bundle labels abnormal with the most lesions (the review
+    and feedback tests need a scan it finds; which one depends on the model, so it is looked up)."""
+    from aeanomaly.detector import AnomalyDetector
+    from aeanomaly.io import find_scans
+
+    det = AnomalyDetector.load(fitted_bundle)
+    found = [(len(r.lesions), p) for p in find_scans(phantom_test / "abnormal")
+             for r in [det.score_scan(p)] if r.label == "abnormal" and r.lesions]
+    assert found, "the tiny bundle flags none of the abnormal test phantoms"
+    return max(found, key=lambda t: (t[0], -int(t[1].name.split("_")[-1].split(".")[0])))[1]
+
+
 def _write_mhd(path, data_zyx, spacing_xyz=(0.7, 0.7, 2.5), offset_xyz=(-180.0, -200.0, -300.0),
                direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), dtype="<i2", local=False, compressed=False, extra=""):
     """Write a MetaImage as LUNA16 does (.mhd + .raw, LPS world frame); ``data_zyx`` is z-slowest."""

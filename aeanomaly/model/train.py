@@ -242,4 +242,43 @@ def train_autoencoder(
     best = work_dir / BEST_WEIGHTS
     if best.is_file():
         model.load_weights(best)
+    if not multiworker and strategy.num_replicas_in_sync == 1:
+        # the inputs the weights were fitted to: the training stream (augmentation and noise included)
+        stream = SliceDataset(store, train_idx, config.batch_size, shuffle=True, seed=config.seed + 1,
+                              augment=Augment(**config.augment_params) if config.augment else None,
+                              noise_std=config.noise_std, noise_resolution=config.noise_resolution)
+        recompute_batchnorm_statistics(model, (stream[i][0] for i in range(min(len(stream), BN_STAT_BATCHES))))
     return model, run_state.state
+
+
+#: Training batches that :func:`recompute_batchnorm_statistics` averages after a run.
+BN_STAT_BATCHES = 64
+
+
+def recompute_batchnorm_statistics(model: keras.Model, batches) -> int:
+    """Set every BatchNormalization layer's moving mean and variance to the average of its batch
+    statistics over ``batches`` (in order): "precise BN".
+
+    Keras keeps exponential moving averages (momentum 0.99) that after a short run still hold most of
+    their initial values (0 and 1), so a model trained for a few hundred steps normalises wrongly at
+    inference. A forward pass in training mode with the momentum set to ``i / (i + 1)`` for batch ``i``
+    makes the moving statistics the running mean of the batch statistics; no weight changes. Pass
+    batches drawn as in training (augmented, noisy): on real CT, statistics of clean slices instead
+    ranked real nodules worse (benchmarks/real_ct.py, one fold 0.87 → 0.70). Models without
+    BatchNormalization are left alone. Returns the number of batches used.
+    """
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not bns:
+        return 0
+    saved = [layer.momentum for layer in bns]
+    n = 0
+    try:
+        for i, x in enumerate(batches):
+            for layer in bns:
+                layer.momentum = i / (i + 1.0)
+            model(np.asarray(x, np.float32), training=True)
+            n += 1
+    finally:
+        for layer, m in zip(bns, saved):
+            layer.momentum = m
+    return n

@@ -12,12 +12,6 @@ from aeanomaly.cli.feedback import feedback
 from aeanomaly.review.db import FeedbackDB
 
 
-@pytest.fixture(scope="session")
-def abnormal_phantom(phantom_test) -> Path:
-    """The abnormal test phantom the tiny bundle finds lesions in (as in tests/review/conftest.py)."""
-    return phantom_test / "abnormal" / "phantom_0007.nii.gz"
-
-
 def test_feedback_export_and_stats(tmp_path, fitted_bundle, abnormal_phantom):
     db = FeedbackDB(tmp_path / "r.sqlite")
     sid, _ = db.add_scan("a" * 64, abnormal_phantom, "v1")
@@ -28,7 +22,7 @@ def test_feedback_export_and_stats(tmp_path, fitted_bundle, abnormal_phantom):
     runner = CliRunner()
     res = runner.invoke(feedback, ["export", "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
-    assert "1 abnormal" in res.output and (tmp_path / "out" / "masks" / "phantom_0007_mask.nii.gz").is_file()
+    assert "1 abnormal" in res.output and (tmp_path / "out" / "masks" / abnormal_phantom.name.replace(".nii.gz", "_mask.nii.gz")).is_file()
     res = runner.invoke(feedback, ["export", "--db", str(tmp_path / "r.sqlite"), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "--overwrite" in res.output
     res = runner.invoke(feedback, ["stats", "--db", str(tmp_path / "r.sqlite")])

@@ -103,3 +103,29 @@ def test_progress_bar_shows_rate_and_eta_and_verbose_0_is_silent(store, tmp_path
     train_autoencoder(cfg, store, np.arange(32), np.arange(32, 40), tmp_path / "b", verbose=0)
     out = capfd.readouterr()
     assert "epoch" not in out.out and "slice" not in out.err
+
+
+def test_batchnorm_statistics_are_the_mean_of_clean_batch_statistics():
+    from aeanomaly.model.autoencoder import build_autoencoder
+    from aeanomaly.model.train import recompute_batchnorm_statistics
+
+    model = build_autoencoder(size=32, depth=2, base_filters=4, latent_dim=8, norm="batch")
+    bn = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    probe = keras.Model(model.input, bn.input)
+    rng = np.random.default_rng(0)
+    batches = [rng.random((4, 32, 32, 1), dtype=np.float32) * (k + 1) for k in range(3)]
+    before = [w.copy() for w in model.get_weights()]
+    momentum = bn.momentum
+    assert recompute_batchnorm_statistics(model, iter(batches)) == 3
+    feats = [np.asarray(probe(b)) for b in batches]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean([f.mean(axis=(0, 1, 2)) for f in feats], axis=0),
+                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), np.mean([f.var(axis=(0, 1, 2)) for f in feats], axis=0),
+                               rtol=1e-3, atol=1e-6)
+    assert bn.momentum == momentum  # restored
+    trainable = {id(w) for w in model.trainable_weights}
+    for w, old in zip(model.weights, before):
+        if id(w) in trainable:
+            np.testing.assert_array_equal(w.numpy(), old)  # no weight is trained
+    gn = build_autoencoder(size=32, depth=2, base_filters=4, latent_dim=8, norm="group")
+    assert recompute_batchnorm_statistics(gn, iter(batches)) == 0  # nothing to do without BatchNorm

@@ -8,15 +8,6 @@ from pathlib import Path
 
 import pytest
 
-#: The abnormal test phantom the tiny bundle finds lesions in (see tests/conftest.py, seed 2).
-ABNORMAL_NAME = "phantom_0007.nii.gz"
-
-
-@pytest.fixture(scope="session")
-def abnormal_phantom(phantom_test) -> Path:
-    return phantom_test / "abnormal" / ABNORMAL_NAME
-
-
 @pytest.fixture(scope="session")
 def normal_phantoms(phantom_test) -> list[Path]:
     return sorted((phantom_test / "normal").glob("*.nii.gz"))
@@ -100,8 +91,9 @@ def dicom_zip(scan_hu, spacing):
 
 
 @pytest.fixture(scope="session")
-def rv():
+def rv(abnormal_phantom):
     """The helpers above as one object (test modules cannot import conftest under importlib mode)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(csrf=csrf_of, upload=upload, wait=wait_scored, abnormal_name=ABNORMAL_NAME, dicom_zip=dicom_zip)
+    return SimpleNamespace(csrf=csrf_of, upload=upload, wait=wait_scored, abnormal_name=abnormal_phantom.name,
+                           dicom_zip=dicom_zip)

@@ -27,14 +27,14 @@ def scored(fitted_bundle, loaded_detector, abnormal_phantom, tmp_path_factory, r
     return app, client, token
 
 
-def test_upload_is_scored_in_background_and_listed(scored):
+def test_upload_is_scored_in_background_and_listed(scored, rv):
     app, client, _ = scored
     status = client.get("/api/scan/1/status").get_json()
     assert status["status"] == "done" and status["progress"] == 1.0 and status["label"] == "abnormal"
     listing = client.get("/api/scans").get_json()["scans"]
     assert [s["id"] for s in listing] == [1] and listing[0]["n_lesions"] > 0 and listing[0]["verdict"] is None
     page = client.get("/").get_data(as_text=True)
-    assert "phantom_0007.nii.gz" in page and "unreviewed" in page and "abnormal" in page
+    assert rv.abnormal_name in page and "unreviewed" in page and "abnormal" in page
     assert client.get("/healthz").get_json()["idle"] is True
 
 
@@ -69,12 +69,12 @@ def test_heat_and_contour_layers_mark_the_lesions(scored):
     assert cont[..., 3].any()
 
 
-def test_report_download(scored):
+def test_report_download(scored, rv):
     _, client, _ = scored
     resp = client.get("/scan/1/report.html")
     assert resp.status_code == 200 and "attachment" in resp.headers["Content-Disposition"]
     html = resp.get_data(as_text=True)
-    assert "Lesions" in html and "data:image/png;base64," in html and "phantom_0007" in html
+    assert "Lesions" in html and "data:image/png;base64," in html and rv.abnormal_name.split(".")[0] in html
 
 
 def test_verdict_routes_record_reviewer_and_time(scored):

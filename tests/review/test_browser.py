@@ -95,7 +95,7 @@ def test_review_in_a_real_browser(server, browser, abnormal_phantom):
     assert "abnormal" in browser.find_element(By.ID, "scan-label").text
     wait.until(lambda d: d.execute_script("const i=document.getElementById('ct');"
                                           "return i.complete && i.naturalWidth > 0"))
-    assert "phantom_0007" in summary.text or "phantom_0007" in browser.page_source
+    assert abnormal_phantom.stem.split(".")[0] in summary.text or abnormal_phantom.stem.split(".")[0] in browser.page_source
     scan_id = int(browser.current_url.rstrip("/").split("/")[-1])
     n = db.scan(scan_id)["n_slices"]
 

@@ -45,10 +45,10 @@ def reviewed(fitted_bundle, loaded_detector, abnormal_phantom, phantom_test, tmp
     return app, db, rows, normals, abn
 
 
-def test_reviewer_labels_and_confirmed_normals(reviewed, phantom_test):
+def test_reviewer_labels_and_confirmed_normals(reviewed, phantom_test, rv):
     _, db, rows, normals, _ = reviewed
     labels = {r["name"]: r["label"] for r in reviewer_labels(db)}
-    assert labels == {**{n: "normal" for n in normals[:5]}, normals[5]: "conflict", "phantom_0007.nii.gz": "abnormal"}
+    assert labels == {**{n: "normal" for n in normals[:5]}, normals[5]: "conflict", rv.abnormal_name: "abnormal"}
     paths = confirmed_normals(db.path)  # a path works as well as the object
     assert [p.name for p in paths] == normals[:4]
     assert all(p.is_file() for p in paths)
@@ -56,7 +56,7 @@ def test_reviewer_labels_and_confirmed_normals(reviewed, phantom_test):
     assert {r["reviewer"] for r in recs} == {"dr b"} and all(r["review_id"] > 0 for r in recs)
 
 
-def test_export_round_trip_is_read_by_the_label_reader(reviewed, tmp_path):
+def test_export_round_trip_is_read_by_the_label_reader(reviewed, tmp_path, rv):
     from aeanomaly.io import load_label, load_scan
 
     _, db, rows, normals, abn = reviewed
@@ -74,12 +74,12 @@ def test_export_round_trip_is_read_by_the_label_reader(reviewed, tmp_path):
     scan = load_scan(abn_item.scan)
     mask = load_label(abn_item.mask, like=scan) > 0  # in the scan's own geometry
     assert mask[1, 20, 40]  # the missed point's disc
-    cached = np.load(rows["phantom_0007.nii.gz"]["cache_dir"] + "/labels.npy")
+    cached = np.load(rows[rv.abnormal_name]["cache_dir"] + "/labels.npy")
     assert mask[cached == 1].all()  # the confirmed lesion
     assert not mask[cached == 2].all()  # the rejected lesion is not in the mask
     with open(out / "points.csv", newline="") as fh:
         pts = list(csv.DictReader(fh))
-    assert {(p["scan"], p["slice"], p["note"]) for p in pts} == {("phantom_0007.nii.gz", "1", "missed nodule"),
+    assert {(p["scan"], p["slice"], p["note"]) for p in pts} == {(rv.abnormal_name, "1", "missed nodule"),
                                                                  (normals[5], "3", "hmm")}
     with open(out / "lesion_verdicts.csv", newline="") as fh:
         assert sorted(r["verdict"] for r in csv.DictReader(fh)) == ["confirm", "reject"]
