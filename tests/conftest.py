@@ -39,8 +39,11 @@ def rng() -> np.random.Generator:
 PHANTOM_SHAPE = (8, 64, 64)
 PHANTOM_SPACING = (6.0, 5.5, 5.5)
 #: The tiny model used everywhere in tests.
+# norm="group": at this size (20 phantoms, 8 epochs) the BatchNorm default ranks scans but its lesions miss the
+# injected ones (Dice 0 in test_scoring_ranks_abnormal_above_normal_and_localizes); the GroupNorm model
+# localizes. The BatchNorm default is exercised by the tests that fit with defaults and by `make demo`.
 TINY = dict(size=64, depth=3, base_filters=8, latent_dim=16, epochs=8, batch_size=8, learning_rate=3e-3, patience=10,
-            val_fraction=0.15, calib_fraction=0.4, target_fpr=0.2, seed=0)
+            val_fraction=0.15, calib_fraction=0.4, target_fpr=0.2, seed=0, norm="group")
 
 
 @pytest.fixture(scope="session")
