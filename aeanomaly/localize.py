@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ConfigError
+from .masks import disk_open
 from .scoring import as_volume, check_spacing
 
 #: Keys of one lesion record, in table order.
@@ -103,11 +104,6 @@ def slice_peaks(heatmap: np.ndarray) -> np.ndarray:
     return as_volume(heatmap, "heatmap", np.float64).max(axis=(1, 2))
 
 
-def _disk(radius: int) -> np.ndarray:
-    r = np.arange(-radius, radius + 1)
-    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius
-
-
 def _p_values(peaks: np.ndarray, normal_peaks) -> np.ndarray | None:
     if normal_peaks is None:
         return None
@@ -167,7 +163,8 @@ def find_lesions(
     labels : np.ndarray
         int32, same shape as ``heatmap``: 0 = background, ``k`` = the voxels of lesion id ``k``.
     """
-    hm = as_volume(heatmap, "heatmap", np.float64)
+    # float32 heatmaps stay float32 (no float64 copy of the volume); the statistics use float64 voxels
+    hm = as_volume(heatmap, "heatmap", np.float64 if np.asarray(heatmap).dtype == np.float64 else np.float32)
     sz, sy, sx = check_spacing(spacing)
     aff = np.asarray(affine, dtype=np.float64)
     if aff.shape != (4, 4) or not np.isfinite(aff).all():
@@ -178,7 +175,7 @@ def find_lesions(
         raise ConfigError(f"opening_px must be an integer ≥ 0, got {opening_px}")
     binary = hm > threshold
     if opening_px > 0:
-        binary = ndimage.binary_opening(binary, structure=_disk(int(opening_px))[None])
+        binary = disk_open(binary, int(opening_px))
     structure = np.ones((3, 3, 3), dtype=bool)
     if not connectivity3d:
         structure[[0, 2]] = False
@@ -188,7 +185,7 @@ def find_lesions(
     fg = labels > 0
     zyx = np.nonzero(fg)
     lab = labels[fg].astype(np.int64) - 1
-    vals = hm[fg]
+    vals = hm[fg].astype(np.float64)
     n_vox = np.bincount(lab, minlength=n)
     keys, per_slice = np.unique(lab * hm.shape[0] + zyx[0], return_counts=True)
     max_px = np.zeros(n, dtype=np.int64)

@@ -11,6 +11,7 @@ The number of threads is ``$AEANOMALY_THREADS`` when set (1 = serial), else the 
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -20,6 +21,8 @@ from .errors import ConfigError
 
 #: Fewer slices than this per chunk are not worth a thread.
 MIN_CHUNK = 4
+#: At most this many slices per chunk: what a stage holds in flight beside its outputs is a few chunks.
+MAX_CHUNK = 32
 
 
 def n_threads() -> int:
@@ -40,27 +43,57 @@ def n_threads() -> int:
     return max(1, min(8, cpus))
 
 
-def chunk_bounds(n: int, threads: int, min_chunk: int = MIN_CHUNK) -> list[tuple[int, int]]:
-    """Split ``range(n)`` into at most ``threads`` contiguous ``[start, stop)`` chunks of ≥ ``min_chunk``."""
-    k = max(1, min(int(threads), n // max(1, min_chunk)))
+def chunk_bounds(n: int, threads: int, min_chunk: int = MIN_CHUNK, max_chunk: int = MAX_CHUNK) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into contiguous ``[start, stop)`` chunks: at least ``threads`` of them (so that
+    every thread has work) and of at most ``max_chunk`` slices, but none shorter than ``min_chunk``."""
+    want = max(int(threads), -(-n // max(1, int(max_chunk))))
+    k = max(1, min(want, n // max(1, min_chunk)))
     edges = np.linspace(0, n, k + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [(0, n)]
 
 
 def map_slices(fn: Callable, *arrays: np.ndarray, threads: int | None = None):
-    """``fn(*chunks)`` on z-chunks of ``arrays`` (all with the same first axis), results concatenated.
+    """``fn(*chunks)`` on z-chunks of ``arrays`` (all with the same first axis), results assembled.
 
     ``fn`` returns one array or a tuple of arrays, each with the chunk's slices on axis 0; the result
-    has the same structure for the whole volume. With one thread (or a short volume) it is a plain call.
+    has the same structure for the whole volume. Chunks run in a thread pool, at most two per thread
+    at a time, and each result is copied into the preallocated output as soon as it is the next one
+    in order: the memory in flight is a few chunks, not a second copy of the volume. With one thread
+    (or a short volume) it is a plain call on the whole volume.
     """
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
         raise ConfigError("map_slices needs arrays with the same number of slices")
-    bounds = chunk_bounds(n, n_threads() if threads is None else threads)
+    t = n_threads() if threads is None else int(threads)
+    if t <= 1 or n < 2 * MIN_CHUNK:
+        return fn(*arrays)
+    bounds = chunk_bounds(n, t)
     if len(bounds) == 1:
         return fn(*arrays)
-    with ThreadPoolExecutor(len(bounds)) as pool:
-        parts = list(pool.map(lambda b: fn(*(a[b[0]: b[1]] for a in arrays)), bounds))
-    if isinstance(parts[0], tuple):
-        return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
-    return np.concatenate(parts)
+    outputs: list[np.ndarray] | None = None
+    single = False
+    with ThreadPoolExecutor(min(t, len(bounds))) as pool:
+        pending: deque = deque()
+        todo = iter(bounds)
+
+        def submit() -> None:
+            b = next(todo, None)
+            if b is not None:
+                pending.append((b, pool.submit(fn, *(a[b[0]: b[1]] for a in arrays))))
+
+        for _ in range(2 * t):
+            submit()
+        while pending:
+            (lo, hi), fut = pending.popleft()
+            part = fut.result()
+            submit()
+            single = not isinstance(part, tuple)
+            parts = (part,) if single else part
+            if outputs is None:
+                outputs = [np.empty((n,) + np.shape(q)[1:], dtype=np.asarray(q).dtype) for q in parts]
+            for out, q in zip(outputs, parts):
+                if len(q) != hi - lo:
+                    raise ValueError(f"map_slices: fn returned {len(q)} slices for a chunk of {hi - lo}")
+                out[lo:hi] = q
+            del part, parts
+    return outputs[0] if single else tuple(outputs)

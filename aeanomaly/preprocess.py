@@ -162,6 +162,10 @@ def resample_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
     return mat
 
 
+#: Largest output side for which upsampling uses dense interpolation matrices.
+DENSE_UPSAMPLE_MAX = 2048
+
+
 def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
     """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` (float32): a block mean for integer
     downsampling factors, else separable sparse filters (:func:`resample_matrix`)."""
@@ -174,31 +178,24 @@ def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
             for dx in range(fx):
                 acc += a[:, dy::fy, dx::fx]
         return acc * np.float32(1.0 / (fy * fx))
-    if out_y % ny == 0 and out_x % nx == 0:
-        return _upsample_linear(_upsample_linear(a, out_y // ny, 1), out_x // nx, 2)
+    if out_y >= ny and out_x >= nx and max(out_y, out_x) <= DENSE_UPSAMPLE_MAX:
+        # Upsampling (model grid → input grid): two dense products with the interpolation matrices.
+        # Each output pixel needs 2 input pixels, so most of the matrices' entries are 0, but BLAS
+        # runs these products faster than strided elementwise passes along x (measured 3.5× faster
+        # on 150 slices of 256 → 512 px), and for the same result within float32 rounding.
+        ry = resample_matrix(ny, out_y).toarray().astype(np.float32)
+        rx = resample_matrix(nx, out_x).toarray().astype(np.float32)
+        wide = np.matmul(a, rx.T)
+        out = np.empty((z, out_y, out_x), np.float32)
+        for k in range(z):  # one product per slice: numpy's broadcast matmul of (out_y, ny) is 3× slower
+            np.matmul(ry, wide[k], out=out[k])
+        return out
     ry = resample_matrix(ny, out_y)
     rx = resample_matrix(nx, out_x)
     a = stack.astype(np.float32, copy=False).transpose(1, 0, 2).reshape(ny, z * nx)
     a = (ry @ a).reshape(out_y, z, nx).transpose(2, 1, 0).reshape(nx, z * out_y)
     a = (rx @ a).reshape(out_x, z, out_y).transpose(1, 2, 0)
     return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _upsample_linear(a: np.ndarray, f: int, axis: int) -> np.ndarray:
-    """Linear upsampling by an integer factor along ``axis``, pixel-centre aligned, edges replicated
-    (the same result as :func:`resample_matrix`, without the sparse product)."""
-    if f == 1:
-        return a
-    a = np.moveaxis(a, axis, -1)
-    n = a.shape[-1]
-    padded = np.concatenate([a[..., :1], a, a[..., -1:]], axis=-1)
-    out = np.empty(a.shape[:-1] + (n * f,), np.float32)
-    for p in range(f):
-        c = (p + 0.5) / f - 0.5  # offset of this phase from the input pixel centre, in input pixels
-        lo = int(np.floor(c))
-        w = np.float32(c - lo)
-        out[..., p::f] = (1 - w) * padded[..., 1 + lo : 1 + lo + n] + w * padded[..., 2 + lo : 2 + lo + n]
-    return np.ascontiguousarray(np.moveaxis(out, -1, axis))
 
 
 def to_model_grid(stack: np.ndarray, size: int, pad_value: float = 0.0) -> tuple[np.ndarray, GridSpec]:
@@ -241,9 +238,26 @@ def model_to_input_yx(y: float, x: float, grid: GridSpec) -> tuple[float, float]
 
 
 def mask_to_model_grid(mask: np.ndarray, size: int) -> np.ndarray:
-    """A bool/label mask ``(z, y, x)`` on the model grid (area fraction ≥ 0.5 → True)."""
-    res, _ = to_model_grid(np.asarray(mask) > 0, size, pad_value=0.0)
-    return res >= 0.5
+    """A bool/label mask ``(z, y, x)`` on the model grid (area fraction ≥ 0.5 → True).
+
+    When the padded square side is a multiple of ``size`` (512 → 256 or 128), each model pixel
+    covers a whole ``f × f`` block: its count of mask pixels is compared with ``f²/2`` in integers
+    (the same decision as the area mean, without the float32 copy of the full-resolution mask)."""
+    m = np.asarray(mask) > 0
+    if m.ndim == 2:
+        m = m[None]
+    z, ny, nx = m.shape
+    grid = GridSpec(ny, nx, int(size))
+    side, f = grid.side, grid.side // grid.size
+    if side % grid.size or f < 2:
+        res, _ = to_model_grid(m, size, pad_value=0.0)
+        return res >= 0.5
+    if (ny, nx) != (side, side):
+        sq = np.zeros((z, side, side), bool)
+        sq[:, grid.pad_y : grid.pad_y + ny, grid.pad_x : grid.pad_x + nx] = m
+        m = sq
+    counts = m.reshape(z, grid.size, f, grid.size, f).sum(axis=(2, 4), dtype=np.int32)
+    return 2 * counts >= f * f
 
 
 # --------------------------------------------------------------------------------------------

@@ -166,15 +166,18 @@ def analyse(image: np.ndarray, reconstruction: np.ndarray, region: np.ndarray, k
     Analysis
     """
     sp = check_spacing(spacing)
-    resid = residual_map(image, reconstruction, sign)
+    if sign not in RESIDUAL_SIGNS:
+        raise ConfigError(f"residual sign must be one of {RESIDUAL_SIGNS}, got {sign!r}")
     erode_px = int(round(params.erode_mm / max(sp[1], 1e-6)))
 
-    def chunk(r, reg, k):  # all per slice (no smoothing across z): z-chunks run in threads
+    def chunk(x, x_hat, reg, k):  # all per slice (no smoothing across z): z-chunks run in threads
+        r = residual_map(x, x_hat, sign)
         m = erode_mask(reg, erode_px) & k[:, None, None]
         h = residual_heatmap(r, mask=m, sigma_mm=params.sigma_mm, spacing=sp)
         return m, h, slice_scores(r if params.slice_score == "mae" else h, m, params.slice_score)
 
-    mask, heat, scores = map_slices(chunk, resid, np.asarray(region, bool), np.asarray(keep, bool))
+    mask, heat, scores = map_slices(chunk, np.asarray(image, np.float32), np.asarray(reconstruction, np.float32),
+                                    np.asarray(region, bool), np.asarray(keep, bool))
     return Analysis(image=image, reconstruction=reconstruction, region=region, mask=mask, heatmap=heat,
                     slice_scores=scores, scan_score=scan_score(scores, params.scan_aggregation), spacing=sp,
                     note=note)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,33 +47,6 @@ def timed(fn, repeats: int = 3, warmup: int = 1) -> dict:
 def peak_rss_mib() -> float:
     """Peak resident set size of this process so far (MiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def run_child(cmd: list[str], env: dict | None = None, timeout: float | None = None) -> dict:
-    """Run a child process; its wall time, exit code, peak RSS (``ru_maxrss`` via wait4) and output."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    # communicate() reaped the child; its rusage is folded into RUSAGE_CHILDREN only as a max over
-    # all children, so the child reports its own peak too (see child_report) when it can.
-    wall = time.perf_counter() - t0
-    return {"rc": proc.returncode, "wall_s": wall, "stdout": out, "stderr": err}
-
-
-def run_child_rusage(cmd: list[str], env: dict | None = None, cwd=None) -> dict:
-    """Run a child with ``os.wait4`` so that its own peak RSS is known exactly (MiB)."""
-    t0 = time.perf_counter()
-    with open(os.devnull, "wb") as devnull:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=devnull, env=env, cwd=cwd)
-        out = proc.stdout.read()
-        _, status, ru = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": proc.returncode, "wall_s": time.perf_counter() - t0, "peak_rss_mib": ru.ru_maxrss / 1024.0,
-            "stdout": out.decode(errors="replace")}
 
 
 def numpy_sgemm_gflops(n: int = 2048, repeats: int = 5) -> dict:

@@ -53,6 +53,19 @@ def test_reconstruction_beats_mean_image_baseline(det, phantom_test):
     assert np.mean(maes) < 0.5 * np.mean(base), (np.mean(maes), np.mean(base))
 
 
+def test_reconstruction_independent_of_the_inference_batch(det, phantom_test):
+    """The default inference batch (a pixel budget, INFER_BATCH_PIXELS) changes nothing but memory:
+    batches of 1, 5 and the default reconstruct the same slices within 1e-5."""
+    from aeanomaly.detector import INFER_BATCH_PIXELS
+
+    prep = det.prepare(load_scan(find_scans(phantom_test / "normal")[0]))
+    x = prep.x[prep.keep]
+    ref = det.reconstruct(x)
+    assert ref.shape == x.shape[:3] and min(32, INFER_BATCH_PIXELS // det.size**2) == 32
+    for bs in (1, 5):
+        np.testing.assert_allclose(det.reconstruct(x, batch_size=bs), ref, atol=1e-5)
+
+
 def test_scoring_ranks_abnormal_above_normal_and_localizes(det, phantom_test):
     normals = find_scans(phantom_test / "normal")
     abnormals = find_scans(phantom_test / "abnormal")

@@ -242,3 +242,21 @@ def test_inputs_are_not_mutated(residual):
     assert np.array_equal(hm, hm0) and np.array_equal(mask, mask0) and np.array_equal(peaks, peaks0)
     same = residual_heatmap(residual, sigma_mm=0.0, spacing=SPACING)
     assert not np.shares_memory(same, residual)
+
+
+def test_find_lesions_float32_heatmap_as_float64(residual):
+    """A float32 heatmap is labelled without a float64 copy of the volume: the same lesions and
+    statistics (within float32 rounding of the voxel values) as the float64 heatmap it came from."""
+    aff = internal_affine(SPACING, ORIGIN)
+    hm32 = residual_heatmap(residual, sigma_mm=SIGMA_MM, spacing=SPACING).astype(np.float32)
+    peaks = np.linspace(0.0, float(hm32.max()), 20)
+    a, la = find_lesions(hm32, THRESHOLD, SPACING, aff, opening_px=1, normal_peaks=peaks)
+    b, lb = find_lesions(hm32.astype(np.float64), THRESHOLD, SPACING, aff, opening_px=1, normal_peaks=peaks)
+    np.testing.assert_array_equal(la, lb)
+    assert len(a) == len(b) == 2
+    for ra, rb in zip(a, b):
+        for key in LESION_FIELDS:
+            if isinstance(ra[key], float):
+                assert ra[key] == pytest.approx(rb[key], rel=1e-6)
+            else:
+                assert ra[key] == rb[key]

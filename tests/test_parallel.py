@@ -8,14 +8,18 @@ from aeanomaly.parallel import chunk_bounds, map_slices, n_threads
 
 
 def test_chunk_bounds_cover_range_once():
-    for n in (0, 1, 3, 4, 9, 17, 120):
+    for n in (0, 1, 3, 4, 9, 17, 120, 301):
         for t in (1, 2, 3, 8):
             b = chunk_bounds(n, t)
             assert b[0][0] == 0 and b[-1][1] == n
             assert all(x[1] == y[0] for x, y in zip(b[:-1], b[1:]))
-            assert len(b) <= max(1, t)
+            sizes = [hi - lo for lo, hi in b]
+            assert max(sizes) <= 32  # at most MAX_CHUNK slices
+            if n >= 4 * t:
+                assert len(b) >= t  # every thread has a chunk
             if len(b) > 1:
-                assert min(hi - lo for lo, hi in b) >= 4
+                assert min(sizes) >= 4
+    assert len(chunk_bounds(300, 2)) == 10  # 300 slices: ten chunks of 30, not two of 150
 
 
 def test_map_slices_matches_serial_with_tuples():
@@ -26,6 +30,9 @@ def test_map_slices_matches_serial_with_tuples():
         return x * mask, (x * mask).reshape(len(x), -1).sum(axis=1)
 
     serial = fn(a, m)
+    big, bm = rng.random((101, 4, 4)), rng.random((101, 4, 4)) > 0.5  # more chunks than threads
+    for g, s in zip(map_slices(fn, big, bm, threads=2), fn(big, bm)):
+        np.testing.assert_array_equal(g, s)
     for t in (1, 2, 5):
         got = map_slices(fn, a, m, threads=t)
         assert isinstance(got, tuple) and len(got) == 2

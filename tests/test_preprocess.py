@@ -93,3 +93,37 @@ def test_model_to_input_yx_undoes_padding_and_resampling():
     assert model_to_input_yx(10, 10, GridSpec(ny=64, nx=64, size=64)) == (10.0, 10.0)
 
 
+
+
+def test_mask_to_model_grid_integer_blocks_match_area_mean():
+    """Integer downsampling factors count each block in integers: the same mask as the area mean ≥ 0.5
+    of the general path (non-square inputs included)."""
+    from aeanomaly.preprocess import resample_matrix
+
+    rng = np.random.default_rng(3)
+    for shape, size in [((2, 64, 64), 32), ((2, 64, 48), 16), ((1, 40, 64), 32), ((1, 60, 60), 32)]:
+        m = rng.random(shape) > 0.5
+        side = max(shape[1:])
+        sq = np.zeros((shape[0], side, side))
+        py, px = (side - shape[1]) // 2, (side - shape[2]) // 2
+        sq[:, py : py + shape[1], px : px + shape[2]] = m
+        r = resample_matrix(side, size).toarray()
+        ref = np.einsum("ij,zjk,lk->zil", r, sq, r) >= 0.5
+        np.testing.assert_array_equal(mask_to_model_grid(m, size), ref)
+
+
+def test_from_model_grid_upsampling_matches_the_interpolation_matrices():
+    """Upsampling to the input grid (dense products) is linear interpolation with the matrices of
+    ``resample_matrix``, within float32 rounding, for integer and non-integer factors."""
+    from aeanomaly.preprocess import GridSpec, resample_matrix
+
+    rng = np.random.default_rng(4)
+    for ny, nx, size in [(128, 128, 64), (100, 90, 32), (512, 512, 128)]:
+        grid = GridSpec(ny, nx, size)
+        h = rng.random((3, size, size)).astype(np.float32)
+        r = resample_matrix(size, grid.side).toarray()
+        ref = np.einsum("ij,zjk,lk->zil", r, h.astype(np.float64), r)
+        ref = ref[:, grid.pad_y : grid.pad_y + ny, grid.pad_x : grid.pad_x + nx]
+        got = from_model_grid(h, grid)
+        assert got.dtype == np.float32 and got.shape == (3, ny, nx)
+        np.testing.assert_allclose(got, ref, atol=2e-6)

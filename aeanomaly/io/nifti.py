@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 import nibabel as nib
+from isal import igzip
 
 from ..errors import ScanError
 from .scan import Scan, reorient_to_internal, spacing_from_affine
@@ -48,7 +48,7 @@ def _raw_data(p: Path, offset: int, nbytes: int, gz: bool) -> np.ndarray:
     """Exactly ``nbytes`` bytes of voxel data from ``offset`` (decompressed for ``.gz``), as uint8."""
     with reading(p, "NIfTI"):
         buf = np.empty(nbytes, dtype=np.uint8)  # untouched pages: memory grows only as data arrives
-        opener = gzip.open if gz else open
+        opener = igzip.open if gz else open  # ISA-L: the same bytes as zlib, about 3× faster
         with opener(p, "rb") as fh:
             fh.seek(offset)
             got = _fill(fh, buf)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import AeAnomalyError
 from .validate import scan_stem
-from .writers import atomic_dir, atomic_path, save_like_input
+from .writers import atomic_dir, atomic_path, save_like_input, save_slabs_like_input
 
 #: ``head_proba`` / ``fused_proba``: a CNN head's scan probability of abnormal and its fusion with the
 #: p-value (empty without a CNN head / a fitted fusion). ``note``: why a scan was scored as it was
@@ -140,7 +140,11 @@ def write_scan_outputs(res, name: str, out: str | os.PathLike, *, heatmaps: str 
         raise ValueError(f"heatmaps must be one of {HEATMAP_FORMATS}, got {heatmaps!r}")
     if heatmaps != "none":
         ext = ".nii.gz" if heatmaps == "nifti" else ".npy"
-        write_heatmap(out / "heatmaps" / f"{name}_heatmap{ext}", res.heatmap_in_input_grid(), res.scan, fmt=heatmaps)
+        target = out / "heatmaps" / f"{name}_heatmap{ext}"
+        if heatmaps == "nifti":  # streamed: the input-grid heatmap is never held whole
+            save_slabs_like_input(target, res.heatmap_in_input_grid, res.scan)
+        else:
+            write_heatmap(target, res.heatmap_in_input_grid(), res.scan, fmt=heatmaps)
     pngs: list[Path] = []
     if overlays > 0:
         from ..report import save_overlay  # matplotlib: only when overlays are drawn

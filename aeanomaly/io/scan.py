@@ -122,10 +122,18 @@ def to_input_geometry(volume_zyx: np.ndarray, scan: Scan) -> tuple[np.ndarray, n
     if vol.shape != scan.hu.shape:
         raise ValueError(f"volume shape {vol.shape} differs from the scan's {scan.hu.shape}")
     xyz = vol.transpose(2, 1, 0)
-    ornt = scan.meta.get("input_ornt")
-    if ornt is None:
+    back = input_orientation(scan)
+    if back is None:
         return np.asfortranarray(xyz), np.asarray(scan.affine, dtype=float)
-    back = nio.ornt_transform(nio.axcodes2ornt(INTERNAL_AXCODES), nio.io_orientation(scan.meta["input_affine"]))
-    # ornt_transform(target, start) is the inverse of ornt_transform(start, target)
     data = nio.apply_orientation(xyz, back)
     return np.asfortranarray(data), np.asarray(scan.meta["input_affine"], dtype=float)
+
+
+def input_orientation(scan: Scan) -> np.ndarray | None:
+    """The nibabel orientation ``(3, 2)`` that takes an internal ``(x, y, z)`` array back to the input
+    file's axes (row ``i``: the input axis of internal axis ``i`` and its flip, ±1), or None for scans
+    without a recorded reorientation (2-D images, .npy): their file grid is the internal one."""
+    if scan.meta.get("input_ornt") is None:
+        return None
+    # ornt_transform(target, start) is the inverse of ornt_transform(start, target)
+    return nio.ornt_transform(nio.axcodes2ornt(INTERNAL_AXCODES), nio.io_orientation(scan.meta["input_affine"]))

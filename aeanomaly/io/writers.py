@@ -7,12 +7,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import nibabel as nib
+import nibabel.orientations as nio
 from isal import igzip
 
-from .scan import Scan, to_input_geometry
+from .scan import Scan, input_orientation, to_input_geometry
 
 
 def _umask() -> int:
@@ -97,3 +99,47 @@ def save_like_input(path: str | os.PathLike, volume_zyx: np.ndarray, scan: Scan)
     """Save an internal-grid volume as NIfTI in the input scan's own voxel grid and affine."""
     data, aff = to_input_geometry(volume_zyx, scan)
     return _write_nifti(path, data, aff)
+
+
+#: Slices per slab of :func:`save_slabs_like_input`.
+SLAB_SLICES = 64
+
+
+def save_slabs_like_input(path: str | os.PathLike, slab: Callable[[int, int], np.ndarray], scan: Scan,
+                          dtype=np.float32) -> Path:
+    """Save an internal-grid volume that ``slab(lo, hi)`` computes ``(hi − lo, y, x)`` slices at a time
+    as NIfTI in the input scan's own voxel grid and affine: the same file as :func:`save_like_input` of
+    the whole volume, holding :data:`SLAB_SLICES` slices at a time instead of the volume.
+
+    NIfTI stores its third axis slowest, so when the scan's slices are that axis (axial series: the
+    usual case) each slab is a contiguous run of the file; otherwise the whole volume is assembled
+    and written by :func:`save_like_input`.
+    """
+    nz, ny, nx = scan.hu.shape
+    back = input_orientation(scan)
+    if back is not None and int(back[2][0]) != 2:
+        return save_like_input(path, np.asarray(slab(0, nz), dtype=dtype), scan)
+    flip = back is not None and back[2][1] < 0
+    affine = np.asarray(scan.affine if back is None else scan.meta["input_affine"], dtype=float)
+    shape_xyz = (nx, ny, nz)
+    shape = shape_xyz if back is None else tuple(shape_xyz[i] for i in np.argsort(back[:, 0].astype(int)))
+    shell = nib.Nifti1Image(np.zeros((1, 1, 1), dtype), affine)  # the header nibabel writes for this affine
+    shell.header.set_xyzt_units("mm")
+    shell.update_header()
+    hdr = shell.header.copy()
+    hdr.set_data_shape(shape)
+    hdr.set_slope_inter(1.0, 0.0)
+    gz = str(path).endswith(".gz")
+    with atomic_path(path, suffix=".nii.gz" if gz else ".nii") as tmp:
+        with (igzip.open(tmp, "wb", compresslevel=1) if gz else open(tmp, "wb")) as f:
+            hdr.write_to(f)
+            f.write(b"\0" * (int(hdr.get_data_offset()) - f.tell()))
+            for k0 in range(0, nz, SLAB_SLICES):
+                k1 = min(nz, k0 + SLAB_SLICES)
+                lo, hi = (nz - k1, nz - k0) if flip else (k0, k1)
+                part = np.asarray(slab(lo, hi), dtype=dtype)
+                if part.shape != (hi - lo, ny, nx):
+                    raise ValueError(f"slab({lo}, {hi}) returned shape {part.shape}, expected {(hi - lo, ny, nx)}")
+                xyz = part.transpose(2, 1, 0)
+                f.write((xyz if back is None else nio.apply_orientation(xyz, back)).tobytes(order="F"))
+    return Path(path)

@@ -30,7 +30,7 @@ def fake_result(seed=0, n=4, size=32, label="abnormal", note=""):
         slice_labels=np.array([False, True, False, False])[:n], heatmap=heat, lesion_labels=labels,
         image=rng.random((n, size, size)).astype(np.float32), lesions=[lesion], head_proba=None, fused_proba=None,
         slice_head_proba=None, note=note, prepared=SimpleNamespace(spacing=(5.0, 2.0, 2.0)), scan=None,
-        heatmap_in_input_grid=lambda: heat,
+        heatmap_in_input_grid=lambda lo=0, hi=None: heat[lo:hi],
     )
 
 
