@@ -6,6 +6,9 @@ volume. Results are identical to one call on the whole volume as long as ``fn`` 
 independently (no smoothing or morphology across z), which every caller here guarantees.
 
 The number of threads is ``$AEANOMALY_THREADS`` when set (1 = serial), else the usable CPUs (at most 8).
+While the threads run, BLAS is limited to one thread of its own (threadpoolctl): the per-slice matrix
+products of resampling would otherwise start BLAS threads in every chunk's thread and oversubscribe
+the cores (measured: 256 → 512 px upsampling of 300 slices 1.05 s oversubscribed, 0.45 s limited).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .errors import ConfigError
 
@@ -72,7 +76,7 @@ def map_slices(fn: Callable, *arrays: np.ndarray, threads: int | None = None):
         return fn(*arrays)
     outputs: list[np.ndarray] | None = None
     single = False
-    with ThreadPoolExecutor(min(t, len(bounds))) as pool:
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(t, len(bounds))) as pool:
         pending: deque = deque()
         todo = iter(bounds)
 
