@@ -106,10 +106,10 @@ SLAB_SLICES = 64
 
 
 def save_slabs_like_input(path: str | os.PathLike, slab: Callable[[int, int], np.ndarray], scan: Scan,
-                          dtype=np.float32) -> Path:
+                          dtype=np.float32, slab_slices: int = SLAB_SLICES) -> Path:
     """Save an internal-grid volume that ``slab(lo, hi)`` computes ``(hi − lo, y, x)`` slices at a time
     as NIfTI in the input scan's own voxel grid and affine: the same file as :func:`save_like_input` of
-    the whole volume, holding :data:`SLAB_SLICES` slices at a time instead of the volume.
+    the whole volume, holding ``slab_slices`` slices at a time instead of the volume.
 
     NIfTI stores its third axis slowest, so when the scan's slices are that axis (axial series: the
     usual case) each slab is a contiguous run of the file; otherwise the whole volume is assembled
@@ -134,8 +134,9 @@ def save_slabs_like_input(path: str | os.PathLike, slab: Callable[[int, int], np
         with (igzip.open(tmp, "wb", compresslevel=1) if gz else open(tmp, "wb")) as f:
             hdr.write_to(f)
             f.write(b"\0" * (int(hdr.get_data_offset()) - f.tell()))
-            for k0 in range(0, nz, SLAB_SLICES):
-                k1 = min(nz, k0 + SLAB_SLICES)
+            step = max(1, int(slab_slices))
+            for k0 in range(0, nz, step):
+                k1 = min(nz, k0 + step)
                 lo, hi = (nz - k1, nz - k0) if flip else (k0, k1)
                 part = np.asarray(slab(lo, hi), dtype=dtype)
                 if part.shape != (hi - lo, ny, nx):
