@@ -48,13 +48,11 @@ MODEL_KINDS = ("dae", "dae+seg")
 SEG_MAX_SLICES = 4000
 #: Radii of the synthetic anomalies as fractions of the grid (the real-CT benchmark's setting).
 SEG_RADIUS_FRACTION = (0.008, 0.06)
-
-
-
 #: Pixels per inference batch when none is given: the network's activations (which TensorFlow's
 #: allocator keeps) grow with the batch, its speed on the CPU does not beyond about 1 M pixels
 #: (at 256 px: 36 slices/s at a batch of 16 as at 32, with 340 MiB less peak memory).
 INFER_BATCH_PIXELS = 16 * 256 * 256
+
 
 @dataclass
 class ScanResult:
