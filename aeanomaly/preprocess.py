@@ -168,7 +168,8 @@ DENSE_UPSAMPLE_MAX = 2048
 
 def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
     """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` (float32): a block mean for integer
-    downsampling factors, else separable sparse filters (:func:`resample_matrix`)."""
+    downsampling factors, dense products with the interpolation matrices for upsampling, else
+    separable sparse filters (all three with the weights of :func:`resample_matrix`)."""
     z, ny, nx = stack.shape
     a = stack.astype(np.float32, copy=False)
     if ny % out_y == 0 and nx % out_x == 0 and ny >= out_y and nx >= out_x:
@@ -181,8 +182,8 @@ def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
     if out_y >= ny and out_x >= nx and max(out_y, out_x) <= DENSE_UPSAMPLE_MAX:
         # Upsampling (model grid → input grid): two dense products with the interpolation matrices.
         # Each output pixel needs 2 input pixels, so most of the matrices' entries are 0, but BLAS
-        # runs these products faster than strided elementwise passes along x (measured 3.5× faster
-        # on 150 slices of 256 → 512 px), and for the same result within float32 rounding.
+        # runs these products faster than strided elementwise passes along x (measured 6× faster on
+        # 150 slices of 256 → 512 px), and for the same result within float32 rounding.
         ry = resample_matrix(ny, out_y).toarray().astype(np.float32)
         rx = resample_matrix(nx, out_x).toarray().astype(np.float32)
         wide = np.matmul(a, rx.T)
