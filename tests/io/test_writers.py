@@ -137,9 +137,8 @@ def test_save_nifti_round_trips_data_and_geometry(tmp_path, name):
     np.testing.assert_allclose(scan.affine, aff)
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_save_like_input_overlays_the_input_file(tmp_path, seed):
-    """A scan stored flipped and permuted: the result is written in the file's own voxel grid."""
+def _reoriented_input(tmp_path, seed):
+    """``in.nii.gz``: int16 data ``(i, j, k)`` under an affine with permuted, flipped axes; its Scan."""
     rng = np.random.default_rng(seed)
     data = rng.integers(-1000, 1000, (34, 36, 33)).astype(np.int16)  # the file's (i, j, k)
     aff = np.eye(4)
@@ -147,7 +146,13 @@ def test_save_like_input_overlays_the_input_file(tmp_path, seed):
     aff[:3, 3] = rng.uniform(-100, 100, 3)
     src = tmp_path / "in.nii.gz"
     nib.save(nib.Nifti1Image(data, aff), str(src))
-    scan = load_scan(src)
+    return data, aff, load_scan(src)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_save_like_input_overlays_the_input_file(tmp_path, seed):
+    """A scan stored flipped and permuted: the result is written in the file's own voxel grid."""
+    data, aff, scan = _reoriented_input(tmp_path, seed)
     out = save_like_input(tmp_path / "res.nii.gz", scan.hu + 1, scan)
     img = nib.load(out)
     assert img.shape == data.shape
@@ -176,14 +181,7 @@ def test_save_slabs_like_input_writes_the_same_file_as_the_whole_volume(tmp_path
     import gzip
 
     from aeanomaly.io.writers import save_slabs_like_input
-    rng = np.random.default_rng(seed)
-    data = rng.integers(-1000, 1000, (34, 36, 33)).astype(np.int16)
-    aff = np.eye(4)
-    aff[:3, :3] = (np.eye(3)[:, rng.permutation(3)] * rng.choice([-1.0, 1.0], 3)) @ np.diag(rng.uniform(0.5, 3, 3))
-    aff[:3, 3] = rng.uniform(-100, 100, 3)
-    src = tmp_path / "in.nii.gz"
-    nib.save(nib.Nifti1Image(data, aff), str(src))
-    scan = load_scan(src)
+    data, aff, scan = _reoriented_input(tmp_path, seed)
     vol = (scan.hu / 7.0).astype(np.float32)
     calls = []
 
