@@ -384,7 +384,7 @@ class Evaluation:
         """
         from .io import load_label
         from .io.results import error_text
-        from .masks import erode_mask
+        from .masks import disk_erode
         from .preprocess import mask_to_model_grid
 
         det, y = self.detector, int(label)
@@ -412,7 +412,7 @@ class Evaluation:
             self._slice_y += sy[scored].tolist()
             self._slice_s += res.slice_scores[scored].tolist()
             self._slice_p += res.slice_labels[scored].tolist()
-            body = erode_mask(res.prepared.body, 0) & res.prepared.keep[:, None, None]
+            body = disk_erode(res.prepared.body, 0) & res.prepared.keep[:, None, None]
             self._heat.append(res.heatmap)
             self._truth.append(truth if truth is not None else np.zeros_like(body))
             self._body.append(body)

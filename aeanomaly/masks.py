@@ -158,7 +158,8 @@ def disk_dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
 
 
 def disk_erode(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    """In-plane erosion by :func:`disk`; pixels outside the image count as background (0 = copy)."""
+    """In-plane erosion of a bool ``(z, y, x)`` or ``(y, x)`` mask by :func:`disk`; pixels outside the
+    image count as background (0 = an unchanged copy)."""
     return _disk_filter(mask, radius_px, dilate=False)
 
 
@@ -172,10 +173,6 @@ def disk_close(mask: np.ndarray, radius_px: int) -> np.ndarray:
     (which erodes at the image border too: pad first to close against it)."""
     return disk_erode(disk_dilate(mask, radius_px), radius_px)
 
-
-def erode_mask(mask: np.ndarray, radius_px: int) -> np.ndarray:
-    """In-plane erosion of a ``(z, y, x)`` or ``(y, x)`` bool mask by a disk (0 = unchanged copy)."""
-    return disk_erode(mask, radius_px)
 
 
 def lung_region(image01: np.ndarray, body: np.ndarray, threshold01: float | None = None,

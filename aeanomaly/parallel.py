@@ -69,10 +69,8 @@ def map_slices(fn: Callable, *arrays: np.ndarray, threads: int | None = None):
     if any(len(a) != n for a in arrays):
         raise ConfigError("map_slices needs arrays with the same number of slices")
     t = n_threads() if threads is None else int(threads)
-    if t <= 1 or n < 2 * MIN_CHUNK:
-        return fn(*arrays)
     bounds = chunk_bounds(n, t)
-    if len(bounds) == 1:
+    if t <= 1 or len(bounds) == 1:
         return fn(*arrays)
     outputs: list[np.ndarray] | None = None
     single = False

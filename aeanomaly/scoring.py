@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ConfigError
-from .masks import ROIS, erode_mask
+from .masks import ROIS, disk_erode
 from .parallel import map_slices
 
 SLICE_SCORES = ("mae", "p99", "p999", "topk")
@@ -166,13 +166,11 @@ def analyse(image: np.ndarray, reconstruction: np.ndarray, region: np.ndarray, k
     Analysis
     """
     sp = check_spacing(spacing)
-    if sign not in RESIDUAL_SIGNS:
-        raise ConfigError(f"residual sign must be one of {RESIDUAL_SIGNS}, got {sign!r}")
     erode_px = int(round(params.erode_mm / max(sp[1], 1e-6)))
 
     def chunk(x, x_hat, reg, k):  # all per slice (no smoothing across z): z-chunks run in threads
         r = residual_map(x, x_hat, sign)
-        m = erode_mask(reg, erode_px) & k[:, None, None]
+        m = disk_erode(reg, erode_px) & k[:, None, None]
         h = residual_heatmap(r, mask=m, sigma_mm=params.sigma_mm, spacing=sp)
         return m, h, slice_scores(r if params.slice_score == "mae" else h, m, params.slice_score)
 

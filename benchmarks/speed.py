@@ -334,7 +334,6 @@ def main(argv=None) -> None:
             norm = _perf.ARCHITECTURES[label]["norm"]
             print(f"[speed] fitting a 256-px bundle, {label}", flush=True)
             bundle, t_fit = _t(lambda: fit_bundle(work, 256, n_scans=4 if quick else 6, epochs=1, norm=norm))
-            det = AnomalyDetector.load(bundle)
             p = pipeline_in_child(bundle, scan_path, work, reps)
             p["cli_score"] = cli_score(bundle, scan_path, work / f"cli-{norm}")
             print(f"  aeanomaly score: {p['cli_score']['wall_s']:.1f} s, peak RSS {p['cli_score']['peak_rss_mib']:.0f} MiB",
@@ -356,6 +355,7 @@ def main(argv=None) -> None:
                   f"inference); compute floor {floor:.2f} s (×{p['over_compute_floor']:.1f}); stages "
                   + ", ".join(f"{k.split(' ')[0]} {v:.2f}" for k, v in p["stages_s"].items()), flush=True)
             if not args.no_torch and label == args.archs[0]:
+                det = AnomalyDetector.load(bundle)
                 x = det.prepare(load_scan(scan_path)).x
                 x = np.ascontiguousarray(x[: min(len(x), 64)], np.float32)
                 tp = bench_torch(det.model_, x, 32, reps, _perf.usable_cpus())

@@ -5,7 +5,7 @@ import pytest
 
 from aeanomaly.errors import ConfigError
 from aeanomaly.masks import (
-    body_mask, clean_region_mask, erode_mask, fill_holes_2d, lung_region, resolved_roi, scoring_region,
+    body_mask, clean_region_mask, disk_erode, fill_holes_2d, lung_region, resolved_roi, scoring_region,
 )
 
 
@@ -87,9 +87,9 @@ def test_clean_region_mask_drops_specks_and_fills_holes():
 def test_erosion():
     small = np.zeros((1, 32, 32), bool)
     small[0, 8:24, 8:24] = True
-    er = erode_mask(small, 2)
+    er = disk_erode(small, 2)
     assert er.sum() == 12 * 12 and small.sum() == 256
-    assert erode_mask(small, 0).sum() == 256 and not np.shares_memory(erode_mask(small, 0), small)
+    assert disk_erode(small, 0).sum() == 256 and not np.shares_memory(disk_erode(small, 0), small)
 
 
 def test_scoring_region_body_lung_and_organs():
@@ -115,7 +115,7 @@ def test_disk_morphology_matches_scipy_exactly():
     (outside the image is background), on 2-D and 3-D masks, radii 1–10, shapes smaller than the disk."""
     from scipy import ndimage
 
-    from aeanomaly.masks import disk, disk_close, disk_dilate, disk_erode, disk_open
+    from aeanomaly.masks import disk, disk_close, disk_dilate, disk_open
 
     rng = np.random.default_rng(0)
     pairs = [(disk_dilate, ndimage.binary_dilation), (disk_erode, ndimage.binary_erosion),
