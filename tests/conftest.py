@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,27 @@ def shared_data() -> Path:
     return root
 
 
+#: Lines tests hand to the terminal summary through their reports' ``user_properties`` (name → lines),
+#: collected on the process that prints the summary: pytest's own, or pytest-xdist's controller.
+_SUMMARY_SECTIONS = {"fuzz_summary": "reader fuzz"}
+_summary_lines: dict[str, list[str]] = {}
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        for name, lines in report.user_properties:
+            if name in _SUMMARY_SECTIONS:
+                _summary_lines.setdefault(name, []).extend(lines)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    for name, title in _SUMMARY_SECTIONS.items():
+        if _summary_lines.get(name):
+            terminalreporter.section(title)
+            for line in _summary_lines[name]:
+                terminalreporter.write_line(line)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
@@ -46,14 +69,34 @@ TINY = dict(size=64, depth=3, base_filters=8, latent_dim=16, epochs=8, batch_siz
             val_fraction=0.15, calib_fraction=0.4, target_fpr=0.2, seed=0, norm="group")
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(folder)`` once per test run, its result kept in ``folder``: under pytest-xdist the
+    workers share one (the first that asks builds it, the others wait on a file lock) instead of each
+    building its own. Returns what ``build`` returned."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above the workers' own
+    done = base / f"{name}.done"
+    with FileLock(str(base / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(base / name, ignore_errors=True)
+            (base / name).mkdir()
+            done.write_text(str(build(base / name / "out")))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def phantom_train(tmp_path_factory) -> Path:
     """20 normal chest phantoms (seed 1)."""
     from aeanomaly.datasets.synthetic import write_phantom_set
 
-    out = tmp_path_factory.mktemp("phantoms") / "train"
-    write_phantom_set(out, 20, 0, region="chest", seed=1, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
-    return out
+    def build(out: Path) -> Path:
+        write_phantom_set(out, 20, 0, region="chest", seed=1, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
+        return out
+
+    return built_once(tmp_path_factory, "phantom_train", build)
 
 
 @pytest.fixture(scope="session")
@@ -61,20 +104,26 @@ def phantom_test(tmp_path_factory) -> Path:
     """6 normal and 6 abnormal chest phantoms of other subjects (seed 2), lesions 15-30 mm."""
     from aeanomaly.datasets.synthetic import write_phantom_set
 
-    out = tmp_path_factory.mktemp("phantoms") / "test"
-    write_phantom_set(out, 6, 6, region="chest", seed=2, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING,
-                      lesions_per_scan=(2, 3), size_mm=(15, 30))
-    return out
+    def build(out: Path) -> Path:
+        write_phantom_set(out, 6, 6, region="chest", seed=2, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING,
+                          lesions_per_scan=(2, 3), size_mm=(15, 30))
+        return out
+
+    return built_once(tmp_path_factory, "phantom_test", build)
 
 
 @pytest.fixture(scope="session")
 def fitted_bundle(phantom_train, tmp_path_factory) -> Path:
     """A tiny detector fitted on ``phantom_train`` and saved; tests must not modify it (copy it)."""
-    from aeanomaly.detector import AnomalyDetector
-    from aeanomaly.io import find_scans
 
-    det = AnomalyDetector(window="lung", **TINY).fit(find_scans(phantom_train / "normal"), verbose=0)
-    return det.save(tmp_path_factory.mktemp("bundles") / "tiny")
+    def build(out: Path) -> Path:
+        from aeanomaly.detector import AnomalyDetector
+        from aeanomaly.io import find_scans
+
+        det = AnomalyDetector(window="lung", **TINY).fit(find_scans(phantom_train / "normal"), verbose=0)
+        return det.save(out)
+
+    return built_once(tmp_path_factory, "fitted_bundle", build)
 
 
 @pytest.fixture(scope="session")

@@ -122,7 +122,7 @@ def test_from_model_grid_upsampling_matches_the_interpolation_matrices():
         grid = GridSpec(ny, nx, size)
         h = rng.random((3, size, size)).astype(np.float32)
         r = resample_matrix(size, grid.side).toarray()
-        ref = np.einsum("ij,zjk,lk->zil", r, h.astype(np.float64), r)
+        ref = r @ h.astype(np.float64) @ r.T
         ref = ref[:, grid.pad_y : grid.pad_y + ny, grid.pad_x : grid.pad_x + nx]
         got = from_model_grid(h, grid)
         assert got.dtype == np.float32 and got.shape == (3, ny, nx)

@@ -110,22 +110,14 @@ def synthetic_scans(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-#: Lines the reader fuzz test reports (cases and outcomes), shown in pytest's terminal summary.
-FUZZ_SUMMARY = pytest.StashKey[list]()
-
-
 @pytest.fixture
-def fuzz_summary(request) -> list:
-    """A list whose lines are printed in the terminal summary (``reader fuzz`` section)."""
-    return request.config.stash.setdefault(FUZZ_SUMMARY, [])
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    lines = config.stash.get(FUZZ_SUMMARY, [])
-    if lines:
-        terminalreporter.section("reader fuzz")
-        for line in lines:
-            terminalreporter.write_line(line)
+def fuzz_summary(request):
+    """A list whose lines are printed in the terminal summary (``reader fuzz`` section, see
+    ``tests/conftest.py``): they travel in the test's report, so they also reach the summary from a
+    pytest-xdist worker."""
+    lines: list[str] = []
+    yield lines
+    request.node.user_properties.append(("fuzz_summary", list(lines)))
 
 
 #: Python source of ``peak_rss_mb()`` for a child process: the peak resident memory of the process's
