@@ -380,6 +380,15 @@ def main(argv=None) -> int:
     t_all = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="aeanomaly-realct-"))
     variants, data = [], {}
+
+    def payload(complete: bool) -> dict:
+        return {"benchmark": "real_ct", "quick": q, "complete": complete, "settings": cfg, "goals": GOALS, "data": data,
+                "kinds": {"tuning": RL.TUNING_KINDS, "held_out": RL.HELD_OUT_KINDS, "sizes": RL.SIZES},
+                "variants": variants, "summary": summary(variants), "total_s": round(time.perf_counter() - t_all, 1),
+                "machine": _common.machine_info(),
+                "load_note": f"load average before {load_before}, after {_load_avg()} (2 cores shared with other "
+                             "agents: times are upper bounds)"}
+
     try:
         for fold in cfg["folds"]:
             sets = RD.normal_sets(root, work / fold, fold, seed=args.seed, limit=cfg["limit"])
@@ -402,16 +411,12 @@ def main(argv=None) -> int:
                          "chosen_seg": choose_seg(tb_tune)}
                     variants.append(v)
                     _print_variant(v)
+                    # after every variant, so that hours of a long run are not lost to an interruption
+                    _common.write_json(out_path, payload(False))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    payload = {"benchmark": "real_ct", "quick": q, "settings": cfg, "goals": GOALS, "data": data,
-               "kinds": {"tuning": RL.TUNING_KINDS, "held_out": RL.HELD_OUT_KINDS, "sizes": RL.SIZES},
-               "variants": variants, "summary": summary(variants), "total_s": round(time.perf_counter() - t_all, 1),
-               "machine": _common.machine_info(),
-               "load_note": f"load average before {load_before}, after {_load_avg()} (2 cores shared with other agents: "
-                            "times are upper bounds)"}
-    _common.write_json(out_path, payload)
-    print(f"real_ct: wrote {out_path} in {payload['total_s']} s")
+    _common.write_json(out_path, payload(True))
+    print(f"real_ct: wrote {out_path} in {round(time.perf_counter() - t_all, 1)} s")
     return 0
 
 

@@ -41,7 +41,10 @@ def real_ct(d: dict) -> str:
                      _f(r["pixel_auprc"]), _f(r["pixel_auroc"]), f"{r['nodules_hit']}/{r['nodules']}",
                      _f(r["false_lesions"], 1), _f(r["false_per_normal"], 2), _f(r["fpr"], 2), _f(r["b_held"]),
                      _pm(r["b_held8"], r.get("b_held8_pm95")), _f(r["time_s"], 2)])
-    out = [f"Real CT ({'quick' if d.get('quick') else 'full'} run; goals: slice AUROC ≥ {g.get('slice_auroc')}, "
+    run = ("quick" if d.get("quick") else "full") + " run"
+    if d.get("complete") is False:  # written after each variant; the run stopped before its last one
+        run += f", interrupted after {len(d.get('variants', []))} variant(s)"
+    out = [f"Real CT ({run}; goals: slice AUROC ≥ {g.get('slice_auroc')}, "
            f"pixel AUPRC ≥ {g.get('pixel_auprc')}, ≤ {g.get('false_lesions_per_normal_scan')} false lesion per normal "
            f"scan, held-out kinds ≥ 8 mm AUROC ≥ {g.get('held_out_kinds_ge8mm_slice_auroc')}). Test A and times are "
            "means over the LIDC folds; nodules summed.", "", _table(head, rows)]

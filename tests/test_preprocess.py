@@ -127,3 +127,24 @@ def test_from_model_grid_upsampling_matches_the_interpolation_matrices():
         got = from_model_grid(h, grid)
         assert got.dtype == np.float32 and got.shape == (3, ny, nx)
         np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_upsampling_a_map_that_is_zero_outside_a_box_is_the_same_product():
+    """Only the box of nonzero input rows/columns enters the products (a heatmap is 0 outside its
+    scoring region): the same values as the whole products, exactly 0 outside what the box reaches,
+    and an all-zero stack stays 0."""
+    from aeanomaly.preprocess import GridSpec, resample_matrix
+
+    rng = np.random.default_rng(5)
+    boxes = [(512, 512, 256, (slice(60, 130), slice(90, 200))), (300, 512, 128, (slice(0, 5), slice(120, 128))),
+             (100, 90, 32, (slice(31, 32), slice(0, 1)))]
+    for ny, nx, size, box in boxes:
+        grid = GridSpec(ny, nx, size)
+        h = np.zeros((4, size, size), np.float32)
+        h[1:3][:, box[0], box[1]] = rng.random((2, *h[0][box].shape)) - 0.5
+        r = resample_matrix(size, grid.side).toarray()
+        ref = (r @ h.astype(np.float64) @ r.T)[:, grid.pad_y : grid.pad_y + ny, grid.pad_x : grid.pad_x + nx]
+        got = from_model_grid(h, grid)
+        np.testing.assert_allclose(got, ref, atol=2e-6)
+        assert (got[[0, 3]] == 0).all() and (got[2][ref[2] == 0] == 0).all()
+    assert not from_model_grid(np.zeros((2, 64, 64), np.float32), GridSpec(128, 128, 64)).any()

@@ -145,6 +145,8 @@ def save_slabs_like_input(path: str | os.PathLike, slab: Callable[[int, int], np
                 part = np.asarray(slab(lo, hi), dtype=dtype)
                 if part.shape != (hi - lo, ny, nx):
                     raise ValueError(f"slab({lo}, {hi}) returned shape {part.shape}, expected {(hi - lo, ny, nx)}")
-                xyz = part.transpose(2, 1, 0)
-                f.write((xyz if back is None else nio.apply_orientation(xyz, back)).tobytes(order="F"))
+                if back is None:  # (x, y, z) in Fortran order is the slab's own (z, y, x) buffer: no copy
+                    f.write(memoryview(np.ascontiguousarray(part)).cast("B"))
+                else:
+                    f.write(nio.apply_orientation(part.transpose(2, 1, 0), back).tobytes(order="F"))
     return Path(path)

@@ -59,7 +59,7 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())
-    assert d["quick"] is True and d["machine"]["cpu_count"] and "load_note" in d
+    assert d["quick"] is True and d["complete"] is True and d["machine"]["cpu_count"] and "load_note" in d
     v = d["variants"][0]
     methods = {"dae", "dae+seg", "dae+seg(fused)", "pca", "intensity", "log", "hessian"}
     assert set(v["test_a"]) == methods
@@ -91,3 +91,12 @@ def test_normal_sets_split_by_patient(tmp_path):
         other = [p for p in RD.LIDC_PATIENTS if p != fold][0]
         assert f"lidc:{other}" in pats["train"] and "totalseg:example" in pats["train"]
         assert len(pats["tune"]) >= 2 and len(pats["test"]) >= 2
+
+
+def test_tables_say_when_a_run_was_interrupted():
+    import real_ct_tables
+
+    base = {"goals": {}, "variants": [], "summary": []}
+    assert "interrupted after 0 variant(s)" in real_ct_tables.real_ct({**base, "complete": False})
+    assert "interrupted" not in real_ct_tables.real_ct({**base, "complete": True})
+    assert "interrupted" not in real_ct_tables.real_ct(base)  # JSON of runs before the field existed
