@@ -167,7 +167,7 @@ def hybrid(fitted_bundle, phantom_train, phantom_test, tmp_path_factory):
     shutil.copytree(fitted_bundle, unet)
     shutil.copytree(fitted_bundle, cnn)
     r = run("fit-head", unet, "--kind", "unet", "--images", phantom_train / "normal", "--masks", maps_train,
-            "--classes", f"{LUNG}:lung", "--epochs", "12", "--val-fraction", "0.2", *HEAD_ARGS)
+            "--classes", f"{LUNG}:lung", "--epochs", "8", "--val-fraction", "0.2", *HEAD_ARGS)
     assert r.exit_code == 0, r.output
     r = run("fit-head", cnn, "--kind", "cnn", "--labels", phantom_test / "labels.csv", "--epochs", "3",
             "--val-fraction", "0.5", *HEAD_ARGS)
