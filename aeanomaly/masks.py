@@ -174,7 +174,6 @@ def disk_close(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return disk_erode(disk_dilate(mask, radius_px), radius_px)
 
 
-
 def lung_region(image01: np.ndarray, body: np.ndarray, threshold01: float | None = None,
                 min_fraction: float = 0.01) -> np.ndarray:
     """Unsupervised lung mask per slice: dark pixels inside the body, closed and hole-filled so that

@@ -112,18 +112,24 @@ def test_mask_to_model_grid_integer_blocks_match_area_mean():
         np.testing.assert_array_equal(mask_to_model_grid(m, size), ref)
 
 
+def _upsampled_reference(h: np.ndarray, grid) -> np.ndarray:
+    """``h`` upsampled to ``grid``'s input slices by the whole interpolation products in float64."""
+    from aeanomaly.preprocess import resample_matrix
+
+    r = resample_matrix(grid.size, grid.side).toarray()
+    return (r @ h.astype(np.float64) @ r.T)[:, grid.pad_y : grid.pad_y + grid.ny, grid.pad_x : grid.pad_x + grid.nx]
+
+
 def test_from_model_grid_upsampling_matches_the_interpolation_matrices():
     """Upsampling to the input grid (dense products) is linear interpolation with the matrices of
     ``resample_matrix``, within float32 rounding, for integer and non-integer factors."""
-    from aeanomaly.preprocess import GridSpec, resample_matrix
+    from aeanomaly.preprocess import GridSpec
 
     rng = np.random.default_rng(4)
     for ny, nx, size in [(128, 128, 64), (100, 90, 32), (512, 512, 128)]:
         grid = GridSpec(ny, nx, size)
         h = rng.random((3, size, size)).astype(np.float32)
-        r = resample_matrix(size, grid.side).toarray()
-        ref = r @ h.astype(np.float64) @ r.T
-        ref = ref[:, grid.pad_y : grid.pad_y + ny, grid.pad_x : grid.pad_x + nx]
+        ref = _upsampled_reference(h, grid)
         got = from_model_grid(h, grid)
         assert got.dtype == np.float32 and got.shape == (3, ny, nx)
         np.testing.assert_allclose(got, ref, atol=2e-6)
@@ -133,7 +139,7 @@ def test_upsampling_a_map_that_is_zero_outside_a_box_is_the_same_product():
     """Only the box of nonzero input rows/columns enters the products (a heatmap is 0 outside its
     scoring region): the same values as the whole products, exactly 0 outside what the box reaches,
     and an all-zero stack stays 0."""
-    from aeanomaly.preprocess import GridSpec, resample_matrix
+    from aeanomaly.preprocess import GridSpec
 
     rng = np.random.default_rng(5)
     boxes = [(512, 512, 256, (slice(60, 130), slice(90, 200))), (300, 512, 128, (slice(0, 5), slice(120, 128))),
@@ -142,8 +148,7 @@ def test_upsampling_a_map_that_is_zero_outside_a_box_is_the_same_product():
         grid = GridSpec(ny, nx, size)
         h = np.zeros((4, size, size), np.float32)
         h[1:3][:, box[0], box[1]] = rng.random((2, *h[0][box].shape)) - 0.5
-        r = resample_matrix(size, grid.side).toarray()
-        ref = (r @ h.astype(np.float64) @ r.T)[:, grid.pad_y : grid.pad_y + ny, grid.pad_x : grid.pad_x + nx]
+        ref = _upsampled_reference(h, grid)
         got = from_model_grid(h, grid)
         np.testing.assert_allclose(got, ref, atol=2e-6)
         assert (got[[0, 3]] == 0).all() and (got[2][ref[2] == 0] == 0).all()
