@@ -21,7 +21,7 @@ FIT_DEFAULTS = {
     "calib_method": "auto",
     "precision": "float32",
     "model_kind": "dae",
-    "seg_epochs": 10,
+    "seg_epochs": 16,
     "seg_filters": 16,
 }
 

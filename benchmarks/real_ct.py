@@ -43,7 +43,7 @@ import _common  # noqa: E402
 import real_ct_data as RD  # noqa: E402
 import real_ct_lesions as RL  # noqa: E402
 import real_ct_maps as RM  # noqa: E402
-from aeanomaly.config import TRAIN_DEFAULTS  # noqa: E402  (stdlib only: no TensorFlow at import)
+from aeanomaly.config import FIT_DEFAULTS, TRAIN_DEFAULTS  # noqa: E402  (stdlib only: no TensorFlow at import)
 
 #: Synthetic anomaly radii for the self-supervised training, as a fraction of the model grid's side:
 #: ≈ 3–21 mm on a 350 mm field of view (nodules are 3–30 mm across).
@@ -370,7 +370,8 @@ def main(argv=None) -> int:
         return 2
     q = args.quick
     cfg = {"sizes": args.sizes or ([64] if q else [128]), "channels": args.channels or ([1] if q else [3]),
-           "epochs": args.epochs or (1 if q else 15), "seg_epochs": args.seg_epochs if args.seg_epochs is not None else (1 if q else 6),
+           "epochs": args.epochs or (1 if q else 15),
+           "seg_epochs": args.seg_epochs if args.seg_epochs is not None else (1 if q else FIT_DEFAULTS["seg_epochs"]),
            "batch_size": 8 if q else 16, "seg_filters": 8 if q else 16, "seg_steps": 3 if q else None,
            "limit": 4 if q else None, "max_hosts": 3 if q else None,
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),

@@ -192,8 +192,8 @@ def scale(d: dict) -> str:
 
 
 def main() -> int:
-    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("quality", quality),
-                     ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("scale", scale)):
+    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct),
+                     ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             print(f"<!-- {name}: from {p.relative_to(RESULTS.parent.parent)} -->\n")

@@ -44,6 +44,9 @@ FAMILIES = ("patch_blend", "poisson_patch", "foreign_interp", "intensity_shape",
 MIN_CHANGE = 0.01
 #: Default shape radius range as a fraction of the slice side (≈ 2–12 mm on a 350 mm field of view).
 RADIUS_FRACTION = (0.02, 0.12)
+#: Fewest training steps per segmenter epoch. On real CT (about 200 training slices, 13 batches) 5 such
+#: short epochs left the Dice loss at 1.0; the loss kept falling past 400 steps (benchmarks/real_ct.py).
+MIN_STEPS_PER_EPOCH = 50
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,7 +379,8 @@ def corrupt(x: np.ndarray, rng: np.random.Generator | int, *, donors: np.ndarray
 # the discriminative segmentation network
 # ------------------------------------------------------------------------------------------------
 
-def build_segmenter(size: int, in_channels: int, *, base_filters: int = 16, depth: int = 3, norm: str = "group"):
+def build_segmenter(size: int, in_channels: int, *, base_filters: int = 16, depth: int = 3, norm: str = "batch",
+                    output_prior: float = 0.01):
     """A small U-Net: ``[image channels, reconstruction channels]`` → per-pixel anomaly probability.
 
     Parameters
@@ -388,6 +392,9 @@ def build_segmenter(size: int, in_channels: int, *, base_filters: int = 16, dept
         autoencoder, which reconstructs the centre slice).
     base_filters, depth, norm
         Width, number of down-sampling levels and normalisation (:func:`aeanomaly.model.layers.norm_layer`).
+    output_prior : float
+        The anomaly probability the untrained network outputs everywhere (its output bias is the logit
+        of it); anomalous pixels are rare, so a small prior lets training start where the data is.
 
     Returns
     -------
@@ -410,7 +417,12 @@ def build_segmenter(size: int, in_channels: int, *, base_filters: int = 16, dept
         skips.append(x)
     for d in range(depth - 1, -1, -1):
         x = up_block(x, base_filters * 2 ** min(d, 3), norm, f"seg_dec{d}", skip=skips[d], activation="relu")
-    out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="seg_proba")(x)
+    # the output bias starts at the logit of a small anomaly prior (as RetinaNet's focal-loss head): from
+    # 0.5 everywhere, Adam needs thousands of steps just to move the bias down to the rare-pixel regime,
+    # and until then the Dice term sees a flat map and gives no useful gradient
+    prior = float(output_prior)
+    out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="seg_proba",
+                        bias_initializer=keras.initializers.Constant(np.log(prior / (1 - prior))))(x)
     return keras.Model(inp, out, name="seg")
 
 
@@ -445,7 +457,7 @@ def train_discriminator(
     x_normal: np.ndarray, reconstruct_fn: Callable[[np.ndarray], np.ndarray], *, epochs: int = 10,
     batch_size: int = 16, seed: int = 0, size: int | None = None, steps_per_epoch: int | None = None,
     region: np.ndarray | None = None, families: Sequence[str] = FAMILIES, anomaly_fraction: float = 0.7,
-    radius_fraction=RADIUS_FRACTION, base_filters: int = 16, depth: int = 3, norm: str = "group",
+    radius_fraction=RADIUS_FRACTION, base_filters: int = 16, depth: int = 3, norm: str = "batch",
     learning_rate: float = 1e-3, focal_gamma: float = 2.0, dice_weight: float = 1.0, verbose: int = 0,
 ):
     """Train the segmentation network on normal slices corrupted on the fly.
@@ -467,7 +479,8 @@ def train_discriminator(
     size : int, optional
         Expected slice side (checked against ``x_normal`` when given).
     steps_per_epoch : int, optional
-        Steps per epoch (default ``ceil(n / batch_size)``).
+        Steps per epoch (default ``max(ceil(n / batch_size), MIN_STEPS_PER_EPOCH)``: the anomalies are
+        drawn afresh every step, so a small training set does not bound how long training is useful).
     region : np.ndarray, optional
         bool ``(n, size, size)``: where anomalies are centred (e.g. the body); default anywhere.
     families, anomaly_fraction, radius_fraction
@@ -489,6 +502,7 @@ def train_discriminator(
     import keras
 
     from ..errors import ConfigError
+    from .train import BN_STAT_BATCHES, recompute_batchnorm_statistics
 
     x = _as_nhwc(x_normal)
     n, h, w, c = x.shape
@@ -508,22 +522,27 @@ def train_discriminator(
     probe = _as_nhwc(np.asarray(reconstruct_fn(x[:1]), np.float32))
     model = build_segmenter(h, c + probe.shape[-1], base_filters=base_filters, depth=depth, norm=norm)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=focal_dice_loss(focal_gamma, dice_weight))
-    steps = int(steps_per_epoch or int(np.ceil(n / batch_size)))
+    steps = int(steps_per_epoch or max(int(np.ceil(n / batch_size)), MIN_STEPS_PER_EPOCH))
+
+    def draw():
+        idx = rng.integers(n, size=batch_size)  # with replacement: any n works
+        xb, tb = corrupt(x[idx], rng, donors=x, region=None if region is None else region[idx],
+                         families=families, anomaly_fraction=anomaly_fraction, radius_fraction=radius_fraction)
+        return segmenter_input(xb, np.asarray(reconstruct_fn(xb), np.float32)), tb[..., None]
+
     history = {"loss": []}
     for epoch in range(int(epochs)):
-        losses = []
-        for _ in range(steps):
-            idx = rng.integers(n, size=batch_size)  # with replacement: any n works
-            xb, tb = corrupt(x[idx], rng, donors=x, region=None if region is None else region[idx],
-                             families=families, anomaly_fraction=anomaly_fraction, radius_fraction=radius_fraction)
-            rb = np.asarray(reconstruct_fn(xb), np.float32)
-            losses.append(float(model.train_on_batch(segmenter_input(xb, rb), tb[..., None])))
+        losses = [float(model.train_on_batch(*draw())) for _ in range(steps)]
         history["loss"].append(float(np.mean(losses)))
         if verbose:
             print(f"seg epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}", flush=True)
+    # BatchNorm's moving averages after a few hundred steps still hold much of their initial 0 and 1:
+    # set them to the mean batch statistics of freshly corrupted batches, as the autoencoder's are
+    bn_batches = recompute_batchnorm_statistics(model, (draw()[0] for _ in range(min(BN_STAT_BATCHES, steps * epochs))))
     history.update(epochs=int(epochs), steps_per_epoch=steps, families=list(families), in_channels=int(c + probe.shape[-1]),
                    anomaly_fraction=float(anomaly_fraction), focal_gamma=float(focal_gamma),
-                   dice_weight=float(dice_weight), base_filters=int(base_filters), depth=int(depth), norm=norm)
+                   dice_weight=float(dice_weight), base_filters=int(base_filters), depth=int(depth), norm=norm,
+                   bn_stat_batches=int(bn_batches))
     return model, history
 
 

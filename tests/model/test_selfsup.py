@@ -86,6 +86,21 @@ def test_fused_heatmap_weights():
         selfsup.fused_heatmap(p, r, 0.5, 0.0)
 
 
+def test_untrained_segmenter_starts_at_the_anomaly_prior():
+    # from p = 0.5 everywhere the Dice term saw a flat map and training stalled for thousands of steps
+    # (the loss sat at ~1.0 on real CT); the output bias starts at the prior's logit instead
+    x = normal_slices(n=4, size=32)
+    for prior in (0.01, 0.001):
+        model = selfsup.build_segmenter(32, 2, base_filters=4, depth=2, norm="none", output_prior=prior)
+        for w in model.weights:  # only the bias decides the output when every other weight is zero
+            if "seg_proba" not in w.path:
+                w.assign(np.zeros(w.shape, w.dtype))
+        p = selfsup.anomaly_probability(model, x, x[..., 0])
+        np.testing.assert_allclose(p, prior, rtol=1e-4)
+    fresh = selfsup.build_segmenter(32, 2, base_filters=4, depth=2, norm="batch")  # random weights
+    assert selfsup.anomaly_probability(fresh, x, x[..., 0]).mean() < 0.05
+
+
 def test_tiny_segmenter_learns_to_find_synthetic_anomalies(tmp_path):
     import keras
 
