@@ -25,6 +25,11 @@ FIT_DEFAULTS = {
     "seg_filters": 16,
 }
 
+#: Fewest training steps per ``dae+seg`` segmenter epoch (:func:`aeanomaly.model.selfsup.train_discriminator`).
+#: On real CT (about 200 training slices, 13 batches) 5 such short epochs left the Dice loss at 1.0; the
+#: loss kept falling past 400 steps (benchmarks/real_ct.py).
+SEG_MIN_STEPS_PER_EPOCH = 50
+
 
 @dataclass
 class TrainConfig:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..config import FIT_DEFAULTS as F, TRAIN_DEFAULTS as T
+from ..config import FIT_DEFAULTS as F, SEG_MIN_STEPS_PER_EPOCH, TRAIN_DEFAULTS as T
 from ..errors import AeAnomalyError, BundleError, ConfigError
 from .common import (check_open_unit, check_writable, collect_scans, deprecated_alias, handles_errors,
                      method_in_force, quiet_warnings, say, start_tensorflow, warn)
@@ -56,8 +56,8 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
                    "self-supervised segmenter of synthetic anomalies, heatmap = its anomaly probability; ae: "
                    "bottleneck AE of the seed papers.")
 @click.option("--seg-epochs", default=F["seg_epochs"], show_default=True, type=click.IntRange(1),
-              help="Training epochs of the dae+seg segmenter (each at least 50 steps of freshly corrupted "
-                   "batches).")
+              help=f"Training epochs of the dae+seg segmenter (each at least {SEG_MIN_STEPS_PER_EPOCH} steps of "
+                   "freshly corrupted batches).")
 @click.option("--depth", default=T["depth"], show_default=True, type=click.IntRange(1, 7))
 @click.option("--base-filters", default=T["base_filters"], show_default=True, type=click.IntRange(1))
 @click.option("--latent-dim", default=T["latent_dim"], show_default=True, type=click.IntRange(1),

@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..config import SEG_MIN_STEPS_PER_EPOCH
+
 #: The model kind of a detector whose heatmap is this network's probability.
 MODEL_KIND = "dae+seg"
 #: Synthetic anomaly families, in the order :func:`corrupt` draws them.
@@ -44,9 +46,6 @@ FAMILIES = ("patch_blend", "poisson_patch", "foreign_interp", "intensity_shape",
 MIN_CHANGE = 0.01
 #: Default shape radius range as a fraction of the slice side (≈ 2–12 mm on a 350 mm field of view).
 RADIUS_FRACTION = (0.02, 0.12)
-#: Fewest training steps per segmenter epoch. On real CT (about 200 training slices, 13 batches) 5 such
-#: short epochs left the Dice loss at 1.0; the loss kept falling past 400 steps (benchmarks/real_ct.py).
-MIN_STEPS_PER_EPOCH = 50
 
 
 # ------------------------------------------------------------------------------------------------
@@ -409,6 +408,9 @@ def build_segmenter(size: int, in_channels: int, *, base_filters: int = 16, dept
 
     if size % (2 ** depth):
         raise ConfigError(f"size {size} must be divisible by 2**depth = {2 ** depth}")
+    prior = float(output_prior)
+    if not 0.0 < prior < 1.0:
+        raise ConfigError(f"output_prior must be in (0, 1), got {output_prior!r}")
     inp = keras.Input((size, size, in_channels), name="image_and_reconstruction")
     x = conv_block(inp, base_filters, norm, "seg_enc0", activation="relu")
     skips = [x]
@@ -420,7 +422,6 @@ def build_segmenter(size: int, in_channels: int, *, base_filters: int = 16, dept
     # the output bias starts at the logit of a small anomaly prior (as RetinaNet's focal-loss head): from
     # 0.5 everywhere, Adam needs thousands of steps just to move the bias down to the rare-pixel regime,
     # and until then the Dice term sees a flat map and gives no useful gradient
-    prior = float(output_prior)
     out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="seg_proba",
                         bias_initializer=keras.initializers.Constant(np.log(prior / (1 - prior))))(x)
     return keras.Model(inp, out, name="seg")
@@ -479,7 +480,7 @@ def train_discriminator(
     size : int, optional
         Expected slice side (checked against ``x_normal`` when given).
     steps_per_epoch : int, optional
-        Steps per epoch (default ``max(ceil(n / batch_size), MIN_STEPS_PER_EPOCH)``: the anomalies are
+        Steps per epoch (default ``max(ceil(n / batch_size), SEG_MIN_STEPS_PER_EPOCH)``: the anomalies are
         drawn afresh every step, so a small training set does not bound how long training is useful).
     region : np.ndarray, optional
         bool ``(n, size, size)``: where anomalies are centred (e.g. the body); default anywhere.
@@ -522,7 +523,7 @@ def train_discriminator(
     probe = _as_nhwc(np.asarray(reconstruct_fn(x[:1]), np.float32))
     model = build_segmenter(h, c + probe.shape[-1], base_filters=base_filters, depth=depth, norm=norm)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=focal_dice_loss(focal_gamma, dice_weight))
-    steps = int(steps_per_epoch or max(int(np.ceil(n / batch_size)), MIN_STEPS_PER_EPOCH))
+    steps = int(steps_per_epoch or max(int(np.ceil(n / batch_size)), SEG_MIN_STEPS_PER_EPOCH))
 
     def draw():
         idx = rng.integers(n, size=batch_size)  # with replacement: any n works

@@ -99,6 +99,8 @@ def test_untrained_segmenter_starts_at_the_anomaly_prior():
         np.testing.assert_allclose(p, prior, rtol=1e-4)
     fresh = selfsup.build_segmenter(32, 2, base_filters=4, depth=2, norm="batch")  # random weights
     assert selfsup.anomaly_probability(fresh, x, x[..., 0]).mean() < 0.05
+    with pytest.raises(ConfigError, match="output_prior"):
+        selfsup.build_segmenter(32, 2, output_prior=1.0)
 
 
 def test_tiny_segmenter_learns_to_find_synthetic_anomalies(tmp_path):
