@@ -25,6 +25,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import ConfigError, NotFittedError
+from .scoring import SLICE_NORMS, scan_score
 
 METHODS = ("empirical", "gamma", "lognormal", "kde")
 #: What a :class:`Calibrator` may be asked for (``auto`` chooses one of :data:`METHODS` in ``fit``).
@@ -330,12 +331,84 @@ def pixel_threshold(tails, n_pixels: int, quantile: float) -> float:
     return float(tail[min(m, tail.size) - 1])
 
 
+class RegionSizeReference:
+    """What normal slices score at each size of their scoring region, so that a slice is compared with
+    normal slices of its own kind: ``(score − median(area)) / scale(area)``.
+
+    In the lung window the region is the lungs, small at the apex and base, where partial-volume edges
+    raise every residual, and large in mid-lung; a raw slice score therefore ranks slices partly by
+    where they lie. ``fit`` takes normal slices' scores and region areas (pixels), splits them into
+    ``n_bins`` quantile bins of log area (fewer when there are under ``min_per_bin`` slices a bin), and
+    keeps each bin's median score and scale (1.4826 × the median absolute deviation); ``transform``
+    interpolates both linearly in log area (constant beyond the outer bins' centres). NaN scores and
+    empty regions give NaN.
+    """
+
+    def __init__(self, n_bins: int = 4, min_per_bin: int = 6):
+        self.n_bins = n_bins
+        self.min_per_bin = min_per_bin
+
+    def fit(self, scores, areas) -> "RegionSizeReference":
+        s, a = np.asarray(scores, float).ravel(), np.asarray(areas, float).ravel()
+        if s.shape != a.shape:
+            raise ConfigError(f"scores and areas differ in length ({s.size} vs {a.size})")
+        ok = np.isfinite(s) & (a > 0)
+        if ok.sum() < 2:
+            raise ConfigError("the region-size reference needs at least 2 scored normal slices")
+        s, la = s[ok], np.log(a[ok])
+        nb = int(max(1, min(int(self.n_bins), s.size // max(int(self.min_per_bin), 1))))
+        edges = np.quantile(la, np.linspace(0.0, 1.0, nb + 1))
+        which = np.clip(np.searchsorted(edges, la, side="right") - 1, 0, nb - 1)
+        spread = max(float(np.median(np.abs(s - np.median(s)))) * 1.4826, 1e-9)
+        cen, med, scale = [], [], []
+        for b in range(nb):
+            v = s[which == b]
+            if v.size == 0:
+                continue
+            m = float(np.median(v))
+            cen.append(float(np.median(la[which == b])))
+            med.append(m)
+            scale.append(max(float(np.median(np.abs(v - m))) * 1.4826, 1e-3 * spread))
+        self.log_area_, self.median_, self.scale_ = np.array(cen), np.array(med), np.array(scale)
+        self.n_slices_ = int(s.size)
+        return self
+
+    def transform(self, scores, areas) -> np.ndarray:
+        if not hasattr(self, "median_"):
+            raise NotFittedError("RegionSizeReference is not fitted")
+        s, a = np.asarray(scores, float), np.asarray(areas, float)
+        la = np.log(np.where(a > 0, a, np.nan))
+        med = np.interp(la, self.log_area_, self.median_)
+        scale = np.interp(la, self.log_area_, self.scale_)
+        return np.where(np.isfinite(la), (s - med) / scale, np.nan)
+
+    def to_dict(self) -> dict:
+        return {"n_bins": int(self.n_bins), "min_per_bin": int(self.min_per_bin), "n_slices": self.n_slices_,
+                "log_area": self.log_area_.tolist(), "median": self.median_.tolist(), "scale": self.scale_.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegionSizeReference":
+        ref = cls(int(d["n_bins"]), int(d["min_per_bin"]))
+        ref.log_area_, ref.median_, ref.scale_ = (np.asarray(d[k], float) for k in ("log_area", "median", "scale"))
+        if not (ref.log_area_.size == ref.median_.size == ref.scale_.size > 0) or (ref.scale_ <= 0).any():
+            raise ConfigError("the region-size reference is malformed")
+        ref.n_slices_ = int(d.get("n_slices", 0))
+        return ref
+
+
+def region_areas(mask: np.ndarray) -> np.ndarray:
+    """Pixels of the scoring mask per slice, ``(z,)`` float."""
+    m = np.asarray(mask, bool)
+    return m.reshape(len(m), -1).sum(axis=1).astype(float)
+
+
 class NormalStats:
     """What calibration needs from normal scans, gathered one scan at a time (memory stays bounded).
 
     ``add`` takes one scored normal scan; the attributes are the scan scores, the finite slice scores,
     the heatmap tails and pixel count (for :func:`pixel_threshold`), the per-slice heatmap peaks (the
-    reference of lesion severity) and the sources.
+    reference of lesion severity), the sources, and per scan its slice scores with the scoring region's
+    area per slice (for :class:`RegionSizeReference`).
     """
 
     def __init__(self):
@@ -345,6 +418,7 @@ class NormalStats:
         self.n_pixels = 0
         self.peaks: list[float] = []
         self.sources: list[str] = []
+        self.per_scan: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, source: str, scan_score: float, slice_scores: np.ndarray, heatmap: np.ndarray,
             mask: np.ndarray) -> None:
@@ -359,6 +433,7 @@ class NormalStats:
         scored = m.reshape(len(m), -1).any(axis=1)
         self.peaks.extend(heat.reshape(len(heat), -1).max(axis=1)[scored].astype(float).tolist())
         self.sources.append(str(source))
+        self.per_scan.append((sl.copy(), region_areas(m)))
 
     def __len__(self) -> int:
         return len(self.scan_scores)
@@ -376,14 +451,16 @@ def _finite_or_none(v) -> float | None:
 
 class Calibration:
     """A fitted detector's operating point: scan- and slice-level calibrators, the pixel threshold,
-    the normal slice peaks, the calibration scans, the inference precision and a log of every change.
+    the normal slice peaks, the calibration scans, the inference precision, a log of every change, and
+    (``slice_norm="area"``) the :class:`RegionSizeReference` that slice scores are normalised with
+    before the calibrators see them (``reference``; None: raw slice scores).
 
     Build with :meth:`fit` (from :class:`NormalStats`) or :meth:`from_dict` (calibration.json); change
     with :meth:`with_target_fpr` / :meth:`with_threshold`, which return new objects.
     """
 
     def __init__(self, scan: Calibrator, slice: Calibrator, pixel_threshold: float, pixel_quantile: float,
-                 normal_peaks, sources, precision: str = "float32", log=()):
+                 normal_peaks, sources, precision: str = "float32", log=(), reference=None):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.scan = scan
@@ -394,6 +471,13 @@ class Calibration:
         self.sources = [str(s) for s in sources]
         self.precision = precision
         self.log = [dict(e) for e in log]
+        self.reference = reference
+
+    def normalised(self, slice_scores, mask) -> np.ndarray:
+        """Slice scores as the calibrators take them: through the region-size reference when there is
+        one (``mask`` is the scoring mask ``(z, y, x)``), else unchanged."""
+        s = np.asarray(slice_scores, float)
+        return s if self.reference is None else self.reference.transform(s, region_areas(mask))
 
     @property
     def target_fpr(self) -> float:
@@ -401,24 +485,39 @@ class Calibration:
 
     @classmethod
     def fit(cls, stats: NormalStats, *, target_fpr: float, method: str = "auto", pixel_quantile: float = 0.999,
-            precision: str = "float32", note: str = "fit", log=()) -> "Calibration":
-        """Fit on the statistics of held-out normal scans (at least 2 scorable ones)."""
+            precision: str = "float32", note: str = "fit", log=(), slice_norm: str = "none",
+            scan_aggregation: str = "max") -> "Calibration":
+        """Fit on the statistics of held-out normal scans (at least 2 scorable ones). With
+        ``slice_norm="area"`` a :class:`RegionSizeReference` is fitted on their slices first and the scan
+        scores are aggregated again (``scan_aggregation``) from the normalised slice scores."""
+        if slice_norm not in SLICE_NORMS:
+            raise ConfigError(f"slice_norm must be one of {', '.join(SLICE_NORMS)}, got {slice_norm!r}")
         scores = np.asarray(stats.scan_scores, float)
+        slice_values = np.asarray(stats.slice_scores, float)
+        reference = None
+        if slice_norm == "area":
+            reference = RegionSizeReference().fit(np.concatenate([v for v, _ in stats.per_scan]),
+                                                  np.concatenate([a for _, a in stats.per_scan]))
+            per = [reference.transform(v, a) for v, a in stats.per_scan]
+            scores = np.array([scan_score(v, scan_aggregation) for v in per])
+            slice_values = np.concatenate(per)
+            slice_values = slice_values[np.isfinite(slice_values)]
         if np.isfinite(scores).sum() < 2:
             raise ConfigError("calibration needs at least 2 scorable held-out normal scans")
         scan = Calibrator(method, target_fpr).fit(scores)
         with warnings.catch_warnings():  # thousands of slices: the slice-level warning says nothing new
             warnings.simplefilter("ignore", UserWarning)
-            sl = Calibrator(method, target_fpr).fit(np.asarray(stats.slice_scores, float))
+            sl = Calibrator(method, target_fpr).fit(slice_values)
         thr = pixel_threshold(stats.tails, stats.n_pixels, pixel_quantile)
         entry = {"when": _now(), "what": note, "method": scan.method_, "target_fpr": float(target_fpr),
-                 "threshold": _finite_or_none(scan.threshold_), "n_scans": int(len(scores))}
-        return cls(scan, sl, thr, pixel_quantile, stats.peaks, stats.sources, precision, [*log, entry])
+                 "threshold": _finite_or_none(scan.threshold_), "n_scans": int(len(scores)), "slice_norm": slice_norm}
+        return cls(scan, sl, thr, pixel_quantile, stats.peaks, stats.sources, precision, [*log, entry], reference)
 
     def with_target_fpr(self, alpha: float, reason: str = "") -> "Calibration":
         """Refitted on the same normal scores at another target FPR."""
         new = Calibration(self.scan.with_target_fpr(alpha), self.slice.with_target_fpr(alpha), self.pixel_threshold,
-                          self.pixel_quantile, self.normal_peaks, self.sources, self.precision, self.log)
+                          self.pixel_quantile, self.normal_peaks, self.sources, self.precision, self.log,
+                          self.reference)
         new.log.append({"when": _now(), "what": "set_threshold", "reason": reason, "target_fpr": float(alpha),
                         "threshold": _finite_or_none(new.scan.threshold_)})
         return new
@@ -427,7 +526,7 @@ class Calibration:
         """A manual scan-level threshold (p-values stay those of the fitted distribution)."""
         scan = copy.deepcopy(self.scan).set_threshold(float(threshold), reason=reason)
         new = Calibration(scan, self.slice, self.pixel_threshold, self.pixel_quantile, self.normal_peaks,
-                          self.sources, self.precision, self.log)
+                          self.sources, self.precision, self.log, self.reference)
         new.log.append({"when": _now(), "what": "set_threshold", "reason": reason, "target_fpr": self.target_fpr,
                         "threshold": _finite_or_none(scan.threshold_)})
         return new
@@ -444,6 +543,7 @@ class Calibration:
             "normal_peaks": [float(v) for v in self.normal_peaks],
             "calibration_scans": self.sources,
             "log": self.log,
+            "slice_reference": None if self.reference is None else self.reference.to_dict(),
         }
 
     @classmethod
@@ -452,6 +552,7 @@ class Calibration:
         try:
             return cls(Calibrator.from_dict(d["scan"]), Calibrator.from_dict(d["slice"]), float(d["pixel_threshold"]),
                        float(d.get("pixel_quantile", pixel_quantile)), d["normal_peaks"],
-                       d.get("calibration_scans", []), str(d.get("precision", "float32")), d.get("log", []))
+                       d.get("calibration_scans", []), str(d.get("precision", "float32")), d.get("log", []),
+                       None if d.get("slice_reference") is None else RegionSizeReference.from_dict(d["slice_reference"]))
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"calibration is incomplete or malformed: {type(err).__name__} {err}") from None

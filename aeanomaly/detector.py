@@ -172,7 +172,7 @@ class AnomalyDetector:
         min_lesion_mm2: float = SCORING_DEFAULTS["min_lesion_mm2"],
         min_lesion_mm3: float | None = SCORING_DEFAULTS["min_lesion_mm3"],
         min_body_fraction: float = SCORING_DEFAULTS["min_body_fraction"],
-        slice_fdr: float | None = SCORING_DEFAULTS["slice_fdr"],
+        slice_fdr: float | None = SCORING_DEFAULTS["slice_fdr"], slice_norm: str = SCORING_DEFAULTS["slice_norm"],
         model_kind: str = FIT_DEFAULTS["model_kind"], seg_epochs: int = FIT_DEFAULTS["seg_epochs"],
         seg_filters: int = FIT_DEFAULTS["seg_filters"],
     ):
@@ -211,6 +211,7 @@ class AnomalyDetector:
         self.min_lesion_mm3 = min_lesion_mm3
         self.min_body_fraction = min_body_fraction
         self.slice_fdr = slice_fdr
+        self.slice_norm = slice_norm
         self.model_kind = model_kind
         self.seg_epochs = seg_epochs
         self.seg_filters = seg_filters
@@ -365,22 +366,24 @@ class AnomalyDetector:
             self._inference_cache = cache = (self.model_, precision, fn)
         return cache[2]
 
-    def analyse(self, scan: Scan | str | os.PathLike, *, precision: str | None = None) -> Analysis:
+    def analyse(self, scan: Scan | str | os.PathLike, *, precision: str | None = None,
+                normalise: bool = True) -> Analysis:
         """Residual heatmap and slice / scan scores of one scan on the model grid (no calibration needed):
-        :meth:`prepare`, :meth:`reconstruct` and :meth:`analyse_prepared`."""
+        :meth:`prepare`, :meth:`reconstruct` and :meth:`analyse_prepared` (``normalise``: see there)."""
         scan = scan if isinstance(scan, Scan) else load_scan(scan)
         prep = self.prepare(scan)
         keep = self._scored_slices(prep)
         recon = np.zeros(prep.x.shape[:3], np.float32)
         if keep.any():
             recon[keep] = self.reconstruct(prep.x[keep], precision=precision)
-        return self.analyse_prepared(prep, recon, is_hu=scan.is_hu)
+        return self.analyse_prepared(prep, recon, is_hu=scan.is_hu, normalise=normalise)
 
     def _scored_slices(self, prep: PreparedScan) -> np.ndarray:
         """Slices with enough body; when there are none, the slices with any body."""
         return prep.keep if prep.keep.any() else prep.body.reshape(len(prep.body), -1).any(axis=1)
 
-    def analyse_prepared(self, prep: PreparedScan, reconstruction: np.ndarray, *, is_hu: bool = True) -> Analysis:
+    def analyse_prepared(self, prep: PreparedScan, reconstruction: np.ndarray, *, is_hu: bool = True,
+                         normalise: bool = True) -> Analysis:
         """:func:`aeanomaly.scoring.analyse` of a prepared scan and a reconstruction of it, in the
         detector's scoring region (the lungs, the body, or a U-Net head's organs).
 
@@ -388,6 +391,10 @@ class AnomalyDetector:
         with any body are. In the lung region, a scan where no lung is found is scored in the body
         region. ``Analysis.note`` says so. ``reconstruction`` may come from any model of the same
         grid (benchmarks use this for baselines).
+
+        When the calibration holds a region-size reference (``slice_norm="area"``), the slice scores
+        (and the scan score aggregated from them) are the normalised ones the calibrators take, unless
+        ``normalise`` is False (the raw scores, which calibration itself starts from).
         """
         params = self.scoring_params()
         window = HUWindow.parse(self.window)
@@ -411,6 +418,10 @@ class AnomalyDetector:
         out = analyse(image, reconstruction, region, keep, prep.spacing, params, sign, note="; ".join(notes))
         if getattr(self, "seg_model_", None) is not None:
             out = self._with_anomaly_probability(out, prep, reconstruction, params)
+        cal = getattr(self, "calibration_", None)
+        if normalise and cal is not None and cal.reference is not None:
+            out.slice_scores = cal.normalised(out.slice_scores, out.mask)
+            out.scan_score = scan_score(out.slice_scores, params.scan_aggregation)
         out.prepared = prep
         out.organ_labels = organs
         return out
@@ -489,10 +500,12 @@ class AnomalyDetector:
         self.train_state_ = {k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from",
                                                        "n_train_slices", "n_val_slices")}
         self.split_ = {side: [str(paths[i]) for i in getattr(split, side)] for side in ("train", "val", "calib")}
-        stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=self.precision),
+        stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=self.precision, normalise=False),
                                           [paths[i] for i in split.calib], strict=strict, verbose=verbose)
+        params = self.scoring_params()
         self.calibration_ = Calibration.fit(stats, target_fpr=self.target_fpr, method=self.calib_method,
-                                            pixel_quantile=self.pixel_quantile, precision=self.precision)
+                                            pixel_quantile=self.pixel_quantile, precision=self.precision,
+                                            slice_norm=params.slice_norm, scan_aggregation=params.scan_aggregation)
         self.skipped_ = skipped + cal_skipped
         return self
 
@@ -599,10 +612,12 @@ class AnomalyDetector:
             raise ConfigError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
         if not 0.0 < alpha < 1.0:
             raise ConfigError(f"target_fpr must be in (0, 1), got {target_fpr!r}")
-        stats, skipped = normal_stats(lambda s: self.analyse(s, precision=precision), list(paths), strict=strict,
-                                      verbose=verbose)
+        stats, skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False), list(paths),
+                                      strict=strict, verbose=verbose)
+        params = self.scoring_params()
         self.calibration_ = Calibration.fit(stats, target_fpr=alpha, method=method, pixel_quantile=self.pixel_quantile,
-                                            precision=precision, note=note, log=self.calibration_.log)
+                                            precision=precision, note=note, log=self.calibration_.log,
+                                            slice_norm=params.slice_norm, scan_aggregation=params.scan_aggregation)
         self.skipped_ = skipped
         return self
 
@@ -688,8 +703,8 @@ class AnomalyDetector:
         """Load a fitted detector from a bundle directory."""
         parts = _bundle.load_parts(path)
         info = parts["info"]
-        try:  # bundles written before the norm option held GroupNorm models (the default then)
-            det = cls(**{"norm": "group", **info["params"]})
+        try:  # bundles written before the norm / slice_norm options: GroupNorm models, raw slice scores
+            det = cls(**{"norm": "group", "slice_norm": "none", **info["params"]})
             window = HUWindow.parse(det.window)
         except (TypeError, ConfigError) as err:
             from .errors import BundleError

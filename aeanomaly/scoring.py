@@ -22,6 +22,9 @@ from .parallel import map_slices
 SLICE_SCORES = ("mae", "p99", "p999", "topk")
 SCAN_AGGREGATIONS = ("max", "top3", "top5", "mean")
 RESIDUAL_SIGNS = ("abs", "positive", "negative")
+#: How slice scores are compared before calibration: raw, or against normal slices of the same
+#: scoring-region size (:class:`aeanomaly.calibrate.RegionSizeReference`).
+SLICE_NORMS = ("none", "area")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ class ScoringParams:
         Slices with less body than this fraction of the slice are not scored.
     slice_fdr : float, optional
         Slice labels by Benjamini–Hochberg at this FDR instead of the per-slice threshold.
+    slice_norm : {"area", "none"}
+        ``area``: slice scores (and the scan score aggregated from them) are standardised against the
+        calibration normals' slices of the same scoring-region size, so that the lung apex and base,
+        where the small lungs' edges raise every residual, are not flagged for where they lie.
+        Takes effect at calibration.
     """
 
     roi: str = "auto"
@@ -64,11 +72,12 @@ class ScoringParams:
     min_lesion_mm3: float | None = None
     min_body_fraction: float = 0.05
     slice_fdr: float | None = None
+    slice_norm: str = "area"
 
     def validated(self) -> "ScoringParams":
         """Self, after checking every value (ConfigError naming the parameter)."""
         choices = {"roi": ROIS, "slice_score": SLICE_SCORES, "scan_aggregation": SCAN_AGGREGATIONS,
-                   "residual_sign": ("auto", *RESIDUAL_SIGNS)}
+                   "residual_sign": ("auto", *RESIDUAL_SIGNS), "slice_norm": SLICE_NORMS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

@@ -146,7 +146,8 @@ def test_a(methods, cal, root, patient) -> dict:
     out = {}
     for name, heat in maps.items():
         s, _ = methods.scores(a, heat, name)
-        r = {"slice": RM.auroc_pm(y, s), **RM.pixel_scores([heat], [cons], [region]), "time_s": round(times[name], 2),
+        r = {"slice": RM.auroc_pm(y, s), "slice_raw": RM.auroc_pm(y, methods.scores(a, heat, name, raw=True)[0]),
+             **RM.pixel_scores([heat], [cons], [region]), "time_s": round(times[name], 2),
              "consensus_in_scoring_mask": float((cons & a.mask).sum() / max(int(cons.sum()), 1))}
         if name in cal:
             c = cal[name]
@@ -323,12 +324,13 @@ def summary(variants: list[dict]) -> list[dict]:
             key = (v["size"], v["channels"], norm, name)
             d = rows.setdefault(key, {"size": v["size"], "channels": v["channels"], "norm": norm, "method": name,
                                       "folds": 0,
-                                      "slice_auroc": [], "slice_auroc_pm95": [], "pixel_auprc": [], "pixel_auroc": [], "nodules": 0,
+                                      "slice_auroc": [], "slice_auroc_pm95": [], "slice_auroc_raw": [], "pixel_auprc": [], "pixel_auroc": [], "nodules": 0,
                                       "nodules_hit": 0, "false_lesions": [], "time_s": [], "fpr": [],
                                       "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": []})
             d["folds"] += 1
             d["slice_auroc"].append(r["slice"]["auroc"])
             d["slice_auroc_pm95"].append(r["slice"]["auroc_pm95"])
+            d["slice_auroc_raw"].append((r.get("slice_raw") or {}).get("auroc"))
             d["pixel_auprc"].append(r["pixel_auprc"])
             d["pixel_auroc"].append(r["pixel_auroc"])
             d["nodules"] += r.get("n_nodules", 0)
@@ -405,7 +407,7 @@ def main(argv=None) -> int:
                     cal = methods.calibrate(calib_scans)
                     info["calibrate_s"] = round(time.perf_counter() - t0, 1)
                     tb_tune = test_b(methods, None, tune_cases)
-                    v = {"fold": fold, "size": size, "channels": ch, "norm": norm, "fit": info,
+                    v = {"fold": fold, "size": size, "channels": ch, "norm": norm, "slice_norm": det.slice_norm, "fit": info,
                          "scoring": det.scoring_params().to_dict(), "slice_score_choice": chosen_scores,
                          "test_a": test_a(methods, cal, root, fold), "normals": test_normals(methods, cal, sets.test),
                          "test_b": {"tune": tb_tune, "test": test_b(methods, cal, test_cases)},

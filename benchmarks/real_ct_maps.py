@@ -62,6 +62,7 @@ class Methods:
         self.det, self.seg, self.pca = det, seg_model, pca
         self.residual_scale = None  # set by fix_residual_scale() from the dae's normal heatmaps
         self.slice_score: dict[str, str] = {}  # per method, chosen on the tune split
+        self.references: dict = {}  # per method, its calibration's region-size reference (slice_norm "area")
         self.names = names or ["dae", *(("dae+seg", "dae+seg(fused)") if seg_model is not None else ()),
                                *(("pca",) if pca is not None else ()), "intensity", "log", "hessian"]
 
@@ -104,13 +105,20 @@ class Methods:
             times[name] = time.perf_counter() - t
         return a, {n: maps[n] for n in self.names if n in maps}, times
 
-    def scores(self, a, heat, name: str | None = None, method: str | None = None) -> tuple[np.ndarray, float]:
+    def scores(self, a, heat, name: str | None = None, method: str | None = None,
+               raw: bool = False) -> tuple[np.ndarray, float]:
         """Slice scores (the product's ``slice_scores``; per method the choice of the tune split, else the
-        detector's ``slice_score``) and the scan score (the detector's ``scan_aggregation``)."""
+        detector's ``slice_score``; after :meth:`calibrate`, normalised by the method's region-size
+        reference when the detector's ``slice_norm`` is ``area``, unless ``raw``) and the scan score
+        (the detector's ``scan_aggregation``)."""
+        from aeanomaly.calibrate import region_areas
         from aeanomaly.scoring import scan_score, slice_scores
 
         method = method or self.slice_score.get(name, self.det.slice_score)
         s = slice_scores(heat, a.mask, method)
+        ref = None if raw else self.references.get(name)
+        if ref is not None:
+            s = ref.transform(s, region_areas(a.mask))
         return s, (scan_score(s, self.det.scan_aggregation) if np.isfinite(s).any() else float("nan"))
 
     def fix_residual_scale(self, scans) -> float:
@@ -134,8 +142,12 @@ class Methods:
                 s, agg = self.scores(a, h, n)
                 if np.isfinite(agg):
                     stats[n].add(f"calib{i}", agg, s, h, a.mask)
-        return {n: Calibration.fit(st, target_fpr=self.det.target_fpr, pixel_quantile=self.det.pixel_quantile)
-                for n, st in stats.items() if len(st) >= 2}
+        self.references = {}
+        cal = {n: Calibration.fit(st, target_fpr=self.det.target_fpr, pixel_quantile=self.det.pixel_quantile,
+                                  slice_norm=self.det.slice_norm, scan_aggregation=self.det.scan_aggregation)
+               for n, st in stats.items() if len(st) >= 2}
+        self.references = {n: c.reference for n, c in cal.items() if c.reference is not None}
+        return cal
 
 
 def lesions_of(det, heat, prep, cal):

@@ -32,13 +32,13 @@ def real_ct(d: dict) -> str:
     and method, then Test B per kind and size for each variant's self-supervised map and the best
     baseline."""
     g = d.get("goals", {})
-    head = ["grid", "ch", "norm", "method", "nodule slice AUROC (±95 %)", "pixel AUPRC", "pixel AUROC", "nodules hit",
+    head = ["grid", "ch", "norm", "method", "nodule slice AUROC (±95 %)", "raw slice AUROC", "pixel AUPRC", "pixel AUROC", "nodules hit",
             "false lesions / LIDC scan", "false lesions / normal scan", "observed FPR", "B held-out AUROC",
             "B held-out ≥ 8 mm (±95 %)", "s / scan"]
     rows = []
     for r in d.get("summary", []):
         rows.append([r["size"], r["channels"], r.get("norm", "group"), r["method"], _pm(r["slice_auroc"], r.get("slice_auroc_pm95")),
-                     _f(r["pixel_auprc"]), _f(r["pixel_auroc"]), f"{r['nodules_hit']}/{r['nodules']}",
+                     _f(r.get("slice_auroc_raw")), _f(r["pixel_auprc"]), _f(r["pixel_auroc"]), f"{r['nodules_hit']}/{r['nodules']}",
                      _f(r["false_lesions"], 1), _f(r["false_per_normal"], 2), _f(r["fpr"], 2), _f(r["b_held"]),
                      _pm(r["b_held8"], r.get("b_held8_pm95")), _f(r["time_s"], 2)])
     run = ("quick" if d.get("quick") else "full") + " run"

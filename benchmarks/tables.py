@@ -192,7 +192,7 @@ def scale(d: dict) -> str:
 
 
 def main() -> int:
-    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct),
+    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct),
                      ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():

@@ -80,6 +80,9 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
               help="Scan-level false-positive rate the threshold is calibrated for.")
 @click.option("--calib-method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default=F["calib_method"],
               show_default=True)
+@click.option("--slice-norm", type=click.Choice(["area", "none"]), default="area", show_default=True,  # = ScoringParams.slice_norm (tested)
+              help="area: slice scores are compared with the calibration normals' slices of the same scoring-region "
+                   "size (the small lungs of the apex and base are not flagged for where they lie); none: raw.")
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=F["precision"], show_default=True,
               help="Inference arithmetic for calibration and scoring (training is float32).")
@@ -95,7 +98,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, depth, base_filters, latent_dim, latent_kind,
         loss, norm, epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction,
-        target_fpr, calib_method, seed, precision, strategy, resume, overwrite, strict, quiet):
+        target_fpr, calib_method, slice_norm, seed, precision, strategy, resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
 
     Prints every input it skipped and how many slices it trained on (with --quiet too when more than
@@ -127,7 +130,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         model_kind="dae+seg" if model_kind == "dae+seg" else "dae", seg_epochs=seg_epochs,
         noise_std=T["noise_std"] if model_kind != "ae" else 0.0, norm=norm, loss=loss, epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, augment=augment, val_fraction=val_fraction,
-        calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method, seed=seed,
+        calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method, slice_norm=slice_norm, seed=seed,
         precision=precision,
     )
     work = out.with_name(out.name + ".partial")

@@ -44,7 +44,10 @@ def info(bundle):
         click.echo(f"calibration   {sc['method']} on {len(calib.get('calibration_scans', []))} normal scans, "
                    f"target FPR {calib['target_fpr']}, threshold {sc['threshold']}, "
                    f"inference {calib.get('precision', 'float32')}")
-        click.echo(f"scoring       slice {p['slice_score']}, scan {p['scan_aggregation']}, "
+        ref = calib.get("slice_reference")
+        against = (f", against normal slices of the same region size ({len(ref['median'])} bins, "
+                   f"{ref['n_slices']} slices)" if ref else ", raw")
+        click.echo(f"scoring       slice {p['slice_score']}{against}, scan {p['scan_aggregation']}, "
                    f"pixel threshold {calib['pixel_threshold']:.4g} (q={calib['pixel_quantile']})")
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"bundle.json or calibration.json lacks {err}", bundle) from None

@@ -172,3 +172,13 @@ def test_fit_on_a_full_disk_leaves_no_bundle_and_no_work_folder(cli, one_error_l
             "--base-filters", "4", "--latent-dim", "8", "--epochs", "1", "--target-fpr", "0.2", "--quiet")
     one_error_line(r, "No space left on device")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_offers_the_slice_norm_default_of_scoring(cli):
+    from aeanomaly.cli.fit import fit
+    from aeanomaly.scoring import ScoringParams
+
+    opt = next(o for o in fit.params if o.name == "slice_norm")
+    assert opt.default == ScoringParams().slice_norm
+    r = cli("fit", "--help")
+    assert "--slice-norm [area|none]" in r.output
