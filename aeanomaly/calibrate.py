@@ -25,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from .errors import ConfigError, NotFittedError
-from .scoring import SLICE_NORMS, scan_score
+from .scoring import SLICE_NORMS, ScoringParams, scan_score
 
 METHODS = ("empirical", "gamma", "lognormal", "kde")
 #: What a :class:`Calibrator` may be asked for (``auto`` chooses one of :data:`METHODS` in ``fit``).
@@ -486,10 +486,11 @@ class Calibration:
     @classmethod
     def fit(cls, stats: NormalStats, *, target_fpr: float, method: str = "auto", pixel_quantile: float = 0.999,
             precision: str = "float32", note: str = "fit", log=(), slice_norm: str = "none",
-            scan_aggregation: str = "max") -> "Calibration":
+            scan_aggregation: str = ScoringParams.scan_aggregation) -> "Calibration":
         """Fit on the statistics of held-out normal scans (at least 2 scorable ones). With
         ``slice_norm="area"`` a :class:`RegionSizeReference` is fitted on their slices first and the scan
-        scores are aggregated again (``scan_aggregation``) from the normalised slice scores."""
+        scores are aggregated again (``scan_aggregation``, the scoring default unless given: it must be the
+        detector's) from the normalised slice scores."""
         if slice_norm not in SLICE_NORMS:
             raise ConfigError(f"slice_norm must be one of {', '.join(SLICE_NORMS)}, got {slice_norm!r}")
         scores = np.asarray(stats.scan_scores, float)

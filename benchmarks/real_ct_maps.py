@@ -135,6 +135,7 @@ class Methods:
         """Per method: the product's ``Calibration`` fitted on normal ``scans`` (each one scan)."""
         from aeanomaly.calibrate import Calibration, NormalStats
 
+        self.references = {}  # the normal statistics must hold raw slice scores, on a second call too
         stats = {n: NormalStats() for n in self.names}
         for i, scan in enumerate(scans):
             a, maps, _ = self.maps(scan)
@@ -142,7 +143,6 @@ class Methods:
                 s, agg = self.scores(a, h, n)
                 if np.isfinite(agg):
                     stats[n].add(f"calib{i}", agg, s, h, a.mask)
-        self.references = {}
         cal = {n: Calibration.fit(st, target_fpr=self.det.target_fpr, pixel_quantile=self.det.pixel_quantile,
                                   slice_norm=self.det.slice_norm, scan_aggregation=self.det.scan_aggregation)
                for n, st in stats.items() if len(st) >= 2}
