@@ -48,8 +48,11 @@ class TrainConfig:
     norm: str = "batch"  # folded into the convolutions at inference; see README "Benchmarks"
     upsample: str = "transpose"
     loss: str = "mae"
-    noise_std: float = 0.2
-    noise_resolution: int = 16
+    # Denoising noise, chosen on the real-CT benchmark's tune split (tuning lesion kinds injected into whole
+    # LIDC volumes; README "Detection on real CT"): 0.5 on a 64 x 64 grid over the field of view beat the
+    # coarse 0.2 on 16 x 16 of Kascenas et al. (slice AUROC 0.73 vs 0.58, pixel AUPRC 0.19 vs 0.04).
+    noise_std: float = 0.5
+    noise_resolution: int = 64
     epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3

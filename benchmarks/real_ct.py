@@ -16,11 +16,19 @@ Protocol (data: :mod:`real_ct_data`; methods and metrics: :mod:`real_ct_maps`; t
   through ``AnomalyDetector.analyse``; slice AUROC (nodule slices vs slices no reader marked),
   pixel AUROC / AUPRC in the lungs against the consensus (≥ 2 readers), nodules hit by a lesion
   (``find_lesions`` at the calibrated pixel threshold), false lesions per scan, time per scan.
+  Also the slice AUROC over pairs of like lung size (``slice_area_matched``) and the scoring region's
+  size alone as a score (``region_area``): in these two patients the nodule slices are mid-lung slices
+  with big lungs, so a score that prefers big lungs ranks them well without seeing a nodule.
 * **Test normals**: held-back test patients' scans: observed FPR at the target and false lesions per scan.
 * **Test B, lesion kinds** in HU at full resolution (:mod:`real_ct_lesions`, 4–30 mm in three size
-  classes) in held-back patients' slices: the *tune* patients with the tuning kinds only choose between
-  the self-supervised map alone and its fusion with the residual; the *test* patients report every kind,
+  classes), two ways. *In the volume* (:mod:`real_ct_volume`): 3-D lesions injected into the nodule-free
+  part of the fold's LIDC volume, lesion slices against the same scan's clean slices. *In single
+  slices*: one held-back TCGA / kmader patient's slice with and without a lesion, against other
+  patients' slices (measures between-patient spread as much as the lesion). Every kind is reported,
   the held-out kinds apart, per kind and per size.
+* **Settings chosen on a tune split**: each method's heatmap σ and slice score are chosen on the
+  *tuning kinds* injected into the *other* fold's LIDC volume, scored by the *other* fold's model
+  (:func:`real_ct_volume.choose`), never on the patient under test.
 * **Methods**: ``dae`` (the product as configured), ``dae+seg`` (model kind of
   :mod:`aeanomaly.model.selfsup`, composed here from its public functions until ``fit`` offers it),
   baselines ``pca``, ``intensity``, ``log``, ``hessian`` on the same prepared scans and masks.
@@ -43,6 +51,7 @@ import _common  # noqa: E402
 import real_ct_data as RD  # noqa: E402
 import real_ct_lesions as RL  # noqa: E402
 import real_ct_maps as RM  # noqa: E402
+import real_ct_volume as RV  # noqa: E402
 from aeanomaly.config import FIT_DEFAULTS, TRAIN_DEFAULTS  # noqa: E402  (stdlib only: no TensorFlow at import)
 
 #: Synthetic anomaly radii for the self-supervised training, as a fraction of the model grid's side:
@@ -94,14 +103,18 @@ def seg_training_slices(det, paths, max_slices: int = 3000):
     return np.concatenate(xs)[:max_slices], np.concatenate(regions)[:max_slices]
 
 
-def fit_variant(sets, size, channels, cfg, seed, norm=None) -> tuple:
+def fit_variant(sets, size, channels, cfg, seed, norm=None, noise=None) -> tuple:
+    """Fit the product's detector on the fold's training normals (``noise``: ``(std, resolution)`` of the
+    denoising noise, else fit's defaults), its segmenter and the PCA baseline: ``(det, methods,
+    calibration scans, info)``."""
     from aeanomaly.detector import AnomalyDetector
     from aeanomaly.io import load_scan
     from aeanomaly.model.selfsup import train_discriminator
 
     det = AnomalyDetector(window="lung", size=size, channels=channels, epochs=cfg["epochs"],
                           batch_size=cfg["batch_size"], seed=seed, val_fraction=0.12, calib_fraction=0.3,
-                          target_fpr=0.05, **({} if norm is None else {"norm": norm}))
+                          target_fpr=0.05, **({} if norm is None else {"norm": norm}),
+                          **({} if noise is None else {"noise_std": noise[0], "noise_resolution": noise[1]}))
     t0 = time.perf_counter()
     det.fit([i.path for i in sets.train], groups=[i.patient for i in sets.train], verbose=0)
     info = {"fit_s": round(time.perf_counter() - t0, 1), "epochs_run": len(det.history_.get("loss", [])),
@@ -131,6 +144,8 @@ def fit_variant(sets, size, channels, cfg, seed, norm=None) -> tuple:
 # ------------------------------------------------------------------------------------------------
 
 def test_a(methods, cal, root, patient) -> dict:
+    """Per method (and ``_region_area``: the scoring region's size alone as the slice score)."""
+    from aeanomaly.calibrate import region_areas
     from aeanomaly.preprocess import mask_to_model_grid
 
     det = methods.det
@@ -143,10 +158,13 @@ def test_a(methods, cal, root, patient) -> dict:
     region = (a.region | cons) & scored[:, None, None]
     nodules, n_nod = ndi_label(cons)
     near = ndi_dilate(any_m, 2)
-    out = {}
+    area = region_areas(a.mask)
+    out = {"_region_area": {"slice": RM.auroc_pm(y, np.where(scored, area, np.nan)),
+                            "slice_area_matched": RM.matched_auroc(y, np.where(scored, area, np.nan), area)}}
     for name, heat in maps.items():
         s, _ = methods.scores(a, heat, name)
         r = {"slice": RM.auroc_pm(y, s), "slice_raw": RM.auroc_pm(y, methods.scores(a, heat, name, raw=True)[0]),
+             "slice_area_matched": RM.matched_auroc(y, s, area),
              **RM.pixel_scores([heat], [cons], [region]), "time_s": round(times[name], 2),
              "consensus_in_scoring_mask": float((cons & a.mask).sum() / max(int(cons.sum()), 1))}
         if name in cal:
@@ -278,37 +296,10 @@ def test_b(methods, cal, cases) -> dict:
     return out
 
 
-SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
-
-
-def choose_slice_scores(methods, cases) -> dict:
-    """Per method, the slice score (of :data:`SLICE_SCORE_CHOICES`) with the best slice AUROC on the tune
-    cases (tune patients, tuning kinds only); sets ``methods.slice_score`` and returns the table."""
-    rows = [(c["kind"] != "normal", *methods.maps(c["scan"])[:2]) for c in cases]
-    y = np.array([r[0] for r in rows], int)
-    table = {}
-    for name in methods.names:
-        aucs = {}
-        for m in SLICE_SCORE_CHOICES:
-            s = np.array([methods.scores(a, maps[name], method=m)[0][0] for _, a, maps in rows])
-            aucs[m] = RM.auroc_pm(y, s)["auroc"]
-        best = max(aucs, key=lambda k: -1 if aucs[k] is None else aucs[k])
-        methods.slice_score[name] = best
-        table[name] = {"chosen": best, "tune_auroc": aucs}
-    return table
-
-
-def choose_seg(tune: dict) -> str | None:
-    """The self-supervised map (alone or fused) with the higher tune AUROC + pixel AUPRC (tuning kinds)."""
-    best, key = None, -1.0
-    for name in ("dae+seg", "dae+seg(fused)"):
-        m = tune["methods"].get(name)
-        if m is None:
-            continue
-        v = (m["tuning_kinds"]["auroc"] or 0) + (m["pixel"].get("pixel_auprc") or 0)
-        if v > key:
-            best, key = name, v
-    return best
+def choose_seg(chosen: dict) -> str | None:
+    """The self-supervised map (alone or fused) with the higher in-volume tune merit (tuning kinds)."""
+    names = [n for n in ("dae+seg", "dae+seg(fused)") if n in chosen]
+    return max(names, key=lambda n: chosen[n]["merit"]) if names else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -321,12 +312,17 @@ def summary(variants: list[dict]) -> list[dict]:
     for v in variants:
         for name, r in v["test_a"].items():
             norm = v.get("norm", "group")  # runs before the option trained group-normalised models
-            key = (v["size"], v["channels"], norm, name)
-            d = rows.setdefault(key, {"size": v["size"], "channels": v["channels"], "norm": norm, "method": name,
+            noise = v.get("noise")  # runs before the option: fit's defaults of their time
+            key = (v["size"], v["channels"], norm, noise, name)
+            d = rows.setdefault(key, {"size": v["size"], "channels": v["channels"], "norm": norm, "noise": noise,
+                                      "method": name,
                                       "folds": 0,
                                       "slice_auroc": [], "slice_auroc_pm95": [], "slice_auroc_raw": [], "pixel_auprc": [], "pixel_auroc": [], "nodules": 0,
                                       "nodules_hit": 0, "false_lesions": [], "time_s": [], "fpr": [],
-                                      "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": []})
+                                      "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": [],
+                                      "slice_auroc_matched": [], "region_area_auroc": [], "bv_tune": [], "bv_held": [],
+                                      "bv_held8": [], "bv_held8_pm95": [], "bv_pixel_auprc": [], "bv_lesions_hit": 0,
+                                      "bv_lesions": 0, "sigma_mm": [], "slice_score": []})
             d["folds"] += 1
             d["slice_auroc"].append(r["slice"]["auroc"])
             d["slice_auroc_pm95"].append(r["slice"]["auroc_pm95"])
@@ -345,10 +341,24 @@ def summary(variants: list[dict]) -> list[dict]:
             d["b_held8"].append((b.get("held_out_kinds_ge8mm") or {}).get("auroc"))
             d["b_held8_pm95"].append((b.get("held_out_kinds_ge8mm") or {}).get("auroc_pm95"))
             d["b_tune"].append((b.get("tuning_kinds") or {}).get("auroc"))
+            d["slice_auroc_matched"].append((r.get("slice_area_matched") or {}).get("auroc"))
+            d["region_area_auroc"].append(((v.get("region_area") or {}).get("slice") or {}).get("auroc"))
+            bv = (v.get("test_b_volume") or {}).get(name, {})
+            d["bv_tune"].append((bv.get("tuning_kinds") or {}).get("auroc"))
+            d["bv_held"].append((bv.get("held_out_kinds") or {}).get("auroc"))
+            d["bv_held8"].append((bv.get("held_out_kinds_ge8mm") or {}).get("auroc"))
+            d["bv_held8_pm95"].append((bv.get("held_out_kinds_ge8mm") or {}).get("auroc_pm95"))
+            d["bv_pixel_auprc"].append((bv.get("pixel") or {}).get("pixel_auprc"))
+            d["bv_lesions_hit"] += bv.get("lesions_hit", 0)
+            d["bv_lesions"] += bv.get("n_lesions", 0)
+            c = ((v.get("tune") or {}).get("chosen") or {}).get(name, {})
+            d["sigma_mm"].append(c.get("sigma_mm"))
+            d["slice_score"].append(c.get("slice_score"))
     mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None  # noqa: E731
+    settings = ("sigma_mm", "slice_score")  # per fold, as chosen (not averaged)
     out = []
     for d in rows.values():
-        out.append({k: (mean(v) if isinstance(v, list) else v) for k, v in d.items()})
+        out.append({k: (v if k in settings else mean(v) if isinstance(v, list) else v) for k, v in d.items()})
     return out
 
 
@@ -359,6 +369,8 @@ def main(argv=None) -> int:
     ap.add_argument("--channels", type=int, nargs="+", default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seg-epochs", type=int, default=None)
+    ap.add_argument("--noises", nargs="+", default=None, metavar="STD@RES",
+                    help="the denoising noise of the autoencoder, e.g. 0.2@16 0.5@64 (default: fit's default)")
     ap.add_argument("--norms", nargs="+", default=None, choices=("group", "batch", "none"),
                     help="the autoencoder's normalisation (default: fit's default)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
@@ -375,9 +387,11 @@ def main(argv=None) -> int:
            "epochs": args.epochs or (1 if q else 15),
            "seg_epochs": args.seg_epochs if args.seg_epochs is not None else (1 if q else FIT_DEFAULTS["seg_epochs"]),
            "batch_size": 8 if q else 16, "seg_filters": 8 if q else 16, "seg_steps": 3 if q else None,
-           "limit": 4 if q else None, "max_hosts": 3 if q else None,
+           "limit": 4 if q else None, "max_hosts": 3 if q else None, "per_volume": 2 if q else RV.LESIONS_PER_VOLUME,
+           "kinds": list(RL.KINDS[::3] if q else RL.KINDS), "sigmas": list(RV.SIGMA_CHOICES_MM[1:] if q else RV.SIGMA_CHOICES_MM),
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
-           "norms": args.norms or [TRAIN_DEFAULTS["norm"]]}
+           "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
+           "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"]}
     out_path = args.out or _common.RESULTS / ("real_ct_quick.json" if q else "real_ct.json")
     load_before = _load_avg()
     t_all = time.perf_counter()
@@ -393,34 +407,68 @@ def main(argv=None) -> int:
                              "agents: times are upper bounds)"}
 
     try:
+        folds = {}
         for fold in cfg["folds"]:
             sets = RD.normal_sets(root, work / fold, fold, seed=args.seed, limit=cfg["limit"])
             data[fold] = sets.summary()
-            tune_cases = lesion_cases(sets.tune, RL.TUNING_KINDS, args.seed + 1, cfg["max_hosts"])
-            test_cases = lesion_cases(sets.test, RL.KINDS, args.seed + 2, cfg["max_hosts"])
-            for size in cfg["sizes"]:
-                for ch, norm in [(c, n) for c in cfg["channels"] for n in cfg["norms"]]:
-                    print(f"real_ct: fold {fold}, {size} px, {ch} channel(s), norm {norm}", flush=True)
-                    det, methods, calib_scans, info = fit_variant(sets, size, ch, cfg, args.seed, norm)
-                    chosen_scores = choose_slice_scores(methods, tune_cases)
+            scan, readers = RD.lidc_volume(root, fold)
+            folds[fold] = {"sets": sets,
+                           "tune_cases": lesion_cases(sets.tune, RL.TUNING_KINDS, args.seed + 1, cfg["max_hosts"]),
+                           "test_cases": lesion_cases(sets.test, RL.KINDS, args.seed + 2, cfg["max_hosts"]),
+                           "vol_tune": RV.volume_cases(scan, readers, RL.TUNING_KINDS, args.seed + 3, cfg["per_volume"]),
+                           "vol_test": RV.volume_cases(scan, readers, cfg["kinds"], args.seed + 4, cfg["per_volume"])}
+            del scan, readers
+        for size in cfg["sizes"]:
+            for ch, norm, noise in [(c, n, z) for c in cfg["channels"] for n in cfg["norms"] for z in cfg["noises"]]:
+                fitted = {}
+                for fold, f in folds.items():
+                    print(f"real_ct: fold {fold}, {size} px, {ch} channel(s), norm {norm}, noise {noise}: fit and tune",
+                          flush=True)
+                    det, methods, calib_scans, info = fit_variant(f["sets"], size, ch, cfg, args.seed, norm,
+                                                                  parse_noise(noise))
+                    t0 = time.perf_counter()
+                    table = RV.tune_table(methods, f["vol_tune"], cfg["sigmas"])
+                    info["tune_s"] = round(time.perf_counter() - t0, 1)
+                    fitted[fold] = (det, methods, calib_scans, info, table)
+                for fold, f in folds.items():
+                    det, methods, calib_scans, info, _ = fitted[fold]
+                    # settings from the other fold's patient and model (a one-fold run: its own, flagged)
+                    src = next((o for o in folds if o != fold), fold)
+                    chosen = RV.choose(fitted[src][4])
+                    RV.apply(methods, chosen)
                     t0 = time.perf_counter()
                     cal = methods.calibrate(calib_scans)
                     info["calibrate_s"] = round(time.perf_counter() - t0, 1)
-                    tb_tune = test_b(methods, None, tune_cases)
-                    v = {"fold": fold, "size": size, "channels": ch, "norm": norm, "slice_norm": det.slice_norm, "fit": info,
-                         "scoring": det.scoring_params().to_dict(), "slice_score_choice": chosen_scores,
-                         "test_a": test_a(methods, cal, root, fold), "normals": test_normals(methods, cal, sets.test),
-                         "test_b": {"tune": tb_tune, "test": test_b(methods, cal, test_cases)},
-                         "chosen_seg": choose_seg(tb_tune)}
+                    tb_tune = test_b(methods, None, f["tune_cases"])
+                    ta = test_a(methods, cal, root, fold)
+                    v = {"fold": fold, "size": size, "channels": ch, "norm": norm, "noise": noise,
+                         "slice_norm": det.slice_norm, "fit": info,
+                         "scoring": det.scoring_params().to_dict(),
+                         "tune": {"source": src, "same_patient": src == fold, "chosen": chosen, "table": fitted[src][4]},
+                         "region_area": ta.pop("_region_area"), "test_a": ta,
+                         "normals": test_normals(methods, cal, f["sets"].test),
+                         "test_b": {"tune": tb_tune, "test": test_b(methods, cal, f["test_cases"])},
+                         "test_b_volume": RV.test_b_volume(methods, cal, f["vol_test"]),
+                         "chosen_seg": choose_seg(chosen)}
                     variants.append(v)
                     _print_variant(v)
                     # after every variant, so that hours of a long run are not lost to an interruption
                     _common.write_json(out_path, payload(False))
+                del fitted
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _common.write_json(out_path, payload(True))
     print(f"real_ct: wrote {out_path} in {round(time.perf_counter() - t_all, 1)} s")
     return 0
+
+
+def parse_noise(spec: str) -> tuple[float, int]:
+    """``"0.5@64"`` → ``(0.5, 64)``: the denoising noise's std and resolution."""
+    std, _, res = str(spec).partition("@")
+    try:
+        return float(std), int(res)
+    except ValueError:
+        raise SystemExit(f"real_ct: --noises takes STD@RES such as 0.5@64, got {spec!r}") from None
 
 
 def _load_avg():
@@ -433,11 +481,16 @@ def _load_avg():
 
 
 def _print_variant(v):
+    print(f"  tuned on {v['tune']['source']}; region area alone: sliceAUROC {_f(v['region_area']['slice']['auroc'])}",
+          flush=True)
     for name, r in v["test_a"].items():
-        b = v["test_b"]["test"]["methods"].get(name, {})
-        print(f"  {name:15s} sliceAUROC {_f(r['slice']['auroc'])}  pixAUPRC {_f(r['pixel_auprc'])}  "
+        bv = v["test_b_volume"].get(name, {})
+        c = v["tune"]["chosen"].get(name, {})
+        print(f"  {name:15s} σ {c.get('sigma_mm')} {c.get('slice_score')}  sliceAUROC {_f(r['slice']['auroc'])} "
+              f"(like size {_f(r['slice_area_matched']['auroc'])})  pixAUPRC {_f(r['pixel_auprc'])}  "
               f"nodules {r.get('nodules_hit', '-')}/{r.get('n_nodules', '-')}  false {r.get('false_lesions', '-')}  "
-              f"B held-out AUROC {_f((b.get('held_out_kinds') or {}).get('auroc'))}  {r['time_s']} s", flush=True)
+              f"B-volume held-out {_f((bv.get('held_out_kinds') or {}).get('auroc'))} "
+              f"pixAUPRC {_f((bv.get('pixel') or {}).get('pixel_auprc'))}  {r['time_s']} s", flush=True)
 
 
 def _f(x):

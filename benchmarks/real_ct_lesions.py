@@ -115,3 +115,44 @@ def lung_mask_hu(hu: np.ndarray) -> np.ndarray:
         sizes = ndi.sum(lung, lab, range(1, n + 1))
         lung = np.isin(lab, 1 + np.flatnonzero(sizes >= 0.01 * lung.size))
     return ndi.binary_erosion(ndi.binary_fill_holes(lung), iterations=2)
+
+
+def inject_in_volume(hu: np.ndarray, truth: np.ndarray, z: int, spacing_zyx, kind: str, diameter_mm: float,
+                     rng: np.random.Generator) -> None:
+    """One lesion of ``kind`` and nominal ``diameter_mm`` centred on slice ``z`` of a volume, in place.
+
+    The 2-D lesion of :func:`inject` is drawn on slice ``z``; on a neighbour slice ``dz`` mm away its HU
+    change is shrunk about the lesion's centroid by ``sqrt(1 − (2·dz / diameter)²)`` (a sphere's
+    cross-section) and kept inside that slice's lung, for every neighbour the sphere reaches. A vessel cut
+    across and a nodule differ in exactly this extent along z, so a 2.5-D model meets the lesion as a
+    blob, not as a one-slice disc.
+
+    Parameters
+    ----------
+    hu : np.ndarray
+        float32 ``(z, y, x)`` HU volume, modified in place.
+    truth : np.ndarray
+        bool ``(z, y, x)``; the lesion's pixels (at least half lesion) are set in place.
+    spacing_zyx : (float, float, float)
+        Voxel size in mm.
+    """
+    sz, sy, sx = (float(s) for s in spacing_zyx)
+    lung = lung_mask_hu(hu[z])
+    new, mask = inject(hu[z], lung, (sy, sx), kind, diameter_mm, rng)
+    delta = new - hu[z]
+    cy, cx = (float(c) for c in np.argwhere(mask).mean(axis=0))
+    hu[z] = new
+    truth[z] |= mask
+    r = diameter_mm / 2.0
+    for dz in range(1, len(hu)):
+        if dz * sz >= r:
+            break
+        f = float(np.sqrt(1.0 - (dz * sz / r) ** 2))
+        matrix, offset = np.array([1 / f, 1 / f]), np.array([cy - cy / f, cx - cx / f])
+        d = ndi.affine_transform(delta, matrix, offset, order=1, mode="constant")
+        m = ndi.affine_transform(mask.astype(np.float32), matrix, offset, order=1, mode="constant") >= 0.5
+        for zz in (z - dz, z + dz):
+            if 0 <= zz < len(hu):
+                inside = lung_mask_hu(hu[zz])
+                hu[zz] += d * inside
+                truth[zz] |= m & inside

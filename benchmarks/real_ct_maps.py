@@ -62,6 +62,7 @@ class Methods:
         self.det, self.seg, self.pca = det, seg_model, pca
         self.residual_scale = None  # set by fix_residual_scale() from the dae's normal heatmaps
         self.slice_score: dict[str, str] = {}  # per method, chosen on the tune split
+        self.sigma: dict[str, float] = {}  # per method other than the dae, σ chosen on the tune split
         self.references: dict = {}  # per method, its calibration's region-size reference (slice_norm "area")
         self.names = names or ["dae", *(("dae+seg", "dae+seg(fused)") if seg_model is not None else ()),
                                *(("pca",) if pca is not None else ()), "intensity", "log", "hessian"]
@@ -93,10 +94,10 @@ class Methods:
             rec = np.zeros(a.image.shape, np.float32)
             k = prep.keep if prep.keep.any() else np.ones(len(rec), bool)
             rec[k] = self.pca(prep.x[k])
-            maps["pca"] = det.analyse_prepared(prep, rec, is_hu=scan.is_hu).heatmap
+            maps["pca"] = self._heatmap("pca", prep, rec, scan.is_hu)
             times["pca"] = time.perf_counter() - t
         t = time.perf_counter()
-        maps["intensity"] = det.analyse_prepared(prep, np.zeros(a.image.shape, np.float32), is_hu=scan.is_hu).heatmap
+        maps["intensity"] = self._heatmap("intensity", prep, np.zeros(a.image.shape, np.float32), scan.is_hu)
         times["intensity"] = time.perf_counter() - t
         img = a.image.astype(np.float32)
         for name, fn in (("log", log_blobness), ("hessian", hessian_blobness)):
@@ -104,6 +105,18 @@ class Methods:
             maps[name] = np.where(m, fn(img, sp), 0).astype(np.float32)
             times[name] = time.perf_counter() - t
         return a, {n: maps[n] for n in self.names if n in maps}, times
+
+    def _heatmap(self, name, prep, reconstruction, is_hu) -> np.ndarray:
+        """The product's heatmap of ``reconstruction`` (``analyse_prepared``) at the method's own σ."""
+        det = self.det
+        sigma, own = self.sigma.get(name), det.sigma_mm
+        if sigma is None or sigma == own:
+            return det.analyse_prepared(prep, reconstruction, is_hu=is_hu).heatmap
+        det.set_params(sigma_mm=sigma)
+        try:
+            return det.analyse_prepared(prep, reconstruction, is_hu=is_hu).heatmap
+        finally:
+            det.set_params(sigma_mm=own)
 
     def scores(self, a, heat, name: str | None = None, method: str | None = None,
                raw: bool = False) -> tuple[np.ndarray, float]:
@@ -172,6 +185,22 @@ def auroc_pm(y, s) -> dict:
         var = (auc * (1 - auc) + (npos - 1) * (q1 - auc * auc) + (nneg - 1) * (q2 - auc * auc)) / (npos * nneg)
         pm = 1.96 * max(var, 0.0) ** 0.5
     return {"auroc": auc, "auroc_pm95": pm, "auprc": m["auprc"], "n_pos": npos, "n_neg": nneg}
+
+
+def matched_auroc(y, s, area, tol: float = 0.2) -> dict:
+    """AUROC over the (positive, negative) pairs whose region areas differ by at most ``tol`` (relative,
+    in log area): how a score ranks nodule slices against nodule-free slices *of like lung size*, so a
+    score cannot win by preferring big (mid-lung) slices. ``n_pairs`` is how many pairs it rests on."""
+    y, s, area = (np.asarray(v, float) for v in (y, s, area))
+    ok = np.isfinite(s) & (area > 0)
+    la = np.log(np.where(ok, area, 1.0))
+    pos, neg = np.flatnonzero(ok & (y == 1)), np.flatnonzero(ok & (y == 0))
+    if not len(pos) or not len(neg):
+        return {"auroc": None, "n_pairs": 0}
+    close = np.abs(la[pos][:, None] - la[neg][None, :]) <= np.log1p(tol)
+    wins = (s[pos][:, None] > s[neg][None, :]) + 0.5 * (s[pos][:, None] == s[neg][None, :])
+    n = int(close.sum())
+    return {"auroc": float(wins[close].mean()) if n else None, "n_pairs": n}
 
 
 def pixel_scores(heats, truths, regions) -> dict:

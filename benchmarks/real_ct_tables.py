@@ -27,20 +27,71 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+#: The methods made from the autoencoder (their rows depend on its training; the baselines' do not).
+DAE_FAMILY = ("dae", "dae+seg", "dae+seg(fused)")
+#: (header, summary key, format) of the main table; a column shows only when some row has a value.
+COLUMNS = [
+    ("noise (std @ grid)", "noise", None),
+    ("settings (σ mm / slice score, per fold)", "settings", None),
+    ("nodule slice AUROC (±95 %)", "slice_auroc", "pm:slice_auroc_pm95"),
+    ("like-size slice AUROC", "slice_auroc_matched", 3),
+    ("raw slice AUROC", "slice_auroc_raw", 3),
+    ("pixel AUPRC", "pixel_auprc", 3),
+    ("pixel AUROC", "pixel_auroc", 3),
+    ("nodules hit", "nodules_hit", "of:nodules"),
+    ("false lesions / LIDC scan", "false_lesions", 1),
+    ("false lesions / normal scan", "false_per_normal", 2),
+    ("observed FPR", "fpr", 2),
+    ("B-volume held-out AUROC", "bv_held", 3),
+    ("B-volume held-out ≥ 8 mm (±95 %)", "bv_held8", "pm:bv_held8_pm95"),
+    ("B-volume pixel AUPRC", "bv_pixel_auprc", 3),
+    ("B-volume lesions hit", "bv_lesions_hit", "of:bv_lesions"),
+    ("B held-out AUROC", "b_held", 3),
+    ("B held-out ≥ 8 mm (±95 %)", "b_held8", "pm:b_held8_pm95"),
+    ("s / scan", "time_s", 2),
+]
+
+
+def _settings(r) -> str | None:
+    sig, sc = r.get("sigma_mm"), r.get("slice_score")
+    if not sig and not sc:
+        return None
+    return ", ".join(f"{'–' if a is None else f'{a:g}'} / {b}" for a, b in zip(sig or [], sc or []))
+
+
+def _cell(r, key, fmt):
+    if key == "settings":
+        return _settings(r)
+    if key == "noise":
+        return r.get("noise")
+    v = r.get(key)
+    if v is None or (key.endswith("_hit") and not r.get(fmt[3:] if isinstance(fmt, str) else "")):
+        return None
+    if isinstance(fmt, str) and fmt.startswith("pm:"):
+        return _pm(v, r.get(fmt[3:]))
+    if isinstance(fmt, str) and fmt.startswith("of:"):
+        return f"{v}/{r.get(fmt[3:])}"
+    return _f(v, fmt)
+
+
 def real_ct(d: dict) -> str:
-    """Test A (real LIDC nodules, two folds), held-back normals and Test B (injected kinds) per variant
-    and method, then Test B per kind and size for each variant's self-supervised map and the best
-    baseline."""
+    """Test A (real LIDC nodules, two folds), held-back normals and Test B (injected kinds, in the volume
+    and in single slices) per variant and method, then Test B per kind and size for each variant."""
     g = d.get("goals", {})
-    head = ["grid", "ch", "norm", "method", "nodule slice AUROC (±95 %)", "raw slice AUROC", "pixel AUPRC", "pixel AUROC", "nodules hit",
-            "false lesions / LIDC scan", "false lesions / normal scan", "observed FPR", "B held-out AUROC",
-            "B held-out ≥ 8 mm (±95 %)", "s / scan"]
-    rows = []
+    # the baselines do not depend on the autoencoder's noise: one row each, with no noise
+    summ, seen = [], set()
     for r in d.get("summary", []):
-        rows.append([r["size"], r["channels"], r.get("norm", "group"), r["method"], _pm(r["slice_auroc"], r.get("slice_auroc_pm95")),
-                     _f(r.get("slice_auroc_raw")), _f(r["pixel_auprc"]), _f(r["pixel_auroc"]), f"{r['nodules_hit']}/{r['nodules']}",
-                     _f(r["false_lesions"], 1), _f(r["false_per_normal"], 2), _f(r["fpr"], 2), _f(r["b_held"]),
-                     _pm(r["b_held8"], r.get("b_held8_pm95")), _f(r["time_s"], 2)])
+        if r["method"] not in DAE_FAMILY:
+            key = (r["size"], r["channels"], r.get("norm"), r["method"])
+            if key in seen:
+                continue
+            seen.add(key)
+            r = {**r, "noise": None}
+        summ.append(r)
+    cols = [(h, k, f) for h, k, f in COLUMNS if any(_cell(r, k, f) is not None for r in summ)]
+    head = ["grid", "ch", "norm", "method"] + [h for h, _, _ in cols]
+    rows = [[r["size"], r["channels"], r.get("norm", "group"), r["method"]]
+            + [_cell(r, k, f) or "–" for _, k, f in cols] for r in summ]
     run = ("quick" if d.get("quick") else "full") + " run"
     if d.get("complete") is False:  # written after each variant; the run stopped before its last one
         run += f", interrupted after {len(d.get('variants', []))} variant(s)"
@@ -48,17 +99,30 @@ def real_ct(d: dict) -> str:
            f"pixel AUPRC ≥ {g.get('pixel_auprc')}, ≤ {g.get('false_lesions_per_normal_scan')} false lesion per normal "
            f"scan, held-out kinds ≥ 8 mm AUROC ≥ {g.get('held_out_kinds_ge8mm_slice_auroc')}). Test A and times are "
            "means over the LIDC folds; nodules summed.", "", _table(head, rows)]
+    areas = list({v["fold"]: v["region_area"]["slice"]["auroc"] for v in d.get("variants", []) if v.get("region_area")}.items())
+    if areas:
+        out += ["", "The scoring region's size alone, as a slice score, ranks the nodule slices at "
+                + ", ".join(f"{_f(a)} ({fold})" for fold, a in areas) + "."]
     for v in d.get("variants", []):
-        tb = v["test_b"]["test"]["methods"]
-        names = [n for n in (v.get("chosen_seg"), "dae", "hessian") if n in tb]
-        kinds = sorted({k for n in names for k in tb[n]["per_kind"]})
-        sizes = list(next(iter(tb.values()))["per_size"]) if tb else []
-        hdr = ["method"] + [f"{k} AUROC" for k in kinds] + [f"{s} AUROC" for s in sizes]
-        rws = [[n] + [_f(tb[n]["per_kind"][k]["auroc"]) for k in kinds]
-               + [_f(tb[n]["per_size"][s]["auroc"]) for s in sizes] for n in names]
-        out += ["", f"Test B, fold {v['fold']}, {v['size']} px, {v['channels']} channel(s), "
-                f"norm {v.get('norm', 'group')} "
-                f"(self-supervised map chosen on the tune patients: {v.get('chosen_seg')}):", "", _table(hdr, rws)]
+        for key, where in (("test_b_volume", "in the volume"), ("test_b", "in single slices")):
+            tb = v.get(key)
+            if tb is None:
+                continue
+            tb = tb["test"]["methods"] if key == "test_b" else tb
+            if key == "test_b" and "test_b_volume" in v:
+                continue  # the single-slice Test B per kind stays in the JSON
+            names = [n for n in (v.get("chosen_seg"), "dae", "pca", "intensity", "hessian") if n in tb]
+            kinds = sorted({k for n in names for k in tb[n]["per_kind"]})
+            sizes = list(next(iter(tb.values()))["per_size"]) if tb else []
+            hdr = ["method"] + [f"{k} AUROC" for k in kinds] + [f"{s} AUROC" for s in sizes]
+            rws = [[n] + [_f(tb[n]["per_kind"][k]["auroc"]) for k in kinds]
+                   + [_f(tb[n]["per_size"][s]["auroc"]) for s in sizes] for n in names]
+            src = (v.get("tune") or {}).get("source")
+            out += ["", f"Test B {where}, fold {v['fold']}, {v['size']} px, {v['channels']} channel(s), "
+                    f"norm {v.get('norm', 'group')}" + (f", noise {v['noise']}" if v.get("noise") else "")
+                    + (f", settings tuned on {src}" if src else "")
+                    + (f" (self-supervised map chosen on the tune split: {v['chosen_seg']})" if v.get("chosen_seg") else "")
+                    + ":", "", _table(hdr, rws)]
     return "\n".join(out) + "\n"
 
 

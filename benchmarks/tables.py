@@ -184,6 +184,13 @@ def real_ct(d: dict) -> str:
     return real_ct_tables.real_ct(d)
 
 
+def real_ct_noise(d: dict) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import real_ct_noise as noise_bench
+
+    return noise_bench.table_md(d)
+
+
 def scale(d: dict) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import scale as scale_bench
@@ -192,7 +199,7 @@ def scale(d: dict) -> str:
 
 
 def main() -> int:
-    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct),
+    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct), ("real_ct_tuned", real_ct), ("real_ct_noise", real_ct_noise),
                      ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():

@@ -58,6 +58,12 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--seg-epochs", default=F["seg_epochs"], show_default=True, type=click.IntRange(1),
               help=f"Training epochs of the dae+seg segmenter (each at least {SEG_MIN_STEPS_PER_EPOCH} steps of "
                    "freshly corrupted batches).")
+@click.option("--noise-std", default=T["noise_std"], show_default=True, type=click.FloatRange(0),
+              help="Std of the dae's coarse denoising noise, in units of the [0, 1] windowed image (0: a plain "
+                   "autoencoder with skips, which copies anomalies; --model ae always trains without noise).")
+@click.option("--noise-resolution", default=T["noise_resolution"], show_default=True, type=click.IntRange(2),
+              help="The noise is drawn on an N x N grid over the field of view and upsampled: its blobs are about "
+                   "1/N of the field of view across (about 11 mm for 32 on a 350 mm chest).")
 @click.option("--depth", default=T["depth"], show_default=True, type=click.IntRange(1, 7))
 @click.option("--base-filters", default=T["base_filters"], show_default=True, type=click.IntRange(1))
 @click.option("--latent-dim", default=T["latent_dim"], show_default=True, type=click.IntRange(1),
@@ -83,6 +89,9 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--slice-norm", type=click.Choice(["area", "none"]), default="area", show_default=True,  # = ScoringParams.slice_norm (tested)
               help="area: slice scores are compared with the calibration normals' slices of the same scoring-region "
                    "size (the small lungs of the apex and base are not flagged for where they lie); none: raw.")
+@click.option("--sigma-mm", default=3.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.sigma_mm (tested)
+              help="In-plane Gaussian σ of the heatmap in mm (about one model-grid pixel works: 3 mm at 128 px on a "
+                   "chest, 6 mm at 64 px).")
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=F["precision"], show_default=True,
               help="Inference arithmetic for calibration and scoring (training is float32).")
@@ -96,9 +105,10 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @deprecated_alias("--latent", "--latent-dim", "latent_dim", type=click.IntRange(1))
 @deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)
 @handles_errors
-def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, depth, base_filters, latent_dim, latent_kind,
-        loss, norm, epochs, batch_size, learning_rate, patience, no_augment, augment_spec, val_fraction, calib_fraction,
-        target_fpr, calib_method, slice_norm, seed, precision, strategy, resume, overwrite, strict, quiet):
+def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, noise_std, noise_resolution, depth,
+        base_filters, latent_dim, latent_kind, loss, norm, epochs, batch_size, learning_rate, patience, no_augment,
+        augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, seed, precision, strategy,
+        resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
 
     Prints every input it skipped and how many slices it trained on (with --quiet too when more than
@@ -128,9 +138,11 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         window=window or REGION_WINDOWS[region], size=size, channels=channels, depth=depth, base_filters=base_filters,
         latent=latent_kind, latent_dim=latent_dim, skip=model_kind != "ae",
         model_kind="dae+seg" if model_kind == "dae+seg" else "dae", seg_epochs=seg_epochs,
-        noise_std=T["noise_std"] if model_kind != "ae" else 0.0, norm=norm, loss=loss, epochs=epochs, batch_size=batch_size,
+        noise_std=noise_std if model_kind != "ae" else 0.0, noise_resolution=noise_resolution, norm=norm, loss=loss,
+        epochs=epochs, batch_size=batch_size,
         learning_rate=learning_rate, patience=patience, augment=augment, val_fraction=val_fraction,
-        calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method, slice_norm=slice_norm, seed=seed,
+        calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method, slice_norm=slice_norm, sigma_mm=sigma_mm,
+        seed=seed,
         precision=precision,
     )
     work = out.with_name(out.name + ".partial")

@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import real_ct_data as RD  # noqa: E402
 import real_ct_lesions as RL  # noqa: E402
 import real_ct_maps as RM  # noqa: E402
+import real_ct_volume as RV  # noqa: E402
 
 MISSING = RD.available()
 
@@ -51,6 +52,48 @@ def test_injected_lesions_stay_in_the_lung_and_change_hu(kind):
     np.testing.assert_array_equal(new[~lung], hu[~lung])
 
 
+def _lung_volume(n=24, size=96, seed=0):
+    rng = np.random.default_rng(seed)
+    hu = np.full((n, size, size), 40.0, np.float32)
+    lung = np.zeros((size, size), bool)
+    lung[16:80, 16:80] = True
+    hu[:, lung] = -850 + 20 * rng.standard_normal((n, int(lung.sum())))
+    return hu, lung
+
+
+def test_volume_lesion_spans_the_slices_a_sphere_reaches():
+    hu, lung = _lung_volume()
+    before = hu.copy()
+    truth = np.zeros(hu.shape, bool)
+    RL.inject_in_volume(hu, truth, 12, (2.5, 0.7, 0.7), "solid", 12.0, np.random.default_rng(1))
+    marked = np.flatnonzero(truth.reshape(len(truth), -1).any(axis=1))
+    # 12 mm across, 2.5 mm slices: the centre slice and two on each side (offsets 2.5, 5 mm < 6 mm)
+    assert marked.tolist() == [10, 11, 12, 13, 14]
+    areas = truth.reshape(len(truth), -1).sum(axis=1)
+    assert areas[12] > areas[11] > areas[10] > 0 and abs(int(areas[11]) - int(areas[13])) <= 0.1 * areas[11]
+    changed = np.abs(hu - before) > 1
+    assert not changed[:10].any() and not changed[15:].any() and not (changed[:, ~lung]).any()
+
+
+def test_matched_auroc_cannot_be_won_by_region_size():
+    area = np.r_[np.full(10, 1000.0), np.full(10, 3000.0)]
+    y = np.r_[np.zeros(15), np.ones(5)]  # positives all among the big slices
+    full = RM.auroc_pm(y, area)["auroc"]
+    matched = RM.matched_auroc(y, area, area)
+    assert full > 0.8 and matched["auroc"] == 0.5 and matched["n_pairs"] == 25
+
+
+def test_choose_takes_the_best_setting_and_the_fused_map_follows_the_dae():
+    t = {"dae": {"1.5/p99": {"slice_auroc": 0.7, "pixel_auprc": 0.1}, "3.0/p99": {"slice_auroc": 0.8, "pixel_auprc": 0.1}},
+         "dae+seg(fused)": {"1.5/topk": {"slice_auroc": 0.9, "pixel_auprc": 0.1},
+                            "3.0/p999": {"slice_auroc": 0.6, "pixel_auprc": 0.1}},
+         "hessian": {"-/topk": {"slice_auroc": 0.7, "pixel_auprc": 0.0}, "-/p99": {"slice_auroc": None, "pixel_auprc": 0.2}}}
+    c = RV.choose(t)
+    assert c["dae"] == {"sigma_mm": 3.0, "slice_score": "p99", "merit": 0.9}
+    assert c["dae+seg(fused)"]["sigma_mm"] == 3.0 and c["dae+seg(fused)"]["slice_score"] == "p999"
+    assert c["hessian"]["sigma_mm"] is None and c["hessian"]["slice_score"] == "topk"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
@@ -71,6 +114,19 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     assert set(tb["per_kind"]) <= set(RL.KINDS) and tb["per_kind"]
     assert set(v["test_b"]["tune"]["methods"]["dae"]["per_kind"]) <= set(RL.TUNING_KINDS)
     assert v["chosen_seg"] in ("dae+seg", "dae+seg(fused)")
+    # in-volume Test B: every method, lesion slices against the same scan's clean slices
+    assert set(v["test_b_volume"]) == methods
+    bv = v["test_b_volume"]["dae"]
+    assert bv["held_out_kinds"]["n_pos"] > 0 and bv["held_out_kinds"]["n_neg"] > 0
+    assert 0 <= bv["held_out_kinds"]["auroc"] <= 1 and bv["pixel"]["pixel_auprc"] is not None
+    assert 0 <= bv["lesions_hit"] <= bv["n_lesions"] and bv["n_lesions"] >= 1
+    # settings chosen on the tuning kinds: a one-fold run can only tune on its own patient, and says so
+    assert v["tune"]["source"] == "LIDC-IDRI-0001" and v["tune"]["same_patient"] is True
+    assert set(v["tune"]["chosen"]) == methods and v["scoring"]["sigma_mm"] == v["tune"]["chosen"]["dae"]["sigma_mm"]
+    assert 0 <= v["region_area"]["slice"]["auroc"] <= 1 and "slice_area_matched" in v["test_a"]["dae"]
+    from aeanomaly.config import TRAIN_DEFAULTS
+
+    assert v["noise"] == f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"
     # patients never cross sides
     sides = d["data"]["LIDC-IDRI-0001"]
     assert sides["train"]["n_scans"] > 0 and sides["test"]["n_scans"] > 0
@@ -100,3 +156,16 @@ def test_tables_say_when_a_run_was_interrupted():
     assert "interrupted after 0 variant(s)" in real_ct_tables.real_ct({**base, "complete": False})
     assert "interrupted" not in real_ct_tables.real_ct({**base, "complete": True})
     assert "interrupted" not in real_ct_tables.real_ct(base)  # JSON of runs before the field existed
+
+
+def test_noise_sweep_summary_means_the_folds_and_the_table_names_the_best_setting():
+    import real_ct_noise
+
+    rows = [{"noise": "0.2@16", "fold": f, "table": {"3.0/p99": {"slice_auroc": a, "pixel_auprc": 0.1},
+                                                      "6.0/p999": {"slice_auroc": 0.5, "pixel_auprc": 0.0}}}
+            for f, a in (("A", 0.6), ("B", 0.8))]
+    s = real_ct_noise.summary(rows)
+    ref = next(r for r in s if r["setting"] == "3.0/p99")
+    assert ref["slice_auroc"] == pytest.approx(0.7) and ref["pixel_auprc"] == pytest.approx(0.1)
+    md = real_ct_noise.table_md({"summary": s})
+    assert "| 0.2@16 | 0.700 | 0.100 | 3.0/p99 | 0.800 |" in md

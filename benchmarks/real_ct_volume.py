@@ -1,0 +1,237 @@
+"""Test B in a whole volume, and the choice of scoring settings on it (real_ct benchmark).
+
+Test B of single held-back slices compares a lesion slice with *other patients'* normal slices, so it
+measures the spread between patients and scanners more than the lesion (every method sat at chance
+there). Here lesions of each kind (:mod:`real_ct_lesions`, 3-D: a sphere's cross-sections on the
+neighbouring slices) are injected into the nodule-free part of a whole LIDC volume, and the lesion
+slices are compared with the *same scan's* clean slices, as Test A compares real nodule slices with the
+scan's nodule-free ones. The lesion slices are drawn at random among the eligible slices, so the
+lesions do not favour mid-lung (where the lungs are large) as real nodules did in these two patients.
+
+**Choosing settings honestly.** Each method's heatmap σ (:data:`SIGMA_CHOICES_MM`, for the maps the
+detector smooths) and slice score (:data:`SLICE_SCORE_CHOICES`) are chosen on the *tuning kinds*
+injected into the *other* fold's patient, scored by the *other* fold's model: the choice for a fold never
+sees that fold's patient's lesions (real or injected) nor its own model's output. The criterion is slice
+AUROC + pixel AUPRC (the two headline metrics of Test A). A one-fold run (``--folds``, ``--quick``)
+can only tune on its own patient and says so (``same_patient``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+import real_ct_data as RD
+import real_ct_lesions as RL
+import real_ct_maps as RM
+
+SIGMA_CHOICES_MM = (1.5, 3.0, 6.0)
+SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
+#: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
+#: probability are not smoothed, so σ does not apply to them).
+SIGMA_METHODS = ("dae", "dae+seg(fused)", "pca", "intensity")
+#: Maps made from the dae's heatmap: they take the dae's σ, not one of their own.
+FOLLOWS_DAE = ("dae+seg(fused)",)
+LESIONS_PER_VOLUME = 4
+#: Lesion centres at least this far apart along z (the largest lesions are 30 mm).
+LESION_GAP_MM = 36.0
+#: Eligible centre slices keep this far from any reader's outline (the margin plus the largest radius).
+CENTRE_MARGIN_MM = RD.LIDC_MARGIN_MM + 15.0
+MIN_LUNG_FRACTION = 0.04
+
+
+def volume_cases(scan, readers, kinds, seed: int, per_volume: int = LESIONS_PER_VOLUME) -> list[dict]:
+    """One copy of the LIDC ``scan`` per kind with ``per_volume`` lesions of that kind injected.
+
+    Returns dicts with ``scan`` (a :class:`~aeanomaly.io.Scan`), ``truth`` (bool ``(z, y, x)``),
+    ``kind``, ``y`` (per slice: 1 lesion, 0 clean, −1 not counted: near a real nodule or next to a
+    lesion slice) and ``size`` (per slice: the size class of its lesion, else "").
+    """
+    from aeanomaly.io.validate import checked_scan
+
+    rng = np.random.default_rng(seed)
+    sz = float(scan.spacing[0])
+    marked = readers.reshape(len(readers), -1).max(axis=1) > 0
+    z = np.arange(len(readers))
+    dist = np.full(len(z), np.inf) if not marked.any() else \
+        np.min(np.abs(z[:, None] - np.flatnonzero(marked)[None, :]), axis=1) * sz
+    lung_frac = np.array([RL.lung_mask_hu(s).mean() for s in scan.hu])
+    centres = np.flatnonzero((dist >= CENTRE_MARGIN_MM) & (lung_frac >= MIN_LUNG_FRACTION))
+    clean_base = dist >= RD.LIDC_MARGIN_MM
+    classes = list(RL.SIZES)
+    cases = []
+    for k, kind in enumerate(kinds):
+        picked: list[int] = []
+        for c in rng.permutation(centres):
+            if all(abs(int(c) - p) * sz >= LESION_GAP_MM for p in picked):
+                picked.append(int(c))
+            if len(picked) == per_volume:
+                break
+        hu = scan.hu.copy()
+        truth = np.zeros(hu.shape, bool)
+        size = np.full(len(hu), "", object)
+        for j, c in enumerate(sorted(picked)):
+            cls = classes[(j + k) % len(classes)]
+            before = truth.reshape(len(truth), -1).any(axis=1)
+            try:
+                RL.inject_in_volume(hu, truth, c, scan.spacing, kind, float(rng.uniform(*RL.SIZES[cls])), rng)
+            except ValueError:  # fell outside the lung
+                continue
+            size[truth.reshape(len(truth), -1).any(axis=1) & ~before] = cls
+        pos = truth.reshape(len(truth), -1).any(axis=1)
+        near = np.convolve(pos.astype(int), np.ones(3, int), mode="same") > 0
+        y = np.where(pos, 1, np.where(clean_base & ~near, 0, -1))
+        cases.append({"scan": checked_scan(hu, scan.spacing, scan.affine, f"{scan.source}#{kind}", dict(scan.meta)),
+                      "truth": truth, "kind": kind, "y": y, "size": size})
+    return cases
+
+
+class _Pooled:
+    """Slice scores and in-region pixels of the lesion volumes, pooled per key."""
+
+    def __init__(self):
+        self.y, self.s, self.size, self.kind, self.heat, self.truth = {}, {}, {}, {}, {}, {}
+
+    def add_slices(self, key, y, s, size, kind):
+        for d, v in ((self.y, y), (self.s, s), (self.size, size), (self.kind, np.full(len(y), kind, object))):
+            d.setdefault(key, []).append(v)
+
+    def add_pixels(self, key, heat, truth, region):
+        self.heat.setdefault(key, []).append(heat[region])
+        self.truth.setdefault(key, []).append(truth[region])
+
+    def slices(self, key):
+        return tuple(np.concatenate(d[key]) for d in (self.y, self.s, self.size, self.kind))
+
+    def pixels(self, key) -> dict:
+        return RM.pixel_scores(self.heat[key], self.truth[key], [np.ones(h.shape, bool) for h in self.heat[key]])
+
+
+def _truth_on_grid(case, size: int) -> np.ndarray:
+    """The case's lesion mask on the model grid (cached in the case per grid size)."""
+    from aeanomaly.preprocess import mask_to_model_grid
+
+    cache = case.setdefault("truth_on_grid", {})
+    if size not in cache:
+        cache[size] = mask_to_model_grid(case["truth"], size)
+    return cache[size]
+
+
+def _counted_region(a, truth, y):
+    """The scoring region of the counted slices, with the lesions (pixel metrics' denominator)."""
+    return (a.region | truth) & (y >= 0)[:, None, None] & a.mask.reshape(len(y), -1).any(axis=1)[:, None, None]
+
+
+def tune_table(methods, cases, sigmas=SIGMA_CHOICES_MM) -> dict:
+    """Per method and setting ``"σ/score"``: slice AUROC and pixel AUPRC over the lesion ``cases``.
+
+    Every σ of ``sigmas`` is set on the detector in turn (``set_params``) and each method
+    uses the detector's; the detector's own σ is restored afterwards.
+    """
+    det = methods.det
+    saved_sigma, saved_methods = det.sigma_mm, dict(methods.sigma)
+    pooled = _Pooled()
+    try:
+        methods.sigma = {}
+        for sigma in sigmas:
+            det.set_params(sigma_mm=sigma)
+            for c in cases:
+                a, maps, _ = methods.maps(c["scan"])
+                truth = _truth_on_grid(c, det.size)
+                region = _counted_region(a, truth, c["y"])
+                for name, heat in maps.items():
+                    if name not in SIGMA_METHODS and sigma != sigmas[0]:
+                        continue
+                    pooled.add_pixels((name, sigma), heat, truth, region)
+                    for score in SLICE_SCORE_CHOICES:
+                        s, _ = methods.scores(a, heat, method=score, raw=True)
+                        pooled.add_slices((name, sigma, score), c["y"], s, c["size"], c["kind"])
+    finally:
+        det.set_params(sigma_mm=saved_sigma)
+        methods.sigma = saved_methods
+    table = {}
+    for name in methods.names:
+        for sigma in sigmas if name in SIGMA_METHODS else sigmas[:1]:
+            if (name, sigma) not in pooled.heat:
+                continue
+            pix = pooled.pixels((name, sigma))["pixel_auprc"]
+            for score in SLICE_SCORE_CHOICES:
+                y, s, _, _ = pooled.slices((name, sigma, score))
+                auc = RM.auroc_pm(y[y >= 0], s[y >= 0])["auroc"]
+                key = f"{sigma if name in SIGMA_METHODS else '-'}/{score}"
+                table.setdefault(name, {})[key] = {"slice_auroc": auc, "pixel_auprc": pix}
+    return table
+
+
+def choose(table: dict) -> dict:
+    """Per method: the setting with the highest slice AUROC + pixel AUPRC, as ``{"sigma_mm", "slice_score"}``."""
+    out = {}
+    for name in sorted(table, key=lambda n: n in FOLLOWS_DAE):  # the dae's σ first
+        rows = table[name]
+
+        def merit(k, rows=rows):
+            r = rows[k]
+            return (r["slice_auroc"] if r["slice_auroc"] is not None else -1) + (r["pixel_auprc"] or 0)
+        keys = list(rows)
+        if name in FOLLOWS_DAE and out.get("dae", {}).get("sigma_mm") is not None:
+            keys = [k for k in keys if k.startswith(f"{out['dae']['sigma_mm']}/")] or keys
+        best = max(keys, key=merit)
+        sigma, score = best.split("/")
+        out[name] = {"sigma_mm": None if sigma == "-" else float(sigma), "slice_score": score,
+                     "merit": round(merit(best), 4)}
+    return out
+
+
+def apply(methods, chosen: dict) -> None:
+    """Set the chosen σ (the dae's on the detector itself: the product as configured) and slice scores."""
+    for name, c in chosen.items():
+        methods.slice_score[name] = c["slice_score"]
+    if chosen.get("dae", {}).get("sigma_mm") is not None:
+        methods.det.set_params(sigma_mm=chosen["dae"]["sigma_mm"])
+    methods.sigma = {n: c["sigma_mm"] for n, c in chosen.items()
+                     if c["sigma_mm"] is not None and n != "dae" and n not in FOLLOWS_DAE}
+
+
+def test_b_volume(methods, cal, cases) -> dict:
+    """Per method, with its chosen settings: slice AUROC of lesion vs clean slices of the same scan per
+    kind, per size and for the tuning / held-out kinds (all, ≥ 8 mm), pixel AUPRC, lesions found."""
+    pooled = _Pooled()
+    found: dict = {}
+    for c in cases:
+        a, maps, _ = methods.maps(c["scan"])
+        truth = _truth_on_grid(c, methods.det.size)
+        region = _counted_region(a, truth, c["y"])
+        lab_s, n_s = ndi.label(truth, structure=np.ones((3, 3, 3), bool))
+        for name, heat in maps.items():
+            s, _ = methods.scores(a, heat, name)
+            pooled.add_slices(name, c["y"], s, c["size"], c["kind"])
+            pooled.add_pixels(name, heat, truth, region)
+            if name in (cal or {}) and n_s:
+                _, labels = RM.lesions_of(methods.det, heat, a.prepared, cal[name])
+                hits = [bool((labels[lab_s == k] > 0).any()) for k in range(1, n_s + 1)]
+                f = found.setdefault(name, [0, 0])
+                f[0] += sum(hits)
+                f[1] += n_s
+    out = {}
+    for name in methods.names:
+        if name not in pooled.y:
+            continue
+        y, s, size, kind = pooled.slices(name)
+        ok = y >= 0
+        m = {"per_kind": {}, "per_size": {}, "pixel": pooled.pixels(name)}
+        # each kind's lesion slices against the clean slices of its own copy of the scan
+        for k in sorted(set(kind[y == 1])):
+            sel = ok & (kind == k)
+            m["per_kind"][k] = RM.auroc_pm(y[sel], s[sel])
+        for cls in RL.SIZES:  # clean slices of every copy (a weighting of nearly equal scores)
+            sel = ok & ((y == 0) | (size == cls))
+            m["per_size"][cls] = {k: v for k, v in RM.auroc_pm(y[sel], s[sel]).items() if k != "auroc_pm95"}
+        for group, ks in (("tuning_kinds", RL.TUNING_KINDS), ("held_out_kinds", RL.HELD_OUT_KINDS)):
+            sel = ok & np.isin(kind, ks)
+            m[group] = RM.auroc_pm(y[sel], s[sel])
+            big = sel & ((y == 0) | np.isin(size, ("8-15mm", "15-30mm")))
+            m[group + "_ge8mm"] = RM.auroc_pm(y[big], s[big])
+        if name in found:
+            m["lesions_hit"], m["n_lesions"] = found[name]
+        out[name] = m
+    return out
