@@ -388,7 +388,10 @@ def main(argv=None) -> int:
            "seg_epochs": args.seg_epochs if args.seg_epochs is not None else (1 if q else FIT_DEFAULTS["seg_epochs"]),
            "batch_size": 8 if q else 16, "seg_filters": 8 if q else 16, "seg_steps": 3 if q else None,
            "limit": 4 if q else None, "max_hosts": 3 if q else None, "per_volume": 2 if q else RV.LESIONS_PER_VOLUME,
-           "kinds": list(RL.KINDS[::3] if q else RL.KINDS), "sigmas": list(RV.SIGMA_CHOICES_MM[1:] if q else RV.SIGMA_CHOICES_MM),
+           # in-volume Test B: the kinds scored, the kinds the settings are tuned on, the σ choices
+           "kinds": list(RL.KINDS[3:4] if q else RL.KINDS),
+           "tune_kinds": list(RL.TUNING_KINDS[:1] if q else RL.TUNING_KINDS),
+           "sigmas": list(RV.SIGMA_CHOICES_MM[1:] if q else RV.SIGMA_CHOICES_MM),
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
            "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"]}
@@ -415,7 +418,7 @@ def main(argv=None) -> int:
             folds[fold] = {"sets": sets,
                            "tune_cases": lesion_cases(sets.tune, RL.TUNING_KINDS, args.seed + 1, cfg["max_hosts"]),
                            "test_cases": lesion_cases(sets.test, RL.KINDS, args.seed + 2, cfg["max_hosts"]),
-                           "vol_tune": RV.volume_cases(scan, readers, RL.TUNING_KINDS, args.seed + 3, cfg["per_volume"]),
+                           "vol_tune": RV.volume_cases(scan, readers, cfg["tune_kinds"], args.seed + 3, cfg["per_volume"]),
                            "vol_test": RV.volume_cases(scan, readers, cfg["kinds"], args.seed + 4, cfg["per_volume"])}
             del scan, readers
         for size in cfg["sizes"]:

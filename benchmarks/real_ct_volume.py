@@ -228,6 +228,8 @@ def test_b_volume(methods, cal, cases) -> dict:
             m["per_size"][cls] = {k: v for k, v in RM.auroc_pm(y[sel], s[sel]).items() if k != "auroc_pm95"}
         for group, ks in (("tuning_kinds", RL.TUNING_KINDS), ("held_out_kinds", RL.HELD_OUT_KINDS)):
             sel = ok & np.isin(kind, ks)
+            if not (y[sel] == 1).any():  # a run that scored none of these kinds
+                continue
             m[group] = RM.auroc_pm(y[sel], s[sel])
             big = sel & ((y == 0) | np.isin(size, ("8-15mm", "15-30mm")))
             m[group + "_ge8mm"] = RM.auroc_pm(y[big], s[big])

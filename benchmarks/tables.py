@@ -191,6 +191,13 @@ def real_ct_noise(d: dict) -> str:
     return noise_bench.table_md(d)
 
 
+def precision(d: dict) -> str:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import precision as precision_bench
+
+    return precision_bench.table(d)
+
+
 def scale(d: dict) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import scale as scale_bench
@@ -200,7 +207,7 @@ def scale(d: dict) -> str:
 
 def main() -> int:
     for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct), ("real_ct_tuned", real_ct), ("real_ct_noise", real_ct_noise),
-                     ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("scale", scale)):
+                     ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("precision", precision), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             print(f"<!-- {name}: from {p.relative_to(RESULTS.parent.parent)} -->\n")

@@ -169,3 +169,14 @@ def test_noise_sweep_summary_means_the_folds_and_the_table_names_the_best_settin
     assert ref["slice_auroc"] == pytest.approx(0.7) and ref["pixel_auprc"] == pytest.approx(0.1)
     md = real_ct_noise.table_md({"summary": s})
     assert "| 0.2@16 | 0.700 | 0.100 | 3.0/p99 | 0.800 |" in md
+
+
+def test_precision_table_reports_the_speedup_and_the_differences():
+    import precision
+
+    d = {"config": {"size": 256}, "n_slices": 64, "machine": {"cpu_model": "X", "cpu_flags": ["avx2", "avx512_bf16"]},
+         "slices_per_s": {"float32": 10.0, "bfloat16": 15.0}, "bf16_speedup": 1.5,
+         "reconstruction_abs_diff": {"mean": 0.001, "max": 0.01}, "heatmap_abs_diff": {"mean": 0.0005, "max": 0.004},
+         "slice_score_abs_diff_max": 0.002, "slice_score_range_float32": 0.3}
+    md = precision.table(d)
+    assert "bfloat16 support: avx512_bf16" in md and "| bfloat16 | 15.0 | 1.50 | 0.0010 / 0.010 |" in md
