@@ -59,7 +59,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
               help=f"Training epochs of the dae+seg segmenter (each at least {SEG_MIN_STEPS_PER_EPOCH} steps of "
                    "freshly corrupted batches).")
 @click.option("--noise-std", default=T["noise_std"], show_default=True, type=click.FloatRange(0),
-              help="Std of the dae's coarse denoising noise, in units of the [0, 1] windowed image (0: a plain "
+              help="Std of the dae's denoising noise, in units of the [0, 1] windowed image (0: a plain "
                    "autoencoder with skips, which copies anomalies; --model ae always trains without noise).")
 @click.option("--noise-resolution", default=T["noise_resolution"], show_default=True, type=click.IntRange(2),
               help="The noise is drawn on an N x N grid over the field of view and upsampled: its blobs are about "
@@ -139,11 +139,9 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         latent=latent_kind, latent_dim=latent_dim, skip=model_kind != "ae",
         model_kind="dae+seg" if model_kind == "dae+seg" else "dae", seg_epochs=seg_epochs,
         noise_std=noise_std if model_kind != "ae" else 0.0, noise_resolution=noise_resolution, norm=norm, loss=loss,
-        epochs=epochs, batch_size=batch_size,
-        learning_rate=learning_rate, patience=patience, augment=augment, val_fraction=val_fraction,
-        calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method, slice_norm=slice_norm, sigma_mm=sigma_mm,
-        seed=seed,
-        precision=precision,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, augment=augment,
+        val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method,
+        slice_norm=slice_norm, sigma_mm=sigma_mm, seed=seed, precision=precision,
     )
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume:
