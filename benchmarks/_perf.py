@@ -60,6 +60,22 @@ def numpy_sgemm_gflops(n: int = 2048, repeats: int = 5) -> dict:
             "gflops_best": flops / t["min_s"] / 1e9}
 
 
+def bf16_gemm_gflops(n: int = 2048, repeats: int = 5) -> dict:
+    """bfloat16 matrix-multiply GFLOP/s of TensorFlow (oneDNN; float32 accumulation): the machine's
+    reference for bfloat16 inference, as numpy sgemm is for float32. Where the CPU has neither
+    AVX512-BF16 nor AMX, oneDNN emulates it and this rate shows so."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    a = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=tf.bfloat16)
+    b = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=tf.bfloat16)
+    mm = tf.function(lambda u, v: tf.matmul(u, v), autograph=False)
+    t = timed(lambda: mm(a, b).numpy(), repeats=repeats, warmup=1)
+    flops = 2.0 * n**3
+    return {"n": n, "median_s": t["median_s"], "gflops_median": flops / t["median_s"] / 1e9,
+            "gflops_best": flops / t["min_s"] / 1e9}
+
+
 def model_flops(model) -> dict:
     """Forward-pass FLOPs per sample of a Keras model (2 × multiply-adds of Conv2D,
     Conv2DTranspose and Dense; normalisation and activations are counted separately, ~elementwise)."""
@@ -103,11 +119,11 @@ ARCHITECTURES = {
 
 
 def network_rates(size: int, arch: dict, *, batch_size: int = 32, train_batch_size: int = 16, repeats: int = 3,
-                  train: bool = True, sgemm_gflops: float | None = None) -> dict:
+                  train: bool = True, sgemm_gflops: float | None = None, precision: str = "float32") -> dict:
     """Bare network throughput of one architecture on random slices, through public APIs only.
 
-    Inference: :func:`aeanomaly.model.autoencoder.inference_model` (BatchNormalization folded) in a
-    ``tf.function``, as the detector runs it. Training: one Adam step with an L1 loss in a
+    Inference: :func:`aeanomaly.model.autoencoder.inference_model` (BatchNormalization folded; in
+    ``precision``) in a ``tf.function``, as the detector runs it. Training: one Adam step with an L1 loss in a
     ``tf.function`` (the work ``fit`` does per batch, without the input pipeline). GFLOP/s count the
     convolutions only (``model_flops``); a training step is counted as 3 × the forward pass.
 
@@ -124,11 +140,11 @@ def network_rates(size: int, arch: dict, *, batch_size: int = 32, train_batch_si
     keras.utils.set_random_seed(0)
     model = build_autoencoder(size=size, **arch)
     gflop = model_flops(model)["conv_gflop"]
-    inf = inference_model(model)
+    inf = inference_model(model, precision)
     fn = tf.function(lambda t: inf(t, training=False), autograph=False, reduce_retracing=True)
     x = np.random.default_rng(0).random((batch_size, size, size, 1), dtype=np.float32)
     t = timed(lambda: fn(x).numpy(), repeats=repeats, warmup=1)
-    out = {"size": size, "arch": arch, "gflop_per_slice": gflop, "batch_size": batch_size,
+    out = {"size": size, "arch": arch, "precision": precision, "gflop_per_slice": gflop, "batch_size": batch_size,
            "infer_slices_per_s": batch_size / t["median_s"], "infer_best_slices_per_s": batch_size / t["min_s"]}
     out["infer_gflops"] = gflop * out["infer_slices_per_s"]
     if train:

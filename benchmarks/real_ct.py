@@ -53,6 +53,7 @@ import real_ct_lesions as RL  # noqa: E402
 import real_ct_maps as RM  # noqa: E402
 import real_ct_volume as RV  # noqa: E402
 from aeanomaly.config import FIT_DEFAULTS, TRAIN_DEFAULTS  # noqa: E402  (stdlib only: no TensorFlow at import)
+from real_ct_tables import DAE_FAMILY  # noqa: E402
 
 #: Synthetic anomaly radii for the self-supervised training, as a fraction of the model grid's side:
 #: ≈ 3–21 mm on a 350 mm field of view (nodules are 3–30 mm across).
@@ -313,8 +314,10 @@ def summary(variants: list[dict]) -> list[dict]:
         for name, r in v["test_a"].items():
             norm = v.get("norm", "group")  # runs before the option trained group-normalised models
             noise = v.get("noise")  # runs before the option: fit's defaults of their time
-            key = (v["size"], v["channels"], norm, noise, name)
+            precision = v.get("precision", "float32")
+            key = (v["size"], v["channels"], norm, noise, precision, name)
             d = rows.setdefault(key, {"size": v["size"], "channels": v["channels"], "norm": norm, "noise": noise,
+                                      "precision": precision,
                                       "method": name,
                                       "folds": 0,
                                       "slice_auroc": [], "slice_auroc_pm95": [], "slice_auroc_raw": [], "pixel_auprc": [], "pixel_auroc": [], "nodules": 0,
@@ -322,7 +325,7 @@ def summary(variants: list[dict]) -> list[dict]:
                                       "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": [],
                                       "slice_auroc_matched": [], "region_area_auroc": [], "bv_tune": [], "bv_held": [],
                                       "bv_held8": [], "bv_held8_pm95": [], "bv_pixel_auprc": [], "bv_lesions_hit": 0,
-                                      "bv_lesions": 0, "sigma_mm": [], "slice_score": []})
+                                      "bv_lesions": 0, "sigma_mm": [], "slice_score": [], "tune_merit": []})
             d["folds"] += 1
             d["slice_auroc"].append(r["slice"]["auroc"])
             d["slice_auroc_pm95"].append(r["slice"]["auroc_pm95"])
@@ -354,6 +357,7 @@ def summary(variants: list[dict]) -> list[dict]:
             c = ((v.get("tune") or {}).get("chosen") or {}).get(name, {})
             d["sigma_mm"].append(c.get("sigma_mm"))
             d["slice_score"].append(c.get("slice_score"))
+            d["tune_merit"].append(c.get("merit"))  # the chosen setting's tune merit (other fold's volume)
     mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None  # noqa: E731
     settings = ("sigma_mm", "slice_score")  # per fold, as chosen (not averaged)
     out = []
@@ -373,6 +377,9 @@ def main(argv=None) -> int:
                     help="the denoising noise of the autoencoder, e.g. 0.2@16 0.5@64 (default: fit's default)")
     ap.add_argument("--norms", nargs="+", default=None, choices=("group", "batch", "none"),
                     help="the autoencoder's normalisation (default: fit's default)")
+    ap.add_argument("--precisions", nargs="+", default=None, choices=("float32", "bfloat16"),
+                    help="inference arithmetic of the autoencoder's rows (default: fit's); a precision other than "
+                         "fit's reuses the fold's model and settings, recalibrated in it (calibrate --precision)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -394,7 +401,10 @@ def main(argv=None) -> int:
            "sigmas": list(RV.SIGMA_CHOICES_MM[1:] if q else RV.SIGMA_CHOICES_MM),
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
-           "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"]}
+           "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"],
+           # the fit's own precision first: the others recalibrate its model
+           "precisions": sorted(set(args.precisions or [FIT_DEFAULTS["precision"]]),
+                                key=lambda p: p != FIT_DEFAULTS["precision"])}
     out_path = args.out or _common.RESULTS / ("real_ct_quick.json" if q else "real_ct.json")
     load_before = _load_avg()
     t_all = time.perf_counter()
@@ -439,24 +449,33 @@ def main(argv=None) -> int:
                     src = next((o for o in folds if o != fold), fold)
                     chosen = RV.choose(fitted[src][4])
                     RV.apply(methods, chosen)
-                    t0 = time.perf_counter()
-                    cal = methods.calibrate(calib_scans)
-                    info["calibrate_s"] = round(time.perf_counter() - t0, 1)
-                    tb_tune = test_b(methods, None, f["tune_cases"])
-                    ta = test_a(methods, cal, root, fold)
-                    v = {"fold": fold, "size": size, "channels": ch, "norm": norm, "noise": noise,
-                         "slice_norm": det.slice_norm, "fit": info,
-                         "scoring": det.scoring_params().to_dict(),
-                         "tune": {"source": src, "same_patient": src == fold, "chosen": chosen, "table": fitted[src][4]},
-                         "region_area": ta.pop("_region_area"), "test_a": ta,
-                         "normals": test_normals(methods, cal, f["sets"].test),
-                         "test_b": {"tune": tb_tune, "test": test_b(methods, cal, f["test_cases"])},
-                         "test_b_volume": RV.test_b_volume(methods, cal, f["vol_test"]),
-                         "chosen_seg": choose_seg(chosen)}
-                    variants.append(v)
-                    _print_variant(v)
-                    # after every variant, so that hours of a long run are not lost to an interruption
-                    _common.write_json(out_path, payload(False))
+                    for precision in cfg["precisions"]:
+                        if precision != det.precision_:
+                            # the same model and settings, recalibrated in this arithmetic (the product's
+                            # `calibrate --precision`); only the autoencoder's maps change, so only they are rescored
+                            t0 = time.perf_counter()
+                            det.recalibrate(det.split_["calib"], precision=precision)
+                            info = {**info, "recalibrate_s": round(time.perf_counter() - t0, 1)}
+                            methods = methods.subset(DAE_FAMILY)
+                        t0 = time.perf_counter()
+                        cal = methods.calibrate(calib_scans)
+                        info["calibrate_s"] = round(time.perf_counter() - t0, 1)
+                        tb_tune = test_b(methods, None, f["tune_cases"])
+                        ta = test_a(methods, cal, root, fold)
+                        v = {"fold": fold, "size": size, "channels": ch, "norm": norm, "noise": noise,
+                             "precision": det.precision_, "slice_norm": det.slice_norm, "fit": info,
+                             "scoring": det.scoring_params().to_dict(),
+                             "tune": {"source": src, "same_patient": src == fold, "chosen": chosen,
+                                      "table": fitted[src][4]},
+                             "region_area": ta.pop("_region_area"), "test_a": ta,
+                             "normals": test_normals(methods, cal, f["sets"].test),
+                             "test_b": {"tune": tb_tune, "test": test_b(methods, cal, f["test_cases"])},
+                             "test_b_volume": RV.test_b_volume(methods, cal, f["vol_test"]),
+                             "chosen_seg": choose_seg(chosen)}
+                        variants.append(v)
+                        _print_variant(v)
+                        # after every variant, so that hours of a long run are not lost to an interruption
+                        _common.write_json(out_path, payload(False))
                 del fitted
     finally:
         shutil.rmtree(work, ignore_errors=True)

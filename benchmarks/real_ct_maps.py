@@ -96,15 +96,25 @@ class Methods:
             rec[k] = self.pca(prep.x[k])
             maps["pca"] = self._heatmap("pca", prep, rec, scan.is_hu)
             times["pca"] = time.perf_counter() - t
-        t = time.perf_counter()
-        maps["intensity"] = self._heatmap("intensity", prep, np.zeros(a.image.shape, np.float32), scan.is_hu)
-        times["intensity"] = time.perf_counter() - t
+        if "intensity" in self.names:
+            t = time.perf_counter()
+            maps["intensity"] = self._heatmap("intensity", prep, np.zeros(a.image.shape, np.float32), scan.is_hu)
+            times["intensity"] = time.perf_counter() - t
         img = a.image.astype(np.float32)
         for name, fn in (("log", log_blobness), ("hessian", hessian_blobness)):
+            if name not in self.names:
+                continue
             t = time.perf_counter()
             maps[name] = np.where(m, fn(img, sp), 0).astype(np.float32)
             times[name] = time.perf_counter() - t
         return a, {n: maps[n] for n in self.names if n in maps}, times
+
+    def subset(self, names) -> "Methods":
+        """The same detector, models and chosen settings, computing only the methods among ``names``."""
+        out = Methods(self.det, seg_model=self.seg, pca=self.pca if "pca" in names else None,
+                      names=[n for n in self.names if n in names])
+        out.residual_scale, out.slice_score, out.sigma = self.residual_scale, dict(self.slice_score), dict(self.sigma)
+        return out
 
     def _heatmap(self, name, prep, reconstruction, is_hu) -> np.ndarray:
         """The product's heatmap of ``reconstruction`` (``analyse_prepared``) at the method's own σ."""

@@ -32,7 +32,9 @@ DAE_FAMILY = ("dae", "dae+seg", "dae+seg(fused)")
 #: (header, summary key, format) of the main table; a column shows only when some row has a value.
 COLUMNS = [
     ("noise (std @ grid)", "noise", None),
+    ("inference", "precision", None),
     ("settings (σ mm / slice score, per fold)", "settings", None),
+    ("tune merit (tuning kinds: slice AUROC + pixel AUPRC)", "tune_merit", 3),
     ("nodule slice AUROC (±95 %)", "slice_auroc", "pm:slice_auroc_pm95"),
     ("like-size slice AUROC", "slice_auroc_matched", 3),
     ("raw slice AUROC", "slice_auroc_raw", 3),
@@ -62,8 +64,8 @@ def _settings(r) -> str | None:
 def _cell(r, key, fmt):
     if key == "settings":
         return _settings(r)
-    if key == "noise":
-        return r.get("noise")
+    if key in ("noise", "precision"):
+        return r.get(key)
     v = r.get(key)
     if v is None or (key.endswith("_hit") and not r.get(fmt[3:] if isinstance(fmt, str) else "")):
         return None
@@ -86,7 +88,7 @@ def real_ct(d: dict) -> str:
             if key in seen:
                 continue
             seen.add(key)
-            r = {**r, "noise": None}
+            r = {**r, "noise": None, "precision": None}
         summ.append(r)
     cols = [(h, k, f) for h, k, f in COLUMNS if any(_cell(r, k, f) is not None for r in summ)]
     head = ["grid", "ch", "norm", "method"] + [h for h, _, _ in cols]
@@ -120,6 +122,7 @@ def real_ct(d: dict) -> str:
             src = (v.get("tune") or {}).get("source")
             out += ["", f"Test B {where}, fold {v['fold']}, {v['size']} px, {v['channels']} channel(s), "
                     f"norm {v.get('norm', 'group')}" + (f", noise {v['noise']}" if v.get("noise") else "")
+                    + (f", inference {v['precision']}" if v.get("precision", "float32") != "float32" else "")
                     + (f", settings tuned on {src}" if src else "")
                     + (f" (self-supervised map chosen on the tune split: {v['chosen_seg']})" if v.get("chosen_seg") else "")
                     + ":", "", _table(hdr, rws)]

@@ -19,6 +19,10 @@ ratios compare like with like on a shared machine.
    (the remainder is calibration + lesion localisation); ``aeanomaly.io.results.write_scan_outputs`` (the NIfTI heatmap, as ``aeanomaly score`` writes it).
    Its ratio to the bare inference of (2), and the **compute floor**: the model's GFLOP per slice ×
    scored slices ÷ this run's sgemm GFLOP/s, extrapolated to 300 slices.
+   With ``--precisions float32 bfloat16`` (the default) the default architecture is timed again in
+   bfloat16: bare inference against TensorFlow's bfloat16 GEMM in the same run, and the pipeline with the
+   bundle recalibrated in bfloat16 (``AnomalyDetector.recalibrate``, what ``calibrate --precision`` runs),
+   whose compute floor is at that GEMM rate.
 4. The same network in PyTorch (weights copied, outputs compared) on the same slices.
 5. Peak RSS and the targets of issue 16.
 """
@@ -73,6 +77,18 @@ def fit_bundle(work: Path, size: int, n_scans: int, epochs: int, norm: str) -> P
     bundle = work / f"bundle{size}-{norm}"
     det.save(bundle)
     return bundle
+
+
+def recalibrated(bundle: Path, work: Path, precision: str) -> Path:
+    """A copy of ``bundle`` recalibrated in ``precision`` on its own fit phantoms (``AnomalyDetector.recalibrate``,
+    what ``aeanomaly calibrate --precision`` runs): scoring then infers in that arithmetic."""
+    from aeanomaly.detector import AnomalyDetector
+
+    det = AnomalyDetector.load(bundle)
+    det.recalibrate(sorted((work / "fit_phantoms" / "normal").glob("*.nii.gz")), precision=precision)
+    out = work / f"{bundle.name}-{precision}"
+    det.save(out)
+    return out
 
 
 def _t(fn):
@@ -286,6 +302,10 @@ def main(argv=None) -> None:
     ap.add_argument("--archs", nargs="+", default=list(_perf.ARCHITECTURES), choices=list(_perf.ARCHITECTURES))
     ap.add_argument("--pipeline-archs", nargs="+", default=None, choices=list(_perf.ARCHITECTURES),
                     help="architectures whose score pipeline is timed (default: all of --archs)")
+    ap.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"],
+                    help="inference arithmetic: the default architecture's bare network and every score pipeline "
+                         "are timed in each (a bfloat16 bundle is the float32 one recalibrated, as "
+                         "`aeanomaly calibrate --precision bfloat16` does)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="results/<OUT>.json (default speed / speed_quick)")
@@ -303,6 +323,10 @@ def main(argv=None) -> None:
     result["numpy_sgemm"] = _perf.numpy_sgemm_gflops(1024 if quick else 2048)
     sgemm = result["numpy_sgemm"]["gflops_median"]
     print(f"  {sgemm:.1f} GFLOP/s", flush=True)
+    extra = [p for p in args.precisions if p != "float32"]
+    if extra:  # the machine's reference for bfloat16 arithmetic, as sgemm is for float32
+        result["bf16_gemm"] = _perf.bf16_gemm_gflops(1024 if quick else 2048)
+        print(f"[speed] TensorFlow bfloat16 GEMM {result['bf16_gemm']['gflops_median']:.1f} GFLOP/s", flush=True)
 
     # ---- 2. the bare network per architecture ------------------------------------------------
     nets: dict = {}
@@ -314,6 +338,14 @@ def main(argv=None) -> None:
                   f"({r['infer_fraction_of_sgemm']:.0%} sgemm) | train {r['train_slices_per_s']:6.1f} sl/s "
                   f"({r['train_fraction_of_sgemm']:.0%} sgemm)", flush=True)
             _perf.write_json(name, {**result, "networks": nets, "complete": False})
+        for prec in extra:  # the default architecture's inference in the other arithmetic
+            label = args.archs[0]
+            r = _perf.network_rates(size, _perf.ARCHITECTURES[label], batch_size=32, repeats=reps, train=False,
+                                    precision=prec)
+            r["bf16_gemm_fraction"] = r["infer_gflops"] / result["bf16_gemm"]["gflops_median"]
+            nets[f"{size}px {label}, {prec}"] = r
+            print(f"  {size}px {label}, {prec}: infer {r['infer_slices_per_s']:7.1f} sl/s {r['infer_gflops']:6.1f} GFLOP/s "
+                  f"({r['bf16_gemm_fraction']:.0%} of the bfloat16 GEMM)", flush=True)
     result["networks"] = nets
     # tables.py reads bare_predict[<size>px] of the release default
     result["bare_predict"] = {f"{s}px": {"slices_per_s": nets[f"{s}px {args.archs[0]}"]["infer_slices_per_s"],
@@ -334,26 +366,33 @@ def main(argv=None) -> None:
             norm = _perf.ARCHITECTURES[label]["norm"]
             print(f"[speed] fitting a 256-px bundle, {label}", flush=True)
             bundle, t_fit = _t(lambda: fit_bundle(work, 256, n_scans=4 if quick else 6, epochs=1, norm=norm))
-            p = pipeline_in_child(bundle, scan_path, work, reps)
-            p["cli_score"] = cli_score(bundle, scan_path, work / f"cli-{norm}")
-            print(f"  aeanomaly score: {p['cli_score']['wall_s']:.1f} s, peak RSS {p['cli_score']['peak_rss_mib']:.0f} MiB",
-                  flush=True)
-            bare = nets[f"256px {label}"]
-            peak = max(sgemm, bare["sgemm_gflops_reference"])  # the best sgemm rate seen in this run
-            floor = bare["gflop_per_slice"] * p["n_slices_scored"] / peak
-            p.update({
-                "bundle_fit_s": t_fit, "slices_per_s": p["n_slices_scored"] / p["total_s"],
-                "ratio_to_bare_infer": (p["n_slices_scored"] / p["total_s"]) / bare["infer_slices_per_s"],
-                "heatmap_write_fraction": p["stages_s"]["write heatmap (resample to input grid + NIfTI)"] / p["total_s"],
-                "compute_floor_s": floor, "over_compute_floor": p["total_s"] / floor,
-                "extrapolated_300_slices_s": p["total_s"] * 300.0 / max(1, n_slices),
-                "compute_floor_300_slices_s": bare["gflop_per_slice"] * 300.0 * p["n_slices_scored"] / n_slices / peak,
-                "sgemm_gflops_for_floor": peak,
-            })
-            pipelines[label] = p
-            print(f"  total {p['total_s']:.2f} s for {p['n_slices_scored']} slices ({p['ratio_to_bare_infer']:.2f} of bare "
-                  f"inference); compute floor {floor:.2f} s (×{p['over_compute_floor']:.1f}); stages "
-                  + ", ".join(f"{k.split(' ')[0]} {v:.2f}" for k, v in p["stages_s"].items()), flush=True)
+            for prec in args.precisions:
+                key = label if prec == "float32" else f"{label}, {prec}"
+                bare = nets.get(f"256px {key}")
+                if bare is None:  # other precisions are timed bare for the default architecture only
+                    continue
+                b = bundle if prec == "float32" else recalibrated(bundle, work, prec)
+                p = pipeline_in_child(b, scan_path, work, reps)
+                p["cli_score"] = cli_score(b, scan_path, work / f"cli-{norm}-{prec}")
+                print(f"  {key}: aeanomaly score {p['cli_score']['wall_s']:.1f} s, peak RSS "
+                      f"{p['cli_score']['peak_rss_mib']:.0f} MiB", flush=True)
+                # the floor at the best rate of the arithmetic seen in this run: sgemm, or the bfloat16 GEMM
+                peak = (max(sgemm, bare["sgemm_gflops_reference"]) if prec == "float32"
+                        else result["bf16_gemm"]["gflops_best"])
+                floor = bare["gflop_per_slice"] * p["n_slices_scored"] / peak
+                p.update({
+                    "precision": prec, "bundle_fit_s": t_fit, "slices_per_s": p["n_slices_scored"] / p["total_s"],
+                    "ratio_to_bare_infer": (p["n_slices_scored"] / p["total_s"]) / bare["infer_slices_per_s"],
+                    "heatmap_write_fraction": p["stages_s"]["write heatmap (resample to input grid + NIfTI)"] / p["total_s"],
+                    "compute_floor_s": floor, "over_compute_floor": p["total_s"] / floor,
+                    "extrapolated_300_slices_s": p["total_s"] * 300.0 / max(1, n_slices),
+                    "compute_floor_300_slices_s": bare["gflop_per_slice"] * 300.0 * p["n_slices_scored"] / n_slices / peak,
+                    "gemm_gflops_for_floor": peak,
+                })
+                pipelines[key] = p
+                print(f"  total {p['total_s']:.2f} s for {p['n_slices_scored']} slices ({p['ratio_to_bare_infer']:.2f} of "
+                      f"bare inference); compute floor {floor:.2f} s (×{p['over_compute_floor']:.1f}); stages "
+                      + ", ".join(f"{k.split(' ')[0]} {v:.2f}" for k, v in p["stages_s"].items()), flush=True)
             if not args.no_torch and label == args.archs[0]:
                 det = AnomalyDetector.load(bundle)
                 x = det.prepare(load_scan(scan_path)).x
@@ -363,7 +402,13 @@ def main(argv=None) -> None:
                     pkg = _perf.timed(lambda: det.reconstruct(x), repeats=reps)
                     tp["package_infer_slices_per_s"] = len(x) / pkg["median_s"]
                     tp["package_infer_over_torch"] = tp["package_infer_slices_per_s"] / tp["best_slices_per_s"]
-                    tp["pipeline_over_torch_infer"] = p["slices_per_s"] / tp["best_slices_per_s"]
+                    mine = {q["precision"]: q for k, q in pipelines.items() if k == label or k.startswith(f"{label}, ")}
+                    if "float32" in mine:
+                        tp["pipeline_over_torch_infer"] = mine["float32"]["slices_per_s"] / tp["best_slices_per_s"]
+                    if mine:
+                        fastest = max(mine.values(), key=lambda q: q["slices_per_s"])
+                        tp["fastest_pipeline"] = fastest["precision"]
+                        tp["fastest_pipeline_over_torch_infer"] = fastest["slices_per_s"] / tp["best_slices_per_s"]
                 result["pytorch_peer"] = tp
                 print(f"  PyTorch peer: {tp.get('best_slices_per_s', float('nan')):.1f} sl/s", flush=True)
             _perf.write_json(name, {**result, "pipelines": pipelines, "complete": False})
@@ -379,6 +424,8 @@ def main(argv=None) -> None:
     # ---- 5. targets ----------------------------------------------------------------------------
     targets: dict = {}
     for key, r in nets.items():
+        if r.get("precision", "float32") != "float32":
+            continue  # the targets are float32's; the bfloat16 rows are beside them in the tables
         targets[f"{key}: inference_ge_60pct_of_sgemm"] = {"value": r["infer_fraction_of_sgemm"],
                                                           "met": r["infer_fraction_of_sgemm"] >= 0.6}
         targets[f"{key}: training_ge_40pct_of_sgemm"] = {"value": r["train_fraction_of_sgemm"],
@@ -401,6 +448,9 @@ def main(argv=None) -> None:
     if tp.get("pipeline_over_torch_infer") is not None:
         targets["pipeline_ge_1.5x_pytorch_peer"] = {"value": tp["pipeline_over_torch_infer"],
                                                     "met": tp["pipeline_over_torch_infer"] >= 1.5}
+    if tp.get("fastest_pipeline", "float32") != "float32":
+        targets[f"pipeline_ge_1.5x_pytorch_peer ({tp['fastest_pipeline']})"] = {
+            "value": tp["fastest_pipeline_over_torch_infer"], "met": tp["fastest_pipeline_over_torch_infer"] >= 1.5}
     result["targets"] = targets
     result["peak_rss_mib"] = {"this_process": _perf.peak_rss_mib()}
     result["machine"]["load_avg_at_end"] = _perf.load_avg()

@@ -126,12 +126,17 @@ def speed(d: dict) -> str:
     c = d.get("config", {})
     sc = c.get("scan_shape_zyx") or c.get("scan", {}).get("shape_zyx")
     rows = []
+    bf16 = d.get("bf16_gemm")  # runs with a bfloat16 row: TensorFlow's bfloat16 GEMM, its reference
     for name, n in d.get("networks", {}).items():
         rows.append([name, f(n.get("gflop_per_slice"), 2), f(n.get("infer_slices_per_s"), 1),
-                     f(n.get("infer_fraction_of_sgemm"), 2), f(n.get("train_slices_per_s"), 1),
-                     f(n.get("train_fraction_of_sgemm"), 2)])
-    out = [f"Network alone (numpy sgemm {f(d.get('numpy_sgemm', {}).get('gflops_median'), 1)} GFLOP/s in the same run):",
-           "", table(["network", "GFLOP/slice", "inference (slices/s)", "of sgemm", "training (slices/s)", "of sgemm"], rows)]
+                     f(n.get("infer_fraction_of_sgemm"), 2), *([f(n.get("bf16_gemm_fraction"), 2)] if bf16 else []),
+                     f(n.get("train_slices_per_s"), 1), f(n.get("train_fraction_of_sgemm"), 2)])
+    ref = f"numpy sgemm {f(d.get('numpy_sgemm', {}).get('gflops_median'), 1)} GFLOP/s"
+    if bf16:
+        ref += f", TensorFlow bfloat16 GEMM {f(bf16.get('gflops_median'), 1)} GFLOP/s"
+    out = [f"Network alone ({ref} in the same run):", "",
+           table(["network", "GFLOP/slice", "inference (slices/s)", "of sgemm", *(["of bf16 GEMM"] if bf16 else []),
+                  "training (slices/s)", "of sgemm"], rows)]
     prow = []
     for name, p in d.get("pipelines", {}).items():
         st = p.get("stages_s", {})
@@ -141,7 +146,9 @@ def speed(d: dict) -> str:
     if prow:
         stages = list(next(iter(d["pipelines"].values())).get("stages_s", {}))
         out += ["", f"`score` pipeline on a {'×'.join(map(str, sc[::-1])) if sc else '?'} NIfTI at "
-                    f"{c.get('model_size_px', 256)} px, seconds per scan by stage:", "",
+                    f"{c.get('model_size_px', 256)} px, seconds per scan by stage"
+                    + (" (the compute floor at the run's sgemm rate, for bfloat16 at its bfloat16 GEMM rate)" if bf16
+                       else "") + ":", "",
                 table(["network", "total", *stages, "÷ bare inference", "heatmap write share", "compute floor (s)",
                        "300 slices, extrapolated (s)"], prow)]
     cli = [[name, f(p["cli_score"].get("wall_s"), 1), f(p["cli_score"].get("peak_rss_mib"), 0)]
@@ -206,7 +213,7 @@ def scale(d: dict) -> str:
 
 
 def main() -> int:
-    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct), ("real_ct_tuned", real_ct), ("real_ct_noise", real_ct_noise),
+    for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct), ("real_ct_tuned", real_ct), ("real_ct_noise128", real_ct), ("real_ct_noise", real_ct_noise),
                      ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("precision", precision), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():

@@ -101,7 +101,10 @@ def test_mask_to_model_grid_integer_blocks_match_area_mean():
     from aeanomaly.preprocess import resample_matrix
 
     rng = np.random.default_rng(3)
-    for shape, size in [((2, 64, 64), 32), ((2, 64, 48), 16), ((1, 40, 64), 32), ((1, 60, 60), 32)]:
+    # f = 2, 4, 8, 16 (a uint8 count up to 15 × 15 blocks, int32 from 16 × 16), padded inputs; f a power of 2
+    # so that the float reference has no rounding at ties
+    for shape, size in [((2, 64, 64), 32), ((2, 64, 48), 16), ((1, 40, 64), 32), ((1, 60, 60), 32), ((1, 64, 64), 4),
+                        ((1, 80, 96), 12)]:
         m = rng.random(shape) > 0.5
         side = max(shape[1:])
         sq = np.zeros((shape[0], side, side))

@@ -98,13 +98,18 @@ def test_choose_takes_the_best_setting_and_the_fused_map_follows_the_dae():
 @pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     out = tmp_path / "real_ct_quick.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_ct.py"), "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_ct.py"), "--quick", "--out", str(out),
+                           "--precisions", "float32", "bfloat16"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())
     assert d["quick"] is True and d["complete"] is True and d["machine"]["cpu_count"] and "load_note" in d
-    v = d["variants"][0]
+    v, vb = d["variants"]  # the fit's float32, then the same model recalibrated in bfloat16
     methods = {"dae", "dae+seg", "dae+seg(fused)", "pca", "intensity", "log", "hessian"}
+    assert v["precision"] == "float32" and vb["precision"] == "bfloat16"
+    assert set(vb["test_a"]) == set(vb["normals"]) == {"dae", "dae+seg", "dae+seg(fused)"}  # only the dae's maps change
+    assert vb["tune"]["chosen"] == v["tune"]["chosen"] and vb["fit"]["recalibrate_s"] > 0
+    assert {(r["method"], r["precision"]) for r in d["summary"]} >= {("dae", "float32"), ("dae", "bfloat16")}
     assert set(v["test_a"]) == methods
     for r in v["test_a"].values():
         assert r["slice"]["n_pos"] > 0 and r["slice"]["n_neg"] > 0 and 0 <= r["slice"]["auroc"] <= 1
@@ -135,6 +140,7 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
 
     md = real_ct_tables.real_ct(d)
     assert "| dae+seg |" in md.replace("  ", " ") or "dae+seg" in md
+    assert "| inference |" in md and "| bfloat16 |" in md
 
 
 @pytest.mark.skipif(MISSING is not None, reason=str(MISSING))

@@ -1,0 +1,33 @@
+"""The speed benchmark's README table shows a bfloat16 row beside float32, against its own GEMM reference."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import tables  # noqa: E402
+
+
+def _net(prec, rate, frac, bf=None, train=None):
+    return {"precision": prec, "gflop_per_slice": 2.0, "infer_slices_per_s": rate, "infer_fraction_of_sgemm": frac,
+            **({"bf16_gemm_fraction": bf} if bf is not None else {}),
+            **({"train_slices_per_s": train, "train_fraction_of_sgemm": 0.5} if train else {})}
+
+
+def test_speed_table_has_the_bfloat16_rows_and_reference():
+    d = {"numpy_sgemm": {"gflops_median": 100.0}, "bf16_gemm": {"gflops_median": 220.0},
+         "networks": {"256px batch": _net("float32", 40.0, 0.8, train=12.0),
+                      "256px batch, bfloat16": _net("bfloat16", 70.0, 1.4, bf=0.64)},
+         "pipelines": {"batch": {"total_s": 10.0, "stages_s": {"infer": 6.0}, "ratio_to_bare_infer": 0.5},
+                       "batch, bfloat16": {"total_s": 7.0, "stages_s": {"infer": 3.5}, "ratio_to_bare_infer": 0.6}}}
+    md = tables.speed(d)
+    assert "TensorFlow bfloat16 GEMM 220.0 GFLOP/s" in md and "| of bf16 GEMM |" in md
+    assert "| 256px batch, bfloat16 | 2.00 | 70.0 | 1.40 | 0.64 | — | — |" in md
+    assert "| 256px batch | 2.00 | 40.0 | 0.80 | — | 12.0 | 0.50 |" in md
+    assert "| batch, bfloat16 | 7.00 | 3.50 |" in md
+
+
+def test_speed_table_of_a_float32_only_run_has_no_bfloat16_column():
+    d = {"numpy_sgemm": {"gflops_median": 100.0}, "networks": {"256px batch": _net("float32", 40.0, 0.8, train=12.0)}}
+    md = tables.speed(d)
+    assert "bf16" not in md and "| 256px batch | 2.00 | 40.0 | 0.80 | 12.0 | 0.50 |" in md
