@@ -345,12 +345,45 @@ class AnomalyDetector:
         """
         if not hasattr(self, "model_"):
             raise NotFittedError("this AnomalyDetector is not fitted yet: call fit(paths) or AnomalyDetector.load(bundle)")
-        fn = self._inference_function(precision or self.precision_)
+        fn = self._inference_function(self._runnable_precision(precision or self.precision_))
         bs = int(batch_size or max(1, min(32, INFER_BATCH_PIXELS // (int(self.size) ** 2))))
         out = np.empty(x.shape[:3], dtype=np.float32)
         for i in range(0, len(x), bs):
             out[i : i + bs] = np.asarray(fn(np.ascontiguousarray(x[i : i + bs], dtype=np.float32)))[..., 0]
         return out
+
+    def _runnable_precision(self, precision: str) -> str:
+        """``precision``, or float32 (with a warning, once per detector) where it is bfloat16 and this
+        machine has no native bfloat16 (:func:`aeanomaly.model.autoencoder.native_bfloat16`): there it
+        would run at 0.4× the float32 speed or not at all. Scores then differ from a bfloat16
+        calibration's by about what ``benchmarks/precision.py`` measures (slice scores ≤ 0.002)."""
+        if precision != "bfloat16":
+            return precision
+        from .model.autoencoder import native_bfloat16
+
+        if native_bfloat16() is not False:
+            return precision
+        if not getattr(self, "_warned_bfloat16", False):
+            import warnings
+
+            warnings.warn("this bundle is calibrated in bfloat16, but this machine has no bfloat16 instructions "
+                          "(AVX512-BF16 or AMX, or a GPU of compute capability 8.0 or later): the network runs in "
+                          "float32 instead, and scores may differ from the calibration's by about 0.002; "
+                          "'aeanomaly calibrate BUNDLE --normal-dir DIR --precision float32' makes them match",
+                          RuntimeWarning, stacklevel=3)
+            self._warned_bfloat16 = True
+        return "float32"
+
+    def _require_native(self, precision: str) -> None:
+        """A :class:`ConfigError` when calibrating in bfloat16 on a machine without native bfloat16."""
+        if precision != "bfloat16":
+            return
+        from .model.autoencoder import native_bfloat16
+
+        if native_bfloat16() is False:
+            raise ConfigError("precision bfloat16 needs bfloat16 instructions (a CPU with AVX512-BF16 or AMX, or a "
+                              "GPU of compute capability 8.0 or later), and this machine has none: without them "
+                              "bfloat16 runs slower than float32 or not at all; use --precision float32")
 
     def _inference_function(self, precision: str):
         """A compiled inference function of ``model_`` in ``precision``, cached per model and precision."""
@@ -484,6 +517,7 @@ class AnomalyDetector:
             is the single-device one.
         """
         window = self._validate_params()
+        self._require_native(self.precision)  # before hours of training, not at calibration
         paths = list(paths)
         split = split_scans(len(paths), self.val_fraction, self.calib_fraction, self.seed, groups)
         with _work_folder(work_dir, "aeanomaly-fit-") as work:
@@ -608,6 +642,7 @@ class AnomalyDetector:
         precision = self.precision_ if precision is None else precision
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self._require_native(precision)
         if method not in CALIB_METHODS:
             raise ConfigError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
         if not 0.0 < alpha < 1.0:

@@ -8,6 +8,11 @@ timed in each precision in the same process (median of repeats after a warm-up),
 ``AnomalyDetector.analyse`` in each precision: the mean and largest difference of the reconstruction and
 of the heatmap, and the largest difference of the slice scores. oneDNN computes bfloat16 convolutions
 natively only where the CPU has AVX512-BF16 or AMX (``machine.cpu_flags``); elsewhere it emulates them.
+
+**Without native bfloat16** (``--isas``, default ``AVX512_CORE AVX2``): the same ``reconstruct`` timing in
+a child process whose oneDNN is limited to that instruction set (``ONEDNN_MAX_CPU_ISA``), standing in
+for a CPU without AVX512-BF16 (AVX512_CORE: Skylake/Cascade Lake servers; AVX2: most desktops, AMD
+Zen 2/3). This is what :func:`aeanomaly.model.autoencoder.native_bfloat16` guards against.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--slices", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--isas", nargs="*", default=["AVX512_CORE", "AVX2"],
+                    help="oneDNN instruction sets (ONEDNN_MAX_CPU_ISA) to time both precisions under, in a child")
     args = ap.parse_args(argv)
     from aeanomaly.detector import AnomalyDetector
     from aeanomaly.io import load_scan
@@ -68,11 +75,57 @@ def main(argv=None) -> int:
             "slice_score_abs_diff_max": float(dslice.max()),
             "slice_score_range_float32": float(np.nanmax(a["float32"].slice_scores) - np.nanmin(a["float32"].slice_scores)),
         })
+        np.save(work / "x.npy", x)
+        result["limited_isa"] = {isa: rates_in_child(bundle, work / "x.npy", isa, args.repeats) for isa in args.isas}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _perf.write_json("precision", result)
     print(table(result))
     return 0
+
+
+#: Run in a child: ``reconstruct`` slices/s per precision, or the first line of the error.
+_CHILD = """
+import json, sys, time
+import numpy as np
+from aeanomaly.detector import AnomalyDetector
+det = AnomalyDetector.load(sys.argv[1])
+x = np.load(sys.argv[2])
+out = {}
+for p in ("float32", "bfloat16"):
+    try:
+        det.reconstruct(x, precision=p)
+        ts = []
+        for _ in range(int(sys.argv[3])):
+            t0 = time.perf_counter()
+            det.reconstruct(x, precision=p)
+            ts.append(time.perf_counter() - t0)
+        out[p] = len(x) / float(np.median(ts))
+    except Exception as err:  # noqa: BLE001  (what TensorFlow says is the result)
+        out[p] = None
+        msg = str(err).split("message:", 1)[-1].strip()  # oneDNN's reason, after TensorFlow's preamble
+        out[p + "_error"] = (type(err).__name__ + ": " + msg).splitlines()[0][:300]
+print("RATES " + json.dumps(out))
+"""
+
+
+def rates_in_child(bundle: Path, x_path: Path, isa: str, repeats: int) -> dict:
+    """Both precisions' ``reconstruct`` rates with oneDNN limited to ``isa`` (a fresh process: the limit is
+    read once, when oneDNN starts)."""
+    import json
+    import os
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _CHILD, str(bundle), str(x_path), str(repeats)],
+                          capture_output=True, text=True,
+                          env={**os.environ, "ONEDNN_MAX_CPU_ISA": isa, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RATES ")]
+    if not lines:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+    out = json.loads(lines[-1][len("RATES "):])
+    if out.get("float32") and out.get("bfloat16"):
+        out["bf16_speedup"] = out["bfloat16"] / out["float32"]
+    return out
 
 
 def table(d: dict) -> str:
@@ -88,6 +141,16 @@ def table(d: dict) -> str:
              f"{d['reconstruction_abs_diff']['mean']:.4f} / {d['reconstruction_abs_diff']['max']:.3f} | "
              f"{d['heatmap_abs_diff']['mean']:.4f} / {d['heatmap_abs_diff']['max']:.3f} | "
              f"{d['slice_score_abs_diff_max']:.4f} (range {d['slice_score_range_float32']:.3f}) |"]
+    lim = d.get("limited_isa") or {}
+    if lim:
+        lines += ["", "Without native bfloat16 (oneDNN limited with `ONEDNN_MAX_CPU_ISA`, in a child process):", "",
+                  "| oneDNN limited to | float32 slices/s | bfloat16 slices/s | bfloat16 × float32 |", "|---|---|---|---|"]
+        for isa, r in lim.items():
+            f32, bf = r.get("float32"), r.get("bfloat16")
+            why = str(r.get("bfloat16_error", r.get("error", "?"))).replace("|", "/")[:90]
+            bf_cell = f"{bf:.1f}" if bf is not None else f"fails: {why}"
+            ratio = f"{r['bf16_speedup']:.2f}" if r.get("bf16_speedup") else "–"
+            lines.append(f"| {isa} | {'–' if f32 is None else f'{f32:.1f}'} | {bf_cell} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -186,3 +186,9 @@ def test_precision_table_reports_the_speedup_and_the_differences():
          "slice_score_abs_diff_max": 0.002, "slice_score_range_float32": 0.3}
     md = precision.table(d)
     assert "bfloat16 support: avx512_bf16" in md and "| bfloat16 | 15.0 | 1.50 | 0.0010 / 0.010 |" in md
+    assert "ONEDNN_MAX_CPU_ISA" not in md  # runs before the rows
+    d["limited_isa"] = {"AVX512_CORE": {"float32": 20.0, "bfloat16": 8.0, "bf16_speedup": 0.4},
+                        "AVX2": {"float32": 21.0, "bfloat16": None, "bfloat16_error": "AbortedError: could not | create"}}
+    md = precision.table(d)
+    assert "| AVX512_CORE | 20.0 | 8.0 | 0.40 |" in md
+    assert "| AVX2 | 21.0 | fails: AbortedError: could not / create | – |" in md

@@ -30,8 +30,11 @@ def test_old_fpr_spelling(cli, fitted_bundle, phantom_test, tmp_path):
     assert json.loads((b / "calibration.json").read_text())["target_fpr"] == 0.25
 
 
-def test_calibrate_in_bfloat16_is_used_for_scoring(cli, fitted_bundle, phantom_test, tmp_path):
+def test_calibrate_in_bfloat16_is_used_for_scoring(cli, fitted_bundle, phantom_test, tmp_path, monkeypatch):
     from aeanomaly.detector import AnomalyDetector
+    from aeanomaly.model import autoencoder
+
+    monkeypatch.setattr(autoencoder, "native_bfloat16", lambda: None)  # any CPU this suite runs on: as asked
 
     b = tmp_path / "b"
     shutil.copytree(fitted_bundle, b)
@@ -51,3 +54,35 @@ def test_calibrate_in_bfloat16_is_used_for_scoring(cli, fitted_bundle, phantom_t
     raw_ref = AnomalyDetector.load(fitted_bundle).analyse(scan, normalise=False).scan_score
     assert np.isfinite(got.scan_score) and abs(raw - raw_ref) < 0.05
     assert cli("calibrate", b, "--normal-dir", phantom_test / "normal", "--precision", "float16").exit_code == 2
+
+
+def test_bfloat16_without_native_support_is_refused_and_old_bundles_score_in_float32(
+        cli, one_error_line, fitted_bundle, phantom_test, tmp_path, monkeypatch):
+    """Where the machine has no bfloat16 instructions (there TensorFlow runs it at 0.4x float32 or cannot
+    build the convolution), calibrating in bfloat16 is one clear error, and a bundle already calibrated in
+    bfloat16 scores in float32 with one warning."""
+    import pytest
+
+    from aeanomaly.detector import AnomalyDetector
+    from aeanomaly.io import load_scan
+    from aeanomaly.model import autoencoder
+
+    b = tmp_path / "b"
+    shutil.copytree(fitted_bundle, b)
+    monkeypatch.setattr(autoencoder, "native_bfloat16", lambda: None)
+    assert cli("calibrate", b, "--normal-dir", phantom_test / "normal", "--precision", "bfloat16",
+               "--quiet").exit_code == 0
+    cal = (b / "calibration.json").read_text()
+    monkeypatch.setattr(autoencoder, "native_bfloat16", lambda: False)
+    one_error_line(cli("calibrate", b, "--normal-dir", phantom_test / "normal", "--precision", "bfloat16"),
+                   "bfloat16 instructions")
+    assert (b / "calibration.json").read_text() == cal  # nothing half-written
+    det = AnomalyDetector.load(b)
+    assert det.precision_ == "bfloat16"
+    x = det.prepare(load_scan(sorted((phantom_test / "abnormal").glob("*.nii.gz"))[0])).x
+    with pytest.warns(RuntimeWarning, match="runs in float32 instead") as rec:
+        got = det.reconstruct(x)
+        again = det.reconstruct(x)
+    assert len([w for w in rec if "runs in float32" in str(w.message)]) == 1  # once per detector
+    np.testing.assert_array_equal(got, det.reconstruct(x, precision="float32"))
+    np.testing.assert_array_equal(got, again)

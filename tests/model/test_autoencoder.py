@@ -73,3 +73,14 @@ def test_inference_model_bfloat16_shares_weights_and_stays_close():
     assert 0 < diff.max() < 0.05 and diff.mean() < 0.01  # bfloat16 has an 8-bit mantissa
     with pytest.raises(ConfigError, match="precision"):
         inference_model(m, "float16")
+
+
+def test_cpu_has_bfloat16_reads_the_x86_flags():
+    from aeanomaly.model.autoencoder import cpu_has_bfloat16
+
+    x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\nbogomips\t: 4800\n"
+    assert cpu_has_bfloat16(x86.format("avx512_bf16 avx512_vnni")) is True
+    assert cpu_has_bfloat16(x86.format("amx_bf16 amx_tile")) is True
+    assert cpu_has_bfloat16(x86.format("avx512_vnni")) is False  # e.g. Cascade Lake: emulated, 0.4x float32
+    assert cpu_has_bfloat16("processor\t: 0\nFeatures\t: fp asimd bf16\n") is None  # not x86: cannot tell
+    assert cpu_has_bfloat16("") is None
