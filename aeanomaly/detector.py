@@ -130,9 +130,11 @@ class AnomalyDetector:
     calib_method : str
         ``auto`` (split-conformal when there are enough calibration scans for ``target_fpr``, else a
         gamma fit, with a warning), ``empirical``, ``gamma``, ``lognormal`` or ``kde``.
-    precision : {"float32", "bfloat16"}
-        Arithmetic of inference (calibration and scoring; training is always float32). Calibrate in
-        the precision you score in (``aeanomaly calibrate --precision``).
+    precision : {"auto", "float32", "bfloat16"}
+        Arithmetic of inference (calibration and scoring; training is always float32). ``auto``:
+        :meth:`fit` calibrates in bfloat16 where the machine computes it natively
+        (:func:`aeanomaly.model.autoencoder.native_bfloat16`) and in float32 elsewhere; ``precision_``
+        says which. Calibrate in the precision you score in (``aeanomaly calibrate --precision``).
     roi, slice_score, scan_aggregation, residual_sign, sigma_mm, erode_mm, opening_mm, pixel_quantile,
     min_lesion_mm2, min_lesion_mm3, min_body_fraction, slice_fdr
         Scoring and localisation: see :class:`aeanomaly.scoring.ScoringParams`.
@@ -274,8 +276,8 @@ class AnomalyDetector:
             raise ConfigError(f"target_fpr must be in (0, 1), got {self.target_fpr!r}")
         if self.calib_method not in CALIB_METHODS:
             raise ConfigError(f"calib_method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in ("auto", *PRECISIONS):
+            raise ConfigError(f"precision must be one of auto, {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.model_kind not in MODEL_KINDS:
             raise ConfigError(f"model_kind must be one of {', '.join(MODEL_KINDS)}, got {self.model_kind!r}")
         for name in ("seg_epochs", "seg_filters"):
@@ -373,6 +375,14 @@ class AnomalyDetector:
                           RuntimeWarning, stacklevel=3)
             self._warned_bfloat16 = True
         return "float32"
+
+    def _fit_precision(self) -> str:
+        """The arithmetic :meth:`fit` calibrates in: ``precision``, or for ``auto`` bfloat16 where this
+        machine computes it natively and float32 elsewhere (also where that cannot be told)."""
+        from .model.autoencoder import resolve_precision
+
+        self._require_native(self.precision)  # bfloat16 asked for where there is none: refused
+        return resolve_precision(self.precision)
 
     def _require_native(self, precision: str) -> None:
         """A :class:`ConfigError` when calibrating in bfloat16 on a machine without native bfloat16."""
@@ -517,7 +527,7 @@ class AnomalyDetector:
             is the single-device one.
         """
         window = self._validate_params()
-        self._require_native(self.precision)  # before hours of training, not at calibration
+        precision = self._fit_precision()  # before hours of training, not at calibration
         paths = list(paths)
         split = split_scans(len(paths), self.val_fraction, self.calib_fraction, self.seed, groups)
         with _work_folder(work_dir, "aeanomaly-fit-") as work:
@@ -534,11 +544,11 @@ class AnomalyDetector:
         self.train_state_ = {k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from",
                                                        "n_train_slices", "n_val_slices")}
         self.split_ = {side: [str(paths[i]) for i in getattr(split, side)] for side in ("train", "val", "calib")}
-        stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=self.precision, normalise=False),
+        stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False),
                                           [paths[i] for i in split.calib], strict=strict, verbose=verbose)
         params = self.scoring_params()
         self.calibration_ = Calibration.fit(stats, target_fpr=self.target_fpr, method=self.calib_method,
-                                            pixel_quantile=self.pixel_quantile, precision=self.precision,
+                                            pixel_quantile=self.pixel_quantile, precision=precision,
                                             slice_norm=params.slice_norm, scan_aggregation=params.scan_aggregation)
         self.skipped_ = skipped + cal_skipped
         return self

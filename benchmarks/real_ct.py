@@ -104,10 +104,10 @@ def seg_training_slices(det, paths, max_slices: int = 3000):
     return np.concatenate(xs)[:max_slices], np.concatenate(regions)[:max_slices]
 
 
-def fit_variant(sets, size, channels, cfg, seed, norm=None, noise=None) -> tuple:
+def fit_variant(sets, size, channels, cfg, seed, norm=None, noise=None, precision=None) -> tuple:
     """Fit the product's detector on the fold's training normals (``noise``: ``(std, resolution)`` of the
-    denoising noise, else fit's defaults), its segmenter and the PCA baseline: ``(det, methods,
-    calibration scans, info)``."""
+    denoising noise, ``precision`` the inference arithmetic; None: fit's defaults), its segmenter and the
+    PCA baseline: ``(det, methods, calibration scans, info)``."""
     from aeanomaly.detector import AnomalyDetector
     from aeanomaly.io import load_scan
     from aeanomaly.model.selfsup import train_discriminator
@@ -115,7 +115,8 @@ def fit_variant(sets, size, channels, cfg, seed, norm=None, noise=None) -> tuple
     det = AnomalyDetector(window="lung", size=size, channels=channels, epochs=cfg["epochs"],
                           batch_size=cfg["batch_size"], seed=seed, val_fraction=0.12, calib_fraction=0.3,
                           target_fpr=0.05, **({} if norm is None else {"norm": norm}),
-                          **({} if noise is None else {"noise_std": noise[0], "noise_resolution": noise[1]}))
+                          **({} if noise is None else {"noise_std": noise[0], "noise_resolution": noise[1]}),
+                          **({} if precision is None else {"precision": precision}))
     t0 = time.perf_counter()
     det.fit([i.path for i in sets.train], groups=[i.patient for i in sets.train], verbose=0)
     info = {"fit_s": round(time.perf_counter() - t0, 1), "epochs_run": len(det.history_.get("loss", [])),
@@ -378,8 +379,9 @@ def main(argv=None) -> int:
     ap.add_argument("--norms", nargs="+", default=None, choices=("group", "batch", "none"),
                     help="the autoencoder's normalisation (default: fit's default)")
     ap.add_argument("--precisions", nargs="+", default=None, choices=("float32", "bfloat16"),
-                    help="inference arithmetic of the autoencoder's rows (default: fit's); a precision other than "
-                         "fit's reuses the fold's model and settings, recalibrated in it (calibrate --precision)")
+                    help="inference arithmetic of the autoencoder's rows (default: fit's default, auto): the first "
+                         "is fit's; each other reuses the fold's model and settings, recalibrated in it "
+                         "(calibrate --precision)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -402,9 +404,8 @@ def main(argv=None) -> int:
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
            "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"],
-           # the fit's own precision first: the others recalibrate its model
-           "precisions": sorted(set(args.precisions or [FIT_DEFAULTS["precision"]]),
-                                key=lambda p: p != FIT_DEFAULTS["precision"])}
+           # the first is the fit's (None: fit's default, auto); the others recalibrate its model
+           "precisions": list(dict.fromkeys(args.precisions or [None]))}
     out_path = args.out or _common.RESULTS / ("real_ct_quick.json" if q else "real_ct.json")
     load_before = _load_avg()
     t_all = time.perf_counter()
@@ -438,7 +439,7 @@ def main(argv=None) -> int:
                     print(f"real_ct: fold {fold}, {size} px, {ch} channel(s), norm {norm}, noise {noise}: fit and tune",
                           flush=True)
                     det, methods, calib_scans, info = fit_variant(f["sets"], size, ch, cfg, args.seed, norm,
-                                                                  parse_noise(noise))
+                                                                  parse_noise(noise), cfg["precisions"][0])
                     t0 = time.perf_counter()
                     table = RV.tune_table(methods, f["vol_tune"], cfg["sigmas"])
                     info["tune_s"] = round(time.perf_counter() - t0, 1)
@@ -450,7 +451,7 @@ def main(argv=None) -> int:
                     chosen = RV.choose(fitted[src][4])
                     RV.apply(methods, chosen)
                     for precision in cfg["precisions"]:
-                        if precision != det.precision_:
+                        if precision != cfg["precisions"][0]:
                             # the same model and settings, recalibrated in this arithmetic (the product's
                             # `calibrate --precision`); only the autoencoder's maps change, so only they are rescored
                             t0 = time.perf_counter()

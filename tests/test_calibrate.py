@@ -145,3 +145,29 @@ def test_calibration_operating_point_round_trip_and_changes(rng):
     assert manual.scan.threshold_ == 0.5 and cal.scan.threshold_ != 0.5 and manual.scan.manual_
     with pytest.raises(ConfigError, match="malformed"):
         Calibration.from_dict({"scan": {}})
+
+
+@pytest.mark.parametrize("method", ["empirical", "gamma"])
+def test_fpr_upper_bound_holds_with_its_probability_over_calibration_sets(method):
+    """Over many draws of 27 calibration normals, the threshold's true FPR exceeds the 90 % bound in
+    at most about 10 % of the draws (exactly 10 % for the conformal threshold; the bound also holds for a
+    parametric threshold, conservatively), and the conformal bound is the Beta(1, 27) quantile."""
+    rng = np.random.default_rng(2)
+    n, alpha, reps = 27, 0.05, 1500
+    over, bounds = 0, []
+    dist = stats.gamma(2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(reps):
+            cal = Calibrator(method, alpha).fit(dist.rvs(size=n, random_state=rng))
+            b = cal.fpr_upper_bound(0.9)
+            over += float(dist.sf(cal.threshold_)) > b
+            bounds.append(b)
+    assert over / reps <= 0.10 + 0.025
+    if method == "empirical":
+        assert over / reps >= 0.10 - 0.025  # exact, not merely conservative
+        assert bounds[0] == pytest.approx(1 - 0.1 ** (1 / 27), rel=1e-9)  # the maximum of 27: Beta(1, 27)
+    cal = Calibrator("empirical", alpha).fit(np.arange(27.0))
+    assert cal.set_threshold(-1.0).fpr_upper_bound() == 1.0 and cal.set_threshold(np.inf).fpr_upper_bound() == 0.0
+    with pytest.raises(ConfigError, match="confidence"):
+        cal.fpr_upper_bound(1.0)

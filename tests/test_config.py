@@ -29,7 +29,7 @@ def test_train_config_defaults_are_the_table():
     assert TrainConfig().augment_params is not cfg.augment_params
     assert set(TRAIN_DEFAULTS) | {"augment_params"} == {f.name for f in dataclasses.fields(TrainConfig)}
     assert FIT_DEFAULTS == {"window": "lung", "val_fraction": 0.15, "calib_fraction": 0.3, "target_fpr": 0.05,
-                            "calib_method": "auto", "precision": "float32", "model_kind": "dae", "seg_epochs": 16,
+                            "calib_method": "auto", "precision": "auto", "model_kind": "dae", "seg_epochs": 16,
                             "seg_filters": 16}
     assert not set(FIT_DEFAULTS) & set(TRAIN_DEFAULTS)
 

@@ -202,6 +202,21 @@ def test_fit_is_reproducible_with_a_seed(phantom_train, tmp_path):
     assert c.split_ != a.split_ or not np.allclose(c.history_["loss"], a.history_["loss"])
 
 
+def test_fit_resolves_auto_precision_and_refuses_bfloat16_without_instructions(phantom_train, monkeypatch):
+    """The default calibrates in what this machine computes natively (bfloat16 or float32), and the bundle
+    says which; asked for bfloat16 where the machine has none, fit stops before training."""
+    from aeanomaly.model import autoencoder
+
+    paths = find_scans(phantom_train / "normal")[:6]
+    kw = dict(window="lung", size=32, depth=2, base_filters=4, latent_dim=8, epochs=1, batch_size=8, seed=3)
+    assert AnomalyDetector().precision == "auto"
+    det = AnomalyDetector(**kw).fit(paths, verbose=0)
+    assert det.precision_ == autoencoder.resolve_precision("auto") and det.get_params()["precision"] == "auto"
+    monkeypatch.setattr(autoencoder, "native_bfloat16", lambda: False)
+    with pytest.raises(ConfigError, match="bfloat16 instructions"):
+        AnomalyDetector(**{**kw, "precision": "bfloat16"}).fit(["never-read.nii.gz"], verbose=0)
+
+
 FIXTURE_V1 = Path(__file__).parent / "data" / "v1"
 
 

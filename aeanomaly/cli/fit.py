@@ -93,9 +93,11 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
               help="In-plane Gaussian σ of the heatmap in mm (about one model-grid pixel works: 3 mm at 128 px on a "
                    "chest, 6 mm at 64 px).")
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
-@click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=F["precision"], show_default=True,
-              help="Inference arithmetic for calibration and scoring (training is float32); bfloat16 needs a "
-                   "CPU with AVX512-BF16 or AMX, or a GPU of compute capability 8.0 or later.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=F["precision"],
+              show_default=True,
+              help="Inference arithmetic for calibration and scoring (training is float32). auto: bfloat16 where "
+                   "the machine has it (a CPU with AVX512-BF16 or AMX, or a GPU of compute capability 8.0 or "
+                   "later), else float32; 'aeanomaly info' says which.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True, help="tf.distribute: mirrored = every GPU of this machine; multiworker = several "
                                       "machines, cluster from TF_CONFIG (see README 'Scaling out').")

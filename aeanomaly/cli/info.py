@@ -44,6 +44,14 @@ def info(bundle):
         click.echo(f"calibration   {sc['method']} on {len(calib.get('calibration_scans', []))} normal scans, "
                    f"target FPR {calib['target_fpr']}, threshold {sc['threshold']}, "
                    f"inference {calib.get('precision', 'float32')}")
+        from ..calibrate import Calibrator  # numpy and scipy, no TensorFlow
+
+        bound = Calibrator.from_dict(sc).fpr_upper_bound(0.9)
+        mean = ("set by hand" if sc.get("manual") else
+                f"≤ {calib['target_fpr']} on average over calibration sets" if sc["method"] == "empirical"
+                else f"{calib['target_fpr']} if the {sc['method']} fit is right")
+        click.echo(f"              FPR at this threshold {mean}, ≤ {bound:.3f} with 90 % probability "
+                   f"({len(sc['scores'])} normal scores, distribution-free; README 'score')")
         ref = calib.get("slice_reference")
         against = (f", against normal slices of the same region size ({len(ref['median'])} bins, "
                    f"{ref['n_slices']} slices)" if ref else ", raw")

@@ -149,6 +149,14 @@ def native_bfloat16() -> bool | None:
     return cpu_has_bfloat16()
 
 
+def resolve_precision(precision: str) -> str:
+    """``auto`` → bfloat16 where :func:`native_bfloat16` says yes, else float32 (also where it cannot
+    tell); ``float32`` and ``bfloat16`` as given."""
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return check_precision(precision)
+
+
 def inference_model(model: "keras.Model", precision: str = "float32") -> "keras.Model":
     """The model to run inference with (``model(x, training=False)`` semantics).
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 #: Tiny fit settings for `aeanomaly fit` (as tests/conftest.py TINY, on the command line).
 TINY_ARGS = ["--size", "64", "--depth", "3", "--base-filters", "8", "--latent-dim", "16", "--epochs", "2",
-             "--calib-fraction", "0.4", "--target-fpr", "0.2", "--quiet"]
+             "--calib-fraction", "0.4", "--target-fpr", "0.2", "--precision", "float32", "--quiet"]
 
 
 @pytest.fixture

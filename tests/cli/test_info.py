@@ -8,7 +8,7 @@ def test_info_prints_the_bundle(cli, fitted_bundle):
     r = cli("info", fitted_bundle)
     assert r.exit_code == 0, r.output
     for key in ("bundle", "format        1", "input         window", "model", "training", "calibration",
-                "scoring", "target FPR 0.2"):
+                "scoring", "target FPR 0.2", "with 90 % probability"):
         assert key in r.output, key
     assert "head" not in r.output.replace("bundle", "")
 

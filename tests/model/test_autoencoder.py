@@ -84,3 +84,16 @@ def test_cpu_has_bfloat16_reads_the_x86_flags():
     assert cpu_has_bfloat16(x86.format("avx512_vnni")) is False  # e.g. Cascade Lake: emulated, 0.4x float32
     assert cpu_has_bfloat16("processor\t: 0\nFeatures\t: fp asimd bf16\n") is None  # not x86: cannot tell
     assert cpu_has_bfloat16("") is None
+
+
+def test_auto_precision_is_bfloat16_only_where_the_machine_has_it(monkeypatch):
+    from aeanomaly.errors import ConfigError
+    from aeanomaly.model import autoencoder
+
+    for native, want in ((True, "bfloat16"), (False, "float32"), (None, "float32")):
+        monkeypatch.setattr(autoencoder, "native_bfloat16", lambda native=native: native)
+        assert autoencoder.resolve_precision("auto") == want
+        assert autoencoder.resolve_precision("float32") == "float32"
+        assert autoencoder.resolve_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        autoencoder.resolve_precision("int8")
