@@ -21,7 +21,7 @@ FIT_DEFAULTS = {
     "calib_method": "auto",
     # bfloat16 where the machine computes it natively, else float32 (AnomalyDetector.fit resolves it): on the
     # real-CT benchmark bfloat16 moved no detection figure by more than 0.002, and it scores a 300-slice CT in
-    # 7.3 s against 10.9 s on an AVX512-BF16 CPU (benchmarks/results/real_ct_defaults.json, speed.json)
+    # 7.2 s against 11.3 s on an AVX512-BF16 CPU (benchmarks/results/real_ct_defaults.json, speed.json)
     "precision": "auto",
     "model_kind": "dae",
     "seg_epochs": 16,
