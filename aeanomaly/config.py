@@ -28,6 +28,9 @@ FIT_DEFAULTS = {
     "seg_filters": 16,
 }
 
+#: The hardware that computes bfloat16 natively (aeanomaly.model.autoencoder.native_bfloat16), as messages say it.
+BFLOAT16_HARDWARE = "a CPU with AVX512-BF16 or AMX, or a GPU of compute capability 8.0 or later"
+
 #: Fewest training steps per ``dae+seg`` segmenter epoch (:func:`aeanomaly.model.selfsup.train_discriminator`).
 #: On real CT (about 200 training slices, 13 batches) 5 such short epochs left the Dice loss at 1.0; the
 #: loss kept falling past 400 steps (benchmarks/real_ct.py).

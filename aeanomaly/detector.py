@@ -28,7 +28,7 @@ import numpy as np
 
 from . import bundle as _bundle
 from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, benjamini_hochberg
-from .config import FIT_DEFAULTS, TRAIN_DEFAULTS, TrainConfig
+from .config import BFLOAT16_HARDWARE, FIT_DEFAULTS, TRAIN_DEFAULTS, TrainConfig
 from .errors import ConfigError, NotFittedError
 from .fitting import build_store, normal_stats
 from .hybrid import head_outputs, organ_label_map
@@ -369,7 +369,7 @@ class AnomalyDetector:
             import warnings
 
             warnings.warn("this bundle is calibrated in bfloat16, but this machine has no bfloat16 instructions "
-                          "(AVX512-BF16 or AMX, or a GPU of compute capability 8.0 or later): the network runs in "
+                          f"({BFLOAT16_HARDWARE}): the network runs in "
                           "float32 instead, and scores may differ from the calibration's by about 0.002; "
                           "'aeanomaly calibrate BUNDLE --normal-dir DIR --precision float32' makes them match",
                           RuntimeWarning, stacklevel=3)
@@ -391,8 +391,8 @@ class AnomalyDetector:
         from .model.autoencoder import native_bfloat16
 
         if native_bfloat16() is False:
-            raise ConfigError("precision bfloat16 needs bfloat16 instructions (a CPU with AVX512-BF16 or AMX, or a "
-                              "GPU of compute capability 8.0 or later), and this machine has none: without them "
+            raise ConfigError(f"precision bfloat16 needs bfloat16 instructions ({BFLOAT16_HARDWARE}), and this "
+                              "machine has none: without them "
                               "bfloat16 runs slower than float32 or not at all; use --precision float32")
 
     def _inference_function(self, precision: str):

@@ -54,7 +54,11 @@ def numpy_sgemm_gflops(n: int = 2048, repeats: int = 5) -> dict:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    t = timed(lambda: a @ b, repeats=repeats, warmup=1)
+    return _gemm_rates(n, timed(lambda: a @ b, repeats=repeats, warmup=1))
+
+
+def _gemm_rates(n: int, t: dict) -> dict:
+    """GFLOP/s (median and best) of ``n × n`` matrix products timed as ``t`` (:func:`timed`): ``2 n³`` FLOPs each."""
     flops = 2.0 * n**3
     return {"n": n, "median_s": t["median_s"], "gflops_median": flops / t["median_s"] / 1e9,
             "gflops_best": flops / t["min_s"] / 1e9}
@@ -70,10 +74,7 @@ def bf16_gemm_gflops(n: int = 2048, repeats: int = 5) -> dict:
     a = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=tf.bfloat16)
     b = tf.constant(rng.standard_normal((n, n), dtype=np.float32), dtype=tf.bfloat16)
     mm = tf.function(lambda u, v: tf.matmul(u, v), autograph=False)
-    t = timed(lambda: mm(a, b).numpy(), repeats=repeats, warmup=1)
-    flops = 2.0 * n**3
-    return {"n": n, "median_s": t["median_s"], "gflops_median": flops / t["median_s"] / 1e9,
-            "gflops_best": flops / t["min_s"] / 1e9}
+    return _gemm_rates(n, timed(lambda: mm(a, b).numpy(), repeats=repeats, warmup=1))
 
 
 def model_flops(model) -> dict:

@@ -29,8 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _perf  # noqa: E402
 import speed  # noqa: E402
-
-PRECISIONS = ("float32", "bfloat16")
+from aeanomaly.calibrate import PRECISIONS  # noqa: E402  (float32, bfloat16; no TensorFlow at import)
 
 
 def main(argv=None) -> int:

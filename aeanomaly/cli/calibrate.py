@@ -6,6 +6,7 @@ import os
 
 import click
 
+from ..config import BFLOAT16_HARDWARE
 from .common import (check_bundle, check_open_unit, check_writable, collect_scans, deprecated_alias, handles_errors,
                      method_in_force, quiet_warnings, say, start_tensorflow)
 
@@ -19,8 +20,8 @@ from .common import (check_bundle, check_open_unit, check_writable, collect_scan
 @click.option("--method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default=None)
 @click.option("--target-fpr", type=float, default=None, help="Target false-positive rate (default: the bundle's).")
 @click.option("--precision", type=click.Choice(["float32", "bfloat16"]), default=None,
-              help="Recalibrate in this inference arithmetic (scoring then uses it); bfloat16 needs a CPU with "
-                   "AVX512-BF16 or AMX, or a GPU of compute capability 8.0 or later.")
+              help=f"Recalibrate in this inference arithmetic (scoring then uses it); bfloat16 needs "
+                   f"{BFLOAT16_HARDWARE}.")
 @click.option("--strict", is_flag=True)
 @click.option("--quiet", is_flag=True)
 @deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..config import FIT_DEFAULTS as F, SEG_MIN_STEPS_PER_EPOCH, TRAIN_DEFAULTS as T
+from ..config import BFLOAT16_HARDWARE, FIT_DEFAULTS as F, SEG_MIN_STEPS_PER_EPOCH, TRAIN_DEFAULTS as T
 from ..errors import AeAnomalyError, BundleError, ConfigError
 from .common import (check_open_unit, check_writable, collect_scans, deprecated_alias, handles_errors,
                      method_in_force, quiet_warnings, say, start_tensorflow, warn)
@@ -96,8 +96,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=F["precision"],
               show_default=True,
               help="Inference arithmetic for calibration and scoring (training is float32). auto: bfloat16 where "
-                   "the machine has it (a CPU with AVX512-BF16 or AMX, or a GPU of compute capability 8.0 or "
-                   "later), else float32; 'aeanomaly info' says which.")
+                   f"the machine has it ({BFLOAT16_HARDWARE}), else float32; 'aeanomaly info' says which.")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multiworker"]), default="default",
               show_default=True, help="tf.distribute: mirrored = every GPU of this machine; multiworker = several "
                                       "machines, cluster from TF_CONFIG (see README 'Scaling out').")

@@ -119,7 +119,7 @@ def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool | None:
     None where that cannot be told (no ``/proc/cpuinfo``, or a CPU that lists no x86 flags).
 
     Without them bfloat16 inference is emulated or impossible: measured on this project's AMD machine
-    with oneDNN limited to AVX-512 without BF16 (``ONEDNN_MAX_CPU_ISA=AVX512_CORE``) it ran at 0.41× the
+    with oneDNN limited to AVX-512 without BF16 (``ONEDNN_MAX_CPU_ISA=AVX512_CORE``) it ran at 0.40× the
     float32 speed, and limited to AVX2 TensorFlow could not build the bfloat16 convolution at all."""
     if cpuinfo is None:
         try:
