@@ -29,7 +29,7 @@ import numpy as np
 from . import bundle as _bundle
 from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, benjamini_hochberg
 from .config import BFLOAT16_HARDWARE, FIT_DEFAULTS, TRAIN_DEFAULTS, TrainConfig
-from .errors import ConfigError, NotFittedError
+from .errors import AeAnomalyError, ConfigError, NotFittedError
 from .fitting import build_store, normal_stats
 from .hybrid import head_outputs, organ_label_map
 from .io import Scan, load_scan
@@ -52,6 +52,9 @@ SEG_RADIUS_FRACTION = (0.008, 0.06)
 #: allocator keeps) grow with the batch, its speed on the CPU does not beyond about 1 M pixels
 #: (at 256 px: 36 slices/s at a batch of 16 as at 32, with 340 MiB less peak memory).
 INFER_BATCH_PIXELS = 16 * 256 * 256
+#: What :meth:`AnomalyDetector.iter_scores` reports per scan instead of raising: an unreadable or
+#: invalid scan (every error of this package), a file that vanished or cannot be read, too little memory.
+SCAN_ERRORS: tuple[type[BaseException], ...] = (AeAnomalyError, OSError, MemoryError)
 
 
 @dataclass
@@ -414,7 +417,10 @@ class AnomalyDetector:
         """Residual heatmap and slice / scan scores of one scan on the model grid (no calibration needed):
         :meth:`prepare`, :meth:`reconstruct` and :meth:`analyse_prepared` (``normalise``: see there)."""
         scan = scan if isinstance(scan, Scan) else load_scan(scan)
-        prep = self.prepare(scan)
+        return self._analyse(scan, self.prepare(scan), precision=precision, normalise=normalise)
+
+    def _analyse(self, scan: Scan, prep: PreparedScan, *, precision: str | None = None,
+                 normalise: bool = True) -> Analysis:
         keep = self._scored_slices(prep)
         recon = np.zeros(prep.x.shape[:3], np.float32)
         if keep.any():
@@ -697,7 +703,10 @@ class AnomalyDetector:
         the lesions' organs (U-Net) or the classifier and fused probabilities (CNN)."""
         self._check_fitted()
         scan = scan if isinstance(scan, Scan) else load_scan(scan)
-        a = self.analyse(scan)
+        return self._score_prepared(scan, self.prepare(scan))
+
+    def _score_prepared(self, scan: Scan, prep: PreparedScan) -> ScanResult:
+        a = self._analyse(scan, prep)
         params = self.scoring_params()
         prep, scores, s = a.prepared, a.slice_scores, a.scan_score
         cal = self.calibration_
@@ -729,8 +738,71 @@ class AnomalyDetector:
         )
 
     def score(self, paths: Iterable[str | os.PathLike]) -> list[ScanResult]:
-        """Score several scans (raises on the first unreadable one; the CLI reports them instead)."""
-        return [self.score_scan(p) for p in paths]
+        """Score several scans (raises on the first unreadable one; :meth:`iter_scores` reports them instead)."""
+        out = []
+        for _, res in self.iter_scores(paths, errors=()):
+            out.append(res)
+        return out
+
+    def iter_scores(self, paths: Iterable[str | os.PathLike], *, prefetch: bool = True,
+                    errors: tuple[type[BaseException], ...] = SCAN_ERRORS):
+        """Score scans one after the other, yielding ``(path, result)`` in the order given.
+
+        ``result`` is the :class:`ScanResult`, or the exception (one of ``errors``: by default an
+        unreadable or invalid scan, a missing file, too little memory) that stopped that scan; other
+        exceptions, and all with ``errors=()``, are raised.
+
+        With ``prefetch`` (the default) the next scan is read and prepared (:meth:`prepare`) in a
+        background thread while this one is reconstructed and analysed, so that its file reading,
+        decompression and masks overlap the network: at most two scans are in memory at once (the
+        one being scored and the next). The results are the same as :meth:`score_scan`'s, scan by scan.
+
+        A result is not held here once the next one is asked for; to keep one scan's arrays in memory,
+        drop each before taking the next (``for path, res in det.iter_scores(paths)`` does; wrapping
+        the iterator in ``enumerate``, ``zip`` or ``tqdm`` keeps the previous item until the next one
+        arrives).
+        """
+        self._check_fitted()
+        paths = list(paths)
+
+        def read(path) -> tuple[Scan, PreparedScan]:
+            scan = path if isinstance(path, Scan) else load_scan(path)
+            return scan, self.prepare(scan)
+
+        if not prefetch or len(paths) < 2:
+            for path in paths:
+                try:
+                    res = self._score_prepared(*read(path))
+                except errors as err:
+                    res = err
+                yield path, res
+                del res  # not held while the next scan is scored
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="aeanomaly-prefetch")
+        try:
+            nxt = pool.submit(read, paths[0])
+            for i, path in enumerate(paths):
+                fut, nxt = nxt, None
+                try:
+                    scan, prep = fut.result()
+                except errors as err:
+                    scan = prep = None
+                    res = err
+                del fut
+                if i + 1 < len(paths):
+                    nxt = pool.submit(read, paths[i + 1])
+                if scan is not None:
+                    try:
+                        res = self._score_prepared(scan, prep)
+                    except errors as err:
+                        res = err
+                    del scan, prep
+                yield path, res
+                del res
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def decision_function(self, paths: Iterable[str | os.PathLike]) -> np.ndarray:
         """Scan scores (higher = more anomalous), like sklearn's outlier detectors."""

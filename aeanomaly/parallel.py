@@ -9,13 +9,18 @@ The number of threads is ``$AEANOMALY_THREADS`` when set (1 = serial), else the 
 While the threads run, BLAS is limited to one thread of its own (threadpoolctl): the per-slice matrix
 products of resampling would otherwise start BLAS threads in every chunk's thread and oversubscribe
 the cores (measured: 256 → 512 px upsampling of 300 slices 1.05 s oversubscribed, 0.45 s limited).
+That limit is process-wide, so it is counted: when two threads run ``map_slices`` at once (batch
+scoring prepares the next scan while the current one is analysed), the first sets it and the last
+to finish restores BLAS's own thread count.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -27,6 +32,45 @@ from .errors import ConfigError
 MIN_CHUNK = 4
 #: At most this many slices per chunk: what a stage holds in flight beside its outputs is a few chunks.
 MAX_CHUNK = 32
+
+
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+def _release_openblas_control() -> None:
+    """threadpoolctl ≥ 3.7 lets only the first thread that limits OpenBLAS's process-wide pool change
+    it again (the others are silently ignored) until that thread clears it; :func:`single_threaded_blas`
+    may set the limit in one thread and restore it in another, under its own lock, so it clears it."""
+    import threadpoolctl
+
+    clear = getattr(getattr(threadpoolctl, "OpenBLASController", None), "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
+@contextmanager
+def single_threaded_blas():
+    """BLAS limited to one thread while any thread is inside this context (nesting and concurrent
+    use are counted; the original limits come back when the last one leaves, whichever thread that is)."""
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _release_openblas_control()
+            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+            _release_openblas_control()
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _release_openblas_control()
+                _blas_limiter.restore_original_limits()
+                _release_openblas_control()
+                _blas_limiter = None
 
 
 def n_threads() -> int:
@@ -74,7 +118,7 @@ def map_slices(fn: Callable, *arrays: np.ndarray, threads: int | None = None):
         return fn(*arrays)
     outputs: list[np.ndarray] | None = None
     single = False
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(min(t, len(bounds))) as pool:
+    with single_threaded_blas(), ThreadPoolExecutor(min(t, len(bounds))) as pool:
         pending: deque = deque()
         todo = iter(bounds)
 

@@ -23,6 +23,10 @@ ratios compare like with like on a shared machine.
    bfloat16: bare inference against TensorFlow's bfloat16 GEMM in the same run, and the pipeline with the
    bundle recalibrated in bfloat16 (``AnomalyDetector.recalibrate``, what ``calibrate --precision`` runs),
    whose compute floor is at that GEMM rate.
+   A batch of ``--batch`` copies of the scan through ``AnomalyDetector.iter_scores`` (what ``aeanomaly
+   score`` runs), each heatmap written before the next result is taken, with the next scan read and
+   prepared in a thread meanwhile and without: seconds per scan and their ratio to bare inference; and
+   ``aeanomaly score`` of the whole batch for its peak RSS (two scans in memory).
 4. The same network in PyTorch (weights copied, outputs compared) on the same slices.
 5. Peak RSS and the targets of issue 16.
 """
@@ -126,19 +130,62 @@ def pipeline_stages(det, path: Path, out_dir: Path, repeats: int) -> dict:
             "n_slices_scored": runs[0]["n_scored"], "n_lesions": len(res.lesions), "label": res.label}
 
 
-def pipeline_in_child(bundle: Path, scan_path: Path, out_dir: Path, repeats: int) -> dict:
+def batch_seconds_per_scan(det, paths: list, out_dir: Path) -> dict:
+    """Seconds per scan of scoring ``paths`` one after the other as ``aeanomaly score`` does
+    (``AnomalyDetector.iter_scores``, each result's NIfTI heatmap written before the next is taken),
+    with the next scan read and prepared in a thread meanwhile (``prefetch``, the default) and without;
+    the two alternate, best of two each."""
+    from aeanomaly.io.results import write_scan_outputs
+
+    def run(prefetch: bool) -> float:
+        t0 = time.perf_counter()
+        for i, (_, res) in enumerate(det.iter_scores(paths, prefetch=prefetch, errors=())):
+            write_scan_outputs(res, f"scan{i}", out_dir, heatmaps="nifti", overlays=0)
+            del res
+        return (time.perf_counter() - t0) / len(paths)
+
+    times: dict = {"prefetch": [], "serial": []}
+    for _ in range(2):
+        for key, pf in (("serial", False), ("prefetch", True)):
+            times[key].append(run(pf))
+    return {"scans": len(paths), "prefetch_s_per_scan": min(times["prefetch"]), "serial_s_per_scan": min(times["serial"]),
+            "all_s_per_scan": {k: [round(v, 3) for v in vs] for k, vs in times.items()}}
+
+
+def batch_copies(scan_path: Path, n: int) -> list[Path]:
+    """``n`` names of the same scan file (hard links, else copies): a batch of that many scans."""
+    import shutil
+
+    out = []
+    for i in range(n):
+        q = scan_path.with_name(f"batch{i}-{scan_path.name}")
+        if not q.exists():
+            try:
+                os.link(scan_path, q)
+            except OSError:
+                shutil.copyfile(scan_path, q)
+        out.append(q)
+    return out
+
+
+def pipeline_in_child(bundle: Path, scan_path: Path, out_dir: Path, repeats: int, batch: int = 0) -> dict:
     """:func:`pipeline_stages` in a fresh Python process, as a user's ``score`` runs: in this process,
     after the network benchmarks have built and trained six models, the same calls ran 1.6× slower
-    (numpy stages and inference alike), which is not what users see."""
+    (numpy stages and inference alike), which is not what users see. With ``batch`` > 1 also
+    :func:`batch_seconds_per_scan` on that many copies of the scan (``"batch"``)."""
     import json
     import subprocess
 
     code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import speed; "
             "from aeanomaly.detector import AnomalyDetector; "
             "det = AnomalyDetector.load(sys.argv[2]); "
-            "print('PIPELINE ' + json.dumps(speed.pipeline_stages(det, Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]))))")
+            "r = speed.pipeline_stages(det, Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])); "
+            "b = int(sys.argv[6]); "
+            "r['batch'] = speed.batch_seconds_per_scan(det, speed.batch_copies(Path(sys.argv[3]), b), Path(sys.argv[4])) "
+            "if b > 1 else None; "
+            "print('PIPELINE ' + json.dumps(r))")
     proc = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent), str(bundle), str(scan_path),
-                           str(out_dir), str(repeats)], capture_output=True, text=True)
+                           str(out_dir), str(repeats), str(batch)], capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("PIPELINE ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"pipeline child failed (exit {proc.returncode}): {proc.stderr[-600:]}")
@@ -155,7 +202,7 @@ _CLI_WITH_PEAK = (
 )
 
 
-def cli_score(bundle: Path, scan_path: Path, out_dir: Path) -> dict:
+def cli_score(bundle: Path, scan_path: Path | list, out_dir: Path) -> dict:
     """``aeanomaly score BUNDLE SCAN`` as a user runs it, in a child process: wall time (TensorFlow's
     start included) and the child's peak RSS.
 
@@ -165,7 +212,8 @@ def cli_score(bundle: Path, scan_path: Path, out_dir: Path) -> dict:
     import subprocess
 
     status_file = out_dir.parent / f".{out_dir.name}-status"
-    cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "score", str(bundle), str(scan_path), "--out", str(out_dir),
+    scans = [str(q) for q in (scan_path if isinstance(scan_path, list) else [scan_path])]
+    cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "score", str(bundle), *scans, "--out", str(out_dir),
            "--overwrite", "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -307,6 +355,9 @@ def main(argv=None) -> None:
                     help="inference arithmetic: the default architecture's bare network and every score pipeline "
                          "are timed in each (a bfloat16 bundle is the float32 one recalibrated, as "
                          "`aeanomaly calibrate --precision bfloat16` does)")
+    ap.add_argument("--batch", type=int, default=None,
+                    help="scans of a batch scored one after the other with the default architecture, with and "
+                         "without prefetching the next (default 3; quick 2; 1 = none)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None, help="results/<OUT>.json (default speed / speed_quick)")
@@ -315,9 +366,10 @@ def main(argv=None) -> None:
     quick = args.quick
     n_slices = args.slices or (60 if quick else 300)
     reps = args.repeats or (2 if quick else 3)
+    n_batch = args.batch or (2 if quick else 3)
     name = args.out or ("speed_quick" if quick else "speed")
     result: dict = {"benchmark": "speed", "machine": {**_perf.machine_info(), **_perf.shared_machine_note()},
-                    "config": {"scan_shape_zyx": [n_slices, 512, 512], "model_size_px": 256, "repeats": reps,
+                    "config": {"scan_shape_zyx": [n_slices, 512, 512], "model_size_px": 256, "repeats": reps, "batch": n_batch,
                                "archs": args.archs}}
 
     print("[speed] numpy sgemm", flush=True)
@@ -373,10 +425,12 @@ def main(argv=None) -> None:
                 if bare is None:  # other precisions are timed bare for the default architecture only
                     continue
                 b = bundle if prec == "float32" else recalibrated(bundle, work, prec)
-                p = pipeline_in_child(b, scan_path, work, reps)
+                p = pipeline_in_child(b, scan_path, work, reps, n_batch if label == args.archs[0] else 0)
                 p["cli_score"] = cli_score(b, scan_path, work / f"cli-{norm}-{prec}")
                 print(f"  {key}: aeanomaly score {p['cli_score']['wall_s']:.1f} s, peak RSS "
                       f"{p['cli_score']['peak_rss_mib']:.0f} MiB", flush=True)
+                if p.get("batch"):  # the whole batch through the command: its peak with two scans in memory
+                    p["batch"]["cli_score"] = cli_score(b, batch_copies(scan_path, n_batch), work / f"cli-batch-{norm}-{prec}")
                 # the floor at the best rate of the arithmetic seen in this run: sgemm, or the bfloat16 GEMM
                 peak = (max(sgemm, bare["sgemm_gflops_reference"]) if prec == "float32"
                         else result["bf16_gemm"]["gflops_best"])
@@ -390,6 +444,15 @@ def main(argv=None) -> None:
                     "compute_floor_300_slices_s": bare["gflop_per_slice"] * 300.0 * p["n_slices_scored"] / n_slices / peak,
                     "gemm_gflops_for_floor": peak,
                 })
+                if p.get("batch"):
+                    bt = p["batch"]
+                    bt["prefetch_ratio_to_bare_infer"] = p["n_slices_scored"] / bt["prefetch_s_per_scan"] / bare["infer_slices_per_s"]
+                    bt["serial_ratio_to_bare_infer"] = p["n_slices_scored"] / bt["serial_s_per_scan"] / bare["infer_slices_per_s"]
+                    bt["prefetch_speedup"] = bt["serial_s_per_scan"] / bt["prefetch_s_per_scan"]
+                    print(f"  batch of {bt['scans']}: {bt['prefetch_s_per_scan']:.2f} s per scan with prefetch, "
+                          f"{bt['serial_s_per_scan']:.2f} without (×{bt['prefetch_speedup']:.2f}; "
+                          f"{bt['prefetch_ratio_to_bare_infer']:.2f} of bare inference); the command's peak RSS "
+                          f"{bt['cli_score']['peak_rss_mib']:.0f} MiB", flush=True)
                 pipelines[key] = p
                 print(f"  total {p['total_s']:.2f} s for {p['n_slices_scored']} slices ({p['ratio_to_bare_infer']:.2f} of "
                       f"bare inference); compute floor {floor:.2f} s (×{p['over_compute_floor']:.1f}); stages "
@@ -439,6 +502,9 @@ def main(argv=None) -> None:
                                                                        "met": p["over_compute_floor"] <= 1.2}
         targets[f"{label}: pipeline_ge_85pct_of_bare_infer"] = {"value": p["ratio_to_bare_infer"],
                                                                 "met": p["ratio_to_bare_infer"] >= 0.85}
+        if p.get("batch"):
+            targets[f"{label}: pipeline_ge_85pct_of_bare_infer (batch of {p['batch']['scans']}, prefetch)"] = {
+                "value": p["batch"]["prefetch_ratio_to_bare_infer"], "met": p["batch"]["prefetch_ratio_to_bare_infer"] >= 0.85}
         targets[f"{label}: heatmap_write_le_5pct"] = {"value": p["heatmap_write_fraction"],
                                                       "met": p["heatmap_write_fraction"] <= 0.05}
         cli = p["cli_score"]

@@ -156,6 +156,18 @@ def speed(d: dict) -> str:
     if cli:
         out += ["", "`aeanomaly score BUNDLE SCAN --quiet` as a user runs it (a child process; TensorFlow's start "
                     "included):", "", table(["network", "wall (s)", "peak RSS (MiB)"], cli)]
+    batch = [[name, f(b.get("serial_s_per_scan"), 2), f(b.get("prefetch_s_per_scan"), 2), f(b.get("prefetch_speedup"), 2),
+              f(b.get("serial_ratio_to_bare_infer"), 2), f(b.get("prefetch_ratio_to_bare_infer"), 2),
+              f((b.get("cli_score") or {}).get("peak_rss_mib"), 0)]
+             for name, p in d.get("pipelines", {}).items() for b in [p.get("batch")] if b]
+    if batch:
+        n = next(b for name, p in d["pipelines"].items() for b in [p.get("batch")] if b)["scans"]
+        out += ["", f"A batch of {n} such scans through `AnomalyDetector.iter_scores` (what `aeanomaly score` runs; "
+                    "each heatmap written before the next result is taken), seconds per scan without and with the "
+                    "next scan read and prepared in a thread meanwhile (best of two each), and the peak RSS of "
+                    f"`aeanomaly score` of the {n} scans (prefetch on, its default):", "",
+                table(["network", "one at a time (s/scan)", "prefetch (s/scan)", "speed-up", "÷ bare inference",
+                       "÷ bare inference, prefetch", "batch peak RSS (MiB)"], batch)]
     tr = _targets(d.get("targets", {}))
     rss = d.get("peak_rss_mib", {}).get("this_process")
     if rss:

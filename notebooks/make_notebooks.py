@@ -38,7 +38,7 @@ download is needed, and uses only the public Python API:
 |---|---|
 | data | `write_phantom_set(out_dir, n_normal, n_abnormal, ...)`, `find_scans(folder)` |
 | train + calibrate | `AnomalyDetector(...).fit(normal_paths)` |
-| score | `det.score_scan(path)` → `ScanResult`, `det.score(paths)`, `det.decision_function(paths)` |
+| score | `det.score_scan(path)` → `ScanResult`, `det.score(paths)`, `det.iter_scores(paths)` (one at a time, the next read while this one is scored), `det.decision_function(paths)` |
 | look | `aeanomaly.figures.scan_figure(result)` |
 | keep | `det.save(bundle)`, `AnomalyDetector.load(bundle)` |
 
@@ -204,7 +204,8 @@ print(det.calibrator_, f"\\n{len(paths)} labelled scans: {int(y.sum())} abnormal
 ## Score the labelled scans
 
 `det.score(paths)` keeps the heatmaps for the example overlays below (for a large set, use
-`det.decision_function(paths)`, which returns only the scan scores)."""),
+`det.decision_function(paths)`, which returns only the scan scores, or loop over
+`det.iter_scores(paths)`, which holds one result at a time and reads the next scan meanwhile)."""),
     ("code", '''\
 results = det.score(paths)
 scores = np.array([r.scan_score for r in results])

@@ -253,6 +253,56 @@ def test_analysis_is_public_and_matches_score_scan(det, phantom_test):
     assert (a.heatmap[~a.mask] == 0).all()
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_iter_scores_gives_score_scans_results_in_order_and_reports_bad_scans(det, phantom_test, tmp_path, prefetch):
+    """Batch scoring (the next scan read and prepared in a thread while this one is scored) gives each
+    scan exactly what score_scan gives, in the order asked, with a bad file in the middle reported as
+    its error, and the scans after it still scored."""
+    good = find_scans(phantom_test / "abnormal")[:2] + find_scans(phantom_test / "normal")[:1]
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not a nifti file")
+    paths = [good[0], bad, good[1], tmp_path / "missing.nii.gz", good[2]]
+    got = list(det.iter_scores(paths, prefetch=prefetch))
+    assert [p for p, _ in got] == paths
+    assert isinstance(got[1][1], AeAnomalyError) and "broken.nii.gz" in str(got[1][1])
+    assert isinstance(got[3][1], (AeAnomalyError, OSError))
+    for (path, res) in (got[0], got[2], got[4]):
+        ref = det.score_scan(path)
+        assert res.source == ref.source and res.label == ref.label and res.scan_score == ref.scan_score
+        np.testing.assert_array_equal(res.slice_scores, ref.slice_scores)
+        np.testing.assert_array_equal(res.heatmap, ref.heatmap)
+        np.testing.assert_array_equal(res.lesion_labels, ref.lesion_labels)
+    with pytest.raises(AeAnomalyError, match="broken.nii.gz"):  # errors=(): raised, as score() does
+        list(det.iter_scores(paths, prefetch=prefetch, errors=()))
+    with pytest.raises(AeAnomalyError, match="broken.nii.gz"):
+        det.score(paths)
+    assert [r.scan_score for r in det.score(good)] == [det.score_scan(p).scan_score for p in good]
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_iter_scores_holds_no_earlier_result_while_reading_the_next_scan(fitted_bundle, phantom_test, prefetch,
+                                                                           monkeypatch):
+    """Memory stays at one scan (two with prefetch): when a scan is read and prepared, no result handed
+    out before is still referenced by the iterator (the consumer drops each, as the CLI does)."""
+    import weakref
+
+    det = AnomalyDetector.load(fitted_bundle)
+    handed: list = []
+    alive_at_prepare: list = []
+    real = AnomalyDetector.prepare
+
+    def prepare(self, scan):
+        alive_at_prepare.append(sum(r() is not None for r in handed))
+        return real(self, scan)
+
+    monkeypatch.setattr(AnomalyDetector, "prepare", prepare)
+    paths = find_scans(phantom_test / "normal")[:4]
+    for _, res in det.iter_scores(paths, prefetch=prefetch):
+        handed.append(weakref.ref(res))
+        del res
+    assert len(alive_at_prepare) == 4 and alive_at_prepare == [0, 0, 0, 0]
+
+
 def test_recalibrate_failure_leaves_the_detector_as_it_was(fitted_bundle, tmp_path):
     det = AnomalyDetector.load(fitted_bundle)
     before = det.calibration_dict()

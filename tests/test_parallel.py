@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from aeanomaly.errors import ConfigError
-from aeanomaly.parallel import chunk_bounds, map_slices, n_threads
+from aeanomaly.parallel import chunk_bounds, map_slices, n_threads, single_threaded_blas
 
 
 def test_chunk_bounds_cover_range_once():
@@ -66,3 +66,47 @@ def test_prepare_volume_and_scoring_identical_serial_and_threaded(fitted_bundle,
         out[t] = (r.prepared.x, r.prepared.body, r.heatmap, r.slice_scores, r.heatmap_in_input_grid(), r.scan_score)
     for a, b in zip(out["1"], out["3"]):
         np.testing.assert_array_equal(a, b)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"]
+
+
+def test_blas_limit_counted_across_threads_and_restored():
+    """Two threads inside the limit at overlapping times (A enters, B enters, A leaves, B leaves): BLAS
+    stays at one thread until the last one leaves, then its own count comes back. Without the count,
+    A's exit restored the original while B ran, and B's exit set one thread for good (and threadpoolctl
+    ignores a thread that did not set the limit, which the helper must work around)."""
+    import threading
+
+    before = _blas_threads()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with single_threaded_blas():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with single_threaded_blas():
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a left"] = _blas_threads()
+
+    ts = [threading.Thread(target=f) for f in (a, b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(20)
+    assert all(n == 1 for n in seen["b after a left"]), (before, seen)
+    assert _blas_threads() == before
+    with single_threaded_blas():
+        with single_threaded_blas():  # nesting in one thread
+            assert all(n == 1 for n in _blas_threads())
+        assert all(n == 1 for n in _blas_threads())
+    assert _blas_threads() == before

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import AeAnomalyError, ConfigError, EmptyInputError
+from ..errors import ConfigError, EmptyInputError
 from .common import (check_bundle, check_open_unit, check_output_dir, collect_scans, deprecated_alias, handles_errors,
                      method_in_force, quiet_warnings, report_unscored, say, start_tensorflow)
 
@@ -39,6 +39,9 @@ def head_summary(det) -> dict:
               help="PNG overlays of the N top-scoring slices per scan (0 = none).")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable scan (exit 2).")
+@click.option("--prefetch/--no-prefetch", default=True, show_default=True,
+              help="Read and prepare the next scan while this one is scored (--engine local; holds two scans "
+                   "in memory instead of one).")
 @click.option("--fail-on-anomaly", is_flag=True, help="Exit with code 1 when any scan is labelled abnormal.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing results folder.")
 @click.option("--quiet", is_flag=True)
@@ -52,7 +55,7 @@ def head_summary(det) -> dict:
               help="Ray workers (--engine ray; default: one per CPU of the cluster).")
 @deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)
 @handles_errors
-def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, overlays, report, strict,
+def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, overlays, report, strict, prefetch,
           fail_on_anomaly, overwrite, quiet, engine, address, workers):
     """Score scans (files or folders) with a fitted BUNDLE.
 
@@ -81,7 +84,7 @@ def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, o
 
     start_tensorflow()
     from .. import __version__
-    from ..detector import AnomalyDetector
+    from ..detector import SCAN_ERRORS, AnomalyDetector
     from ..io.results import ResultsWriter, output_names
 
     det = AnomalyDetector.load(bundle)
@@ -109,15 +112,15 @@ def score(bundle, scans, out, target_fpr, slice_fdr, min_lesion_mm3, heatmaps, o
     else:
         with ResultsWriter(out, heatmaps=heatmaps, overlays=overlays, pixel_threshold=det.pixel_threshold_,
                            report=report, overwrite=True) as writer:
-            for path, name in tqdm(list(zip(paths, output_names(paths))), desc="score", unit="scan", disable=quiet):
-                try:
-                    res = det.score_scan(path)
-                except (AeAnomalyError, OSError, MemoryError) as err:
-                    if strict:
-                        raise
-                    writer.add(path, name, err)
-                    continue
-                writer.add(path, name, res)
+            results = det.iter_scores(paths, prefetch=prefetch, errors=() if strict else SCAN_ERRORS)
+            with tqdm(total=len(paths), desc="score", unit="scan", disable=quiet) as bar:
+                for name in output_names(paths):
+                    # next() rather than a for-loop over a tqdm or enumerate wrapper: those keep the
+                    # previous item until the next one arrives, i.e. two scans' arrays at once
+                    path, res = next(results)
+                    writer.add(path, name, res)
+                    del res
+                    bar.update(1)
             if writer.n_scored == 0:  # nothing usable: exit 2, write nothing
                 raise EmptyInputError(f"{writer.errors[0]} (none of the {len(paths)} scans could be scored)")
             writer.finish(summary=summary)

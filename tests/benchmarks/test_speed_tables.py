@@ -31,3 +31,15 @@ def test_speed_table_of_a_float32_only_run_has_no_bfloat16_column():
     d = {"numpy_sgemm": {"gflops_median": 100.0}, "networks": {"256px batch": _net("float32", 40.0, 0.8, train=12.0)}}
     md = tables.speed(d)
     assert "bf16" not in md and "| 256px batch | 2.00 | 40.0 | 0.80 | 12.0 | 0.50 |" in md
+
+
+def test_speed_table_shows_the_batch_with_and_without_prefetch():
+    batch = {"scans": 3, "serial_s_per_scan": 11.0, "prefetch_s_per_scan": 10.0, "prefetch_speedup": 1.1,
+             "serial_ratio_to_bare_infer": 0.55, "prefetch_ratio_to_bare_infer": 0.6, "cli_score": {"peak_rss_mib": 2400.0}}
+    d = {"numpy_sgemm": {"gflops_median": 100.0}, "networks": {"256px batch": _net("float32", 40.0, 0.8, train=12.0)},
+         "pipelines": {"batch": {"total_s": 10.0, "stages_s": {"infer": 6.0}, "ratio_to_bare_infer": 0.5, "batch": batch},
+                       "none": {"total_s": 9.0, "stages_s": {"infer": 6.0}, "ratio_to_bare_infer": 0.5}}}
+    md = tables.speed(d)
+    assert "A batch of 3 such scans" in md
+    assert "| batch | 11.00 | 10.00 | 1.10 | 0.55 | 0.60 | 2400 |" in md
+    assert "| none | 11" not in md  # a pipeline without a batch run has no batch row

@@ -144,15 +144,15 @@ def test_full_disk_while_writing_gives_one_line_and_nothing_half_written(cli, on
 def test_a_scan_that_runs_out_of_memory_is_an_error_row(cli, fitted_bundle, phantom_test, tmp_path, monkeypatch):
     from aeanomaly.detector import AnomalyDetector
 
-    real = AnomalyDetector.score_scan
+    real = AnomalyDetector.prepare
     victim = sorted((phantom_test / "abnormal").glob("*.nii.gz"))[0]
 
-    def score_scan(self, scan):
-        if str(scan) == str(victim):
+    def prepare(self, scan):  # runs in the prefetch thread: its error must reach this scan's row
+        if str(scan.source) == str(victim):
             raise MemoryError("Unable to allocate 8.6 GiB")
         return real(self, scan)
 
-    monkeypatch.setattr(AnomalyDetector, "score_scan", score_scan)
+    monkeypatch.setattr(AnomalyDetector, "prepare", prepare)
     r = cli("score", fitted_bundle, phantom_test / "abnormal", "--out", tmp_path / "o", "--quiet", "--heatmaps", "none",
             "--overlays", "0", "--no-report")
     assert r.exit_code == 0, r.output
@@ -161,6 +161,20 @@ def test_a_scan_that_runs_out_of_memory_is_an_error_row(cli, fitted_bundle, phan
     err = [s for s in table if s["label"] == "error"][0]
     assert err["scan"] == str(victim) and "out of memory" in err["error"]
     assert "1 of 6 scans could not be scored" in r.stderr
+
+
+def test_no_prefetch_scores_the_same(cli, scored, fitted_bundle, phantom_test, tmp_path):
+    """--no-prefetch (one scan in memory at a time) gives the same table as the default, which reads and
+    prepares the next scan while this one is scored."""
+    out, _ = scored
+    r = cli("score", fitted_bundle, phantom_test / "abnormal", "--out", tmp_path / "o", "--quiet", "--no-prefetch",
+            "--heatmaps", "none", "--overlays", "0", "--no-report")
+    assert r.exit_code == 0, r.output
+    serial = rows(tmp_path / "o" / "scores.csv")
+    default = {s["scan"]: s for s in rows(out / "scores.csv")}
+    assert len(serial) == 6
+    for s in serial:
+        assert s == default[s["scan"]]
 
 
 def _dicom_slice():
