@@ -260,3 +260,28 @@ def test_find_lesions_float32_heatmap_as_float64(residual):
                 assert ra[key] == pytest.approx(rb[key], rel=1e-6)
             else:
                 assert ra[key] == rb[key]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_find_lesions_matches_labelling_the_whole_volume(seed):
+    """Only the box holding the lesion voxels is labelled: the components, their statistics and the
+    label volume are those of labelling the whole volume, with components on every face of the volume."""
+    rng = np.random.default_rng(seed)
+    hm = np.zeros((9, 40, 50), np.float32)
+    for z, y, x in [(0, 0, 0), (8, 39, 49), (4, 20, 0), (3, 0, 30), (6, 25, 49)] + [
+            tuple(rng.integers((0, 0, 0), hm.shape)) for _ in range(6)]:
+        hm[max(z - 1, 0): z + 2, max(y - 3, 0): y + 4, max(x - 3, 0): x + 4] += rng.uniform(1.0, 3.0)
+    spacing = (2.0, 0.7, 0.7)
+    recs, labels = find_lesions(hm, 0.5, spacing, np.eye(4), min_size_mm2=0.0, opening_px=0)
+    ref, n = ndimage.label(hm > 0.5, structure=np.ones((3, 3, 3), bool))
+    assert len(recs) == n > 5
+    for r in recs:
+        comp = ref[labels == r["id"]]
+        k = int(comp[0])
+        assert (comp == k).all() and comp.size == np.count_nonzero(ref == k) == r["n_voxels"]
+        zs = np.nonzero(ref == k)[0]
+        assert (r["slice_start"], r["slice_end"]) == (zs.min(), zs.max())
+        assert r["max_residual"] == pytest.approx(float(hm[ref == k].max()))
+    assert ((labels > 0) == (ref > 0)).all()
+    empty, lab0 = find_lesions(np.zeros((3, 8, 8)), 0.5, spacing, np.eye(4))
+    assert empty == [] and lab0.shape == (3, 8, 8) and not lab0.any()
