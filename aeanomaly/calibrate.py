@@ -241,6 +241,48 @@ class Calibrator:
         """Fraction of the given normal scores flagged at the current threshold."""
         return float(np.mean(self.predict(np.asarray(normal_scores, dtype=float))))
 
+    def fpr_check(self, normal_scores, alpha: float = 0.05) -> dict:
+        """Whether new normal scans are flagged as often as the calibration normals allow.
+
+        With ``k`` of the ``n`` calibration scores at or below the threshold, a normal scan exchangeable
+        with them scores above the ``k``-th smallest calibration score with a probability that is
+        Beta(n + 1 − k, k) distributed over the draw of the calibration set (the argument of
+        :meth:`fpr_upper_bound`), so the number of ``m`` new normals above the threshold is at most
+        beta-binomial(m, n + 1 − k, k). ``p_excess`` is that distribution's tail at the observed count:
+        distribution-free (exchangeable, continuous scores), whatever the method, and it counts both
+        the new normals' and the calibration set's sampling spread. A small ``p_excess`` says these
+        normals score higher than the calibration normals did (another scanner, protocol or population):
+        the observed false-positive rate will exceed the target; recalibrate on normals like them.
+
+        Returns ``{"n_normal", "n_flagged", "observed_fpr", "ci95"`` (Clopper–Pearson interval of the
+        observed rate), ``"target_fpr", "p_excess", "p_shift"`` (one-sided Mann–Whitney U test that these
+        normals' scores are higher than the calibration normals', over all scores, not only the
+        threshold), ``"excess"`` (``p_excess < alpha``), ``"shifted"`` (``p_shift < alpha``)``}``; the rates
+        and p-values are None without a finite score. The rank test sees a shift of the whole distribution
+        with fewer normals than the count at the threshold needs; each flag alone is wrong in at most a
+        fraction ``alpha`` of checks of exchangeable normals.
+        """
+        self._check()
+        s = np.asarray(normal_scores, dtype=float).ravel()
+        s = s[np.isfinite(s)]
+        m = int(s.size)
+        x = int(np.sum(self.predict(s))) if m else 0
+        out = {"n_normal": m, "n_flagged": x, "observed_fpr": None, "ci95": None,
+               "target_fpr": float(self.target_fpr), "p_excess": None, "p_shift": None, "excess": False,
+               "shifted": False}
+        if m == 0:
+            return out
+        ci = stats.binomtest(x, m).proportion_ci(confidence_level=0.95, method="exact")
+        k = int(np.sum(self.scores_ <= self.threshold_))
+        if x == 0 or k == 0:  # nothing flagged, or a threshold below every calibration score flags all
+            p_excess = 1.0
+        else:
+            p_excess = float(stats.betabinom.sf(x - 1, m, self.n_ + 1 - k, k))
+        p_shift = float(stats.mannwhitneyu(s, self.scores_, alternative="greater").pvalue)
+        out.update(observed_fpr=x / m, ci95=[float(ci.low), float(ci.high)], p_excess=p_excess, p_shift=p_shift,
+                   excess=bool(p_excess < float(alpha)), shifted=bool(p_shift < float(alpha)))
+        return out
+
     def set_threshold(self, threshold: float, reason: str = "") -> "Calibrator":
         """Use a manual operating point; p-values stay those of the fitted distribution."""
         self._check()

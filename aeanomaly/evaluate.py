@@ -440,7 +440,9 @@ class Evaluation:
     def metrics(self) -> dict:
         """Everything metrics.json holds: ``scan`` (and ``slice``, ``pixel``,
         ``lesion_detection_by_size`` with masks; ``head``, ``scan_classifier``, ``scan_fused``,
-        ``organ_segmentation`` with a supervised head), plus the run's facts.
+        ``organ_segmentation`` with a supervised head; ``calibration_check``, the bundle calibrator's
+        :meth:`~aeanomaly.calibrate.Calibrator.fpr_check` of the normal scans, when there are any), plus
+        the run's facts.
 
         Raises
         ------
@@ -459,6 +461,9 @@ class Evaluation:
             "n_scans": len(self.rows), "n_errors": self.n_errors,
             "scan": classification_metrics(y, [r["scan_score"] for r in ok], [r["predicted"] for r in ok]),
         }
+        normal = [r["scan_score"] for r in ok if not r["label"]]
+        if normal:  # are these normals flagged as often as the calibration normals allow?
+            m["calibration_check"] = det.calibrator_.fpr_check(normal)
         head = self._head
         if head is not None:
             m["head"] = {"kind": head.kind, "classes": list(head.classes_),

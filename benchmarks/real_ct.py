@@ -203,17 +203,21 @@ def test_normals(methods, cal, items) -> dict:
 
     flagged = {n: [] for n in cal}
     false = {n: [] for n in cal}
+    scores = {n: [] for n in cal}
     for it in items:
         a, maps, _ = methods.maps(load_scan(it.path))
         for n in cal:
             s, agg = methods.scores(a, maps[n], n)
             if not np.isfinite(agg):
                 continue
+            scores[n].append(float(agg))
             flagged[n].append(bool(np.asarray(cal[n].scan.predict(agg)).ravel()[0]))
             _, labels = RM.lesions_of(methods.det, maps[n], a.prepared, cal[n])
             false[n].append(int(len(np.unique(labels[labels > 0]))))
     return {n: {"n_scans": len(flagged[n]), "observed_fpr": float(np.mean(flagged[n])) if flagged[n] else None,
-                "target_fpr": float(cal[n].target_fpr), "false_lesions_per_scan": float(np.mean(false[n])) if false[n] else None}
+                "target_fpr": float(cal[n].target_fpr), "false_lesions_per_scan": float(np.mean(false[n])) if false[n] else None,
+                # the product's check of these normals against the calibration normals (Calibrator.fpr_check)
+                "fpr_check": cal[n].scan.fpr_check(scores[n])}
             for n in cal}
 
 
@@ -326,7 +330,8 @@ def summary(variants: list[dict]) -> list[dict]:
                                       "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": [],
                                       "slice_auroc_matched": [], "region_area_auroc": [], "bv_tune": [], "bv_held": [],
                                       "bv_held8": [], "bv_held8_pm95": [], "bv_pixel_auprc": [], "bv_lesions_hit": 0,
-                                      "bv_lesions": 0, "sigma_mm": [], "slice_score": [], "tune_merit": []})
+                                      "bv_lesions": 0, "sigma_mm": [], "slice_score": [], "tune_merit": [],
+                                      "fpr_p_excess": [], "fpr_p_shift": []})
             d["folds"] += 1
             d["slice_auroc"].append(r["slice"]["auroc"])
             d["slice_auroc_pm95"].append(r["slice"]["auroc_pm95"])
@@ -340,6 +345,8 @@ def summary(variants: list[dict]) -> list[dict]:
             n = v["normals"].get(name, {})
             d["fpr"].append(n.get("observed_fpr"))
             d["false_per_normal"].append(n.get("false_lesions_per_scan"))
+            d["fpr_p_excess"].append((n.get("fpr_check") or {}).get("p_excess"))
+            d["fpr_p_shift"].append((n.get("fpr_check") or {}).get("p_shift"))
             b = v["test_b"]["test"]["methods"].get(name, {})
             d["b_held"].append((b.get("held_out_kinds") or {}).get("auroc"))
             d["b_held8"].append((b.get("held_out_kinds_ge8mm") or {}).get("auroc"))
@@ -360,7 +367,7 @@ def summary(variants: list[dict]) -> list[dict]:
             d["slice_score"].append(c.get("slice_score"))
             d["tune_merit"].append(c.get("merit"))  # the chosen setting's tune merit (other fold's volume)
     mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None  # noqa: E731
-    settings = ("sigma_mm", "slice_score")  # per fold, as chosen (not averaged)
+    settings = ("sigma_mm", "slice_score", "fpr_p_excess", "fpr_p_shift")  # per fold (not averaged)
     out = []
     for d in rows.values():
         out.append({k: (v if k in settings else mean(v) if isinstance(v, list) else v) for k, v in d.items()})

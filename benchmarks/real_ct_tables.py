@@ -44,6 +44,7 @@ COLUMNS = [
     ("false lesions / LIDC scan", "false_lesions", 1),
     ("false lesions / normal scan", "false_per_normal", 2),
     ("observed FPR", "fpr", 2),
+    ("FPR check p: excess / shift (per fold)", "fpr_check", None),
     ("B-volume held-out AUROC", "bv_held", 3),
     ("B-volume held-out ≥ 8 mm (±95 %)", "bv_held8", "pm:bv_held8_pm95"),
     ("B-volume pixel AUPRC", "bv_pixel_auprc", 3),
@@ -61,9 +62,20 @@ def _settings(r) -> str | None:
     return ", ".join(f"{'–' if a is None else f'{a:g}'} / {b}" for a, b in zip(sig or [], sc or []))
 
 
+def _fpr_check(r) -> str | None:
+    """Per fold, the p-values of Calibrator.fpr_check on the held-back normals: more flagged than the
+    calibration normals allow / scores shifted higher (small = not exchangeable with them)."""
+    ex, sh = r.get("fpr_p_excess") or [], r.get("fpr_p_shift") or []
+    if not any(v is not None for v in ex + sh):
+        return None
+    return ", ".join(f"{_f(a, 2)} / {_f(b, 2)}" for a, b in zip(ex, sh))
+
+
 def _cell(r, key, fmt):
     if key == "settings":
         return _settings(r)
+    if key == "fpr_check":
+        return _fpr_check(r)
     if key in ("noise", "precision"):
         return r.get(key)
     v = r.get(key)

@@ -171,3 +171,40 @@ def test_fpr_upper_bound_holds_with_its_probability_over_calibration_sets(method
     assert cal.set_threshold(-1.0).fpr_upper_bound() == 1.0 and cal.set_threshold(np.inf).fpr_upper_bound() == 0.0
     with pytest.raises(ConfigError, match="confidence"):
         cal.fpr_upper_bound(1.0)
+
+
+@pytest.mark.parametrize("method", ["empirical", "gamma"])
+def test_fpr_check_false_alarms_at_most_alpha_and_catches_shifted_normals(method):
+    """New normals exchangeable with the calibration ones: 'excess' in at most about 5 % of the draws of
+    calibration set and new normals (the beta-binomial tail counts both). Normals from a shifted
+    distribution (another scanner): 'excess' in most draws, and the rank test sees the shift."""
+    rng = np.random.default_rng(3)
+    dist = stats.gamma(2.0)
+    reps, alarms, shift_alarms, caught, shift_p = 300, 0, 0, 0, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(reps):
+            cal = Calibrator(method, 0.05).fit(dist.rvs(size=27, random_state=rng))
+            same = cal.fpr_check(dist.rvs(size=15, random_state=rng))
+            alarms += same["excess"]
+            shift_alarms += same["shifted"]
+            lo, hi = same["ci95"]
+            assert lo <= same["observed_fpr"] <= hi and same["n_normal"] == 15
+            moved = cal.fpr_check(dist.rvs(size=15, random_state=rng) + 4.0)
+            caught += moved["excess"]
+            shift_p.append(moved["p_shift"])
+    assert alarms / reps <= 0.05 + 0.02 and shift_alarms / reps <= 0.05 + 0.025
+    assert caught / reps >= 0.8 and np.median(shift_p) < 0.01
+
+
+def test_fpr_check_edge_cases():
+    cal = Calibrator("empirical", 0.05).fit(np.arange(40.0))
+    empty = cal.fpr_check([np.nan])
+    assert empty["n_normal"] == 0 and empty["observed_fpr"] is None and empty["excess"] is False
+    none = cal.fpr_check(np.arange(10.0))
+    assert none["n_flagged"] == 0 and none["p_excess"] == 1.0 and none["ci95"][0] == 0.0
+    allflag = cal.fpr_check(np.full(10, 100.0))
+    assert allflag["n_flagged"] == 10 and allflag["excess"] and allflag["p_excess"] < 1e-6
+    assert cal.set_threshold(np.inf).fpr_check(np.full(5, 1e9))["n_flagged"] == 0
+    low = Calibrator("empirical", 0.05).fit(np.arange(40.0)).set_threshold(-1.0)
+    assert low.fpr_check(np.arange(5.0))["p_excess"] == 1.0  # below every calibration score: all flagged, as expected

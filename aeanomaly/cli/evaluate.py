@@ -8,7 +8,7 @@ import click
 
 from ..errors import ConfigError
 from .common import (check_bundle, check_output_dir, deprecated_alias, handles_errors, quiet_warnings, report_unscored,
-                     say, start_tensorflow)
+                     say, start_tensorflow, warn)
 
 
 def _f(v) -> str:
@@ -97,6 +97,22 @@ def evaluate(bundle, normal_dir, abnormal_dir, labels_csv, masks_dir, organ_dir,
     s = metrics["scan"]
     say(quiet, f"scan AUROC {_f(s['auroc'])}, AUPRC {_f(s['auprc'])}, sensitivity {_f(s['sensitivity'])}, "
                f"specificity {_f(s['specificity'])} at target FPR {det.target_fpr_} (observed {_f(s['observed_fpr'])})")
+    check = metrics.get("calibration_check")
+    if check and check["observed_fpr"] is not None:
+        lo, hi = check["ci95"]
+        say(quiet, f"normal scans flagged: {check['n_flagged']} of {check['n_normal']} (95% CI {lo:.3f}–{hi:.3f}; "
+                   f"target {check['target_fpr']}, p = {check['p_excess']:.3g} against the calibration normals)")
+        advice = ("(another scanner, protocol or population?); recalibrate on normals like them: "
+                  f"aeanomaly calibrate {bundle} --normal-dir DIR")
+        if check["excess"]:
+            warn(f"{check['n_flagged']} of these {check['n_normal']} normal scans are labelled abnormal, more than "
+                 f"the bundle's calibration normals allow at target FPR {check['target_fpr']} (p = "
+                 f"{check['p_excess']:.3g}): these normals score higher than the ones the bundle was calibrated on "
+                 + advice)
+        elif check["shifted"]:
+            warn(f"these {check['n_normal']} normal scans score higher than the ones the bundle was calibrated on "
+                 f"(rank test p = {check['p_shift']:.3g}), so their false-positive rate may exceed the target "
+                 f"{check['target_fpr']} " + advice)
     if metrics.get("pixel"):
         say(quiet, f"pixel AUROC {_f(metrics['pixel']['pixel_auroc'])}, Dice {_f(metrics['pixel']['dice'])}")
     for key, what in (("scan_classifier", "classifier"), ("scan_fused", "fused")):

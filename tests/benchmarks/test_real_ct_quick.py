@@ -115,6 +115,9 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
         assert r["slice"]["n_pos"] > 0 and r["slice"]["n_neg"] > 0 and 0 <= r["slice"]["auroc"] <= 1
         assert r["n_nodules"] >= 1 and 0 <= r["nodules_hit"] <= r["n_nodules"] and r["time_s"] >= 0
     assert set(v["normals"]) == methods
+    chk = v["normals"]["dae"]["fpr_check"]  # the product's calibration check on the held-back normals
+    assert chk["n_normal"] == v["normals"]["dae"]["n_scans"] > 0 and 0 <= chk["p_excess"] <= 1
+    assert chk["observed_fpr"] == pytest.approx(v["normals"]["dae"]["observed_fpr"])
     tb = v["test_b"]["test"]["methods"]["dae"]
     assert set(tb["per_kind"]) <= set(RL.KINDS) and tb["per_kind"]
     assert set(v["test_b"]["tune"]["methods"]["dae"]["per_kind"]) <= set(RL.TUNING_KINDS)
@@ -141,6 +144,7 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     md = real_ct_tables.real_ct(d)
     assert "| dae+seg |" in md.replace("  ", " ") or "dae+seg" in md
     assert "| inference |" in md and "| bfloat16 |" in md
+    assert "FPR check p: excess / shift (per fold)" in md
 
 
 @pytest.mark.skipif(MISSING is not None, reason=str(MISSING))

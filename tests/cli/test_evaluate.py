@@ -103,3 +103,23 @@ def test_evaluate_read_only_or_full_disk_output(cli, one_error_line, fitted_bund
             "--overlays", 0)
     one_error_line(r, "No space left on device")
     assert list(full.iterdir()) == []
+
+
+def test_evaluate_warns_when_the_normals_score_higher_than_the_calibration_normals(cli, fitted_bundle, phantom_test,
+                                                                                    tmp_path):
+    """Scans with lesions given as normals stand in for normals of another site that score higher: one
+    warning line (also with --quiet) that says so and how to recalibrate; metrics.json holds the check.
+    The same bundle's own kind of normals (test_evaluate_writes_metrics) gives no warning."""
+    out = tmp_path / "ev"
+    r = cli("evaluate", fitted_bundle, "--normal-dir", phantom_test / "abnormal", "--out", out, "--overlays", 0,
+            "--quiet")
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "score higher than the ones the bundle" in lines[0]
+    assert f"aeanomaly calibrate {fitted_bundle} --normal-dir DIR" in lines[0]
+    check = json.loads((out / "metrics.json").read_text())["calibration_check"]
+    assert check["n_normal"] == 6 and (check["excess"] or check["shifted"])
+    assert check["ci95"][0] <= check["observed_fpr"] <= check["ci95"][1]
+    r = cli("evaluate", fitted_bundle, "--normal-dir", phantom_test / "abnormal", "--out", tmp_path / "ev2",
+            "--overlays", 0)
+    assert "normal scans flagged: " in r.stdout and "95% CI" in r.stdout
