@@ -52,7 +52,7 @@ demo: $(STAMP)
 # TEST_WORKERS pytest-xdist processes (0: in this process, serially). Test files are the unit of
 # distribution (--dist loadfile), so a module's fixtures (a fitted head, a Ray cluster) are built once.
 # On the 2-core CI machine two workers took the suites from 4:42 + 9:57 to 2:38 + 7:10 (clean clone; this
-# release's clean-clone run: 2:36 + 6:33):
+# release's clean-clone run: 2:16 + 5:40):
 # much of a test's time is one-threaded (imports, CLI subprocesses, tiny models that do not fill two cores).
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=10
