@@ -186,7 +186,7 @@ def find_lesions(
     if not connectivity3d:
         structure[[0, 2]] = False
     # Lesion voxels are a small part of a scan: label only the box that holds them (the same components;
-    # on a 300 × 256 × 256 heatmap 0.3 → 0.1 s), then place the labels back into the full volume.
+    # on a 300 × 256 × 256 heatmap 0.27 → 0.07 s), then place the labels back into the full volume.
     box = tuple(slice(*_extent(binary.any(axis=other))) for other in ((1, 2), (0, 2), (0, 1)))
     labels, n = ndimage.label(binary[box], structure=structure)
     if n == 0:

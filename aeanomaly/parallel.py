@@ -40,8 +40,8 @@ _blas_limiter = None
 
 
 def _release_openblas_control() -> None:
-    """threadpoolctl ≥ 3.7 lets only the first thread that limits OpenBLAS's process-wide pool change
-    it again (the others are silently ignored) until that thread clears it; :func:`single_threaded_blas`
+    """Recent threadpoolctl (3.8 here) lets only the first thread that limits OpenBLAS's process-wide pool
+    change it again (the others are silently ignored) until that thread clears it; :func:`single_threaded_blas`
     may set the limit in one thread and restore it in another, under its own lock, so it clears it."""
     import threadpoolctl
 
