@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .errors import ConfigError
-from .masks import disk_open
+from .masks import disk_open, true_extent
 from .scoring import as_volume, check_spacing
 
 #: Keys of one lesion record, in table order.
@@ -114,12 +114,6 @@ def _p_values(peaks: np.ndarray, normal_peaks) -> np.ndarray | None:
     return (1.0 + n_ge) / (ref.size + 1.0)
 
 
-def _extent(any_along: np.ndarray) -> tuple[int, int]:
-    """``(first, last + 1)`` of the True entries of a 1-D bool array; ``(0, 0)`` when there are none."""
-    idx = np.flatnonzero(any_along)
-    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
-
-
 def find_lesions(
     heatmap: np.ndarray,
     threshold: float,
@@ -187,7 +181,7 @@ def find_lesions(
         structure[[0, 2]] = False
     # Lesion voxels are a small part of a scan: label only the box that holds them (the same components;
     # on a 300 × 256 × 256 heatmap 0.27 → 0.07 s), then place the labels back into the full volume.
-    box = tuple(slice(*_extent(binary.any(axis=other))) for other in ((1, 2), (0, 2), (0, 1)))
+    box = tuple(slice(*true_extent(binary, other)) for other in ((1, 2), (0, 2), (0, 1)))
     labels, n = ndimage.label(binary[box], structure=structure)
     if n == 0:
         return [], np.zeros(np.shape(heatmap), dtype=np.int32)

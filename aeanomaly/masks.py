@@ -96,6 +96,13 @@ def fill_holes_2d(mask: np.ndarray) -> np.ndarray:
     return ~outside[lab]
 
 
+def true_extent(mask: np.ndarray, other_axes) -> tuple[int, int]:
+    """First and one-past-last index along the axis of the bool array ``mask`` not in ``other_axes``
+    where any entry is True; ``(0, 0)`` when none is: with each axis, the box that holds the mask."""
+    idx = np.flatnonzero(mask.any(axis=other_axes))
+    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
+
+
 def disk(radius: int) -> np.ndarray:
     """The digital disk of ``radius`` pixels: bool ``(2r+1, 2r+1)``, offsets with ``dy² + dx² ≤ r²``."""
     r = int(radius)

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import sparse
 
 from .errors import ConfigError
-from .masks import body_mask
+from .masks import body_mask, true_extent
 from .parallel import map_slices
 
 #: Window presets as (width, level) in HU.
@@ -166,13 +166,6 @@ def resample_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
 DENSE_UPSAMPLE_MAX = 2048
 
 
-def _support(nonzero: np.ndarray, other_axes) -> tuple[int, int]:
-    """First and one-past-last index along the axis of ``nonzero`` not in ``other_axes`` where any
-    entry is True; ``(0, 0)`` when none is."""
-    idx = np.flatnonzero(nonzero.any(axis=other_axes))
-    return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
-
-
 def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
     """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` (float32): a block mean for integer
     downsampling factors, dense products with the interpolation matrices for upsampling, else
@@ -198,11 +191,11 @@ def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
         rx = resample_matrix(nx, out_x).toarray().astype(np.float32)
         out = np.zeros((z, out_y, out_x), np.float32)
         nz = a != 0
-        (y0, y1), (x0, x1) = _support(nz, (0, 2)), _support(nz, (0, 1))
+        (y0, y1), (x0, x1) = true_extent(nz, (0, 2)), true_extent(nz, (0, 1))
         if y1 == y0:
             return out
         ry, rx = ry[:, y0:y1], rx[:, x0:x1]
-        (oy0, oy1), (ox0, ox1) = _support(ry != 0, 1), _support(rx != 0, 1)
+        (oy0, oy1), (ox0, ox1) = true_extent(ry != 0, 1), true_extent(rx != 0, 1)
         ry, rx = ry[oy0:oy1], rx[ox0:ox1]
         wide = np.matmul(a[:, y0:y1, x0:x1], rx.T)
         for k in range(z):  # one product per slice: numpy's broadcast matmul of (out_y, ny) is 3× slower

@@ -139,8 +139,9 @@ def batch_seconds_per_scan(det, paths: list, out_dir: Path) -> dict:
 
     def run(prefetch: bool) -> float:
         t0 = time.perf_counter()
-        for i, (_, res) in enumerate(det.iter_scores(paths, prefetch=prefetch, errors=())):
-            write_scan_outputs(res, f"scan{i}", out_dir, heatmaps="nifti", overlays=0)
+        # a plain loop, as the CLI's: an enumerate() wrapper would keep the previous result alive
+        for path, res in det.iter_scores(paths, prefetch=prefetch, errors=()):
+            write_scan_outputs(res, path.name.split(".")[0], out_dir, heatmaps="nifti", overlays=0)
             del res
         return (time.perf_counter() - t0) / len(paths)
 
