@@ -64,8 +64,11 @@ class HUWindow:
 
     def apply(self, hu: np.ndarray) -> np.ndarray:
         """Map HU to [0, 1] float32 with clipping (any shape)."""
-        out = (np.asarray(hu, dtype=np.float32) - np.float32(self.low)) / np.float32(self.width)
-        return np.clip(out, 0.0, 1.0)
+        # one new array, divided and clipped in place: the two temporaries of the plain expression cost
+        # more than the arithmetic on full-resolution slices (fresh pages), the same values
+        out = np.asarray(np.subtract(np.asarray(hu, dtype=np.float32), np.float32(self.low), dtype=np.float32))
+        np.divide(out, np.float32(self.width), out=out)
+        return np.clip(out, 0.0, 1.0, out=out)
 
     def to_hu(self, x01: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`apply` inside the window (HU, float32)."""
@@ -256,7 +259,8 @@ def mask_to_model_grid(mask: np.ndarray, size: int) -> np.ndarray:
     (the same decision as the area mean, without the float32 copy of the full-resolution mask). The
     count adds the ``f²`` strided sub-grids as uint8 (int32 from 16 × 16 blocks): 15× faster than a
     bool ``sum`` over the block axes at 512 → 256 px."""
-    m = np.asarray(mask) > 0
+    m = np.asarray(mask)
+    m = m if m.dtype == bool else m > 0  # a bool mask is read as it is: no full-resolution copy
     if m.ndim == 2:
         m = m[None]
     z, ny, nx = m.shape

@@ -161,8 +161,19 @@ def test_body_mask_matches_the_whole_slice_procedure():
     edge[0, 15:20, 5:10] = -900.0
     rng = np.random.default_rng(5)
     blobs = np.where(ndimage.gaussian_filter(rng.random((4, 48, 48)), (0, 2, 2)) > 0.5, 40.0, -1000.0)
-    for v in (vol, edge, blobs.astype(np.float32)):
+    # the steps run inside the box of the tissue pixels: tissue across the whole width (a table), in
+    # one corner pixel, two equal blobs (the largest is the first in raster order), none at all
+    wide = np.full((1, 40, 40), -1000.0, np.float32)
+    wide[0, 10:30, 8:30] = 40.0
+    wide[0, 34:36, :] = 40.0
+    corner = np.full((1, 30, 30), -1000.0, np.float32)
+    corner[0, 20:28, 20:28], corner[0, 0, 0] = 40.0, 40.0
+    twins = np.full((1, 40, 40), -1000.0, np.float32)
+    twins[0, 25:33, 5:13], twins[0, 5:13, 25:33] = 40.0, 40.0
+    empty = np.full((1, 20, 20), -1000.0, np.float32)
+    for v in (vol, edge, blobs.astype(np.float32), wide, corner, twins, empty):
         got = body_mask(v)
         for k in range(len(v)):
             np.testing.assert_array_equal(got[k], reference(v[k]))
+    assert body_mask(twins)[0, 8, 28] and not body_mask(twins)[0, 28, 8]
     assert body_mask(vol)[0, 32, 32]  # the air pocket is filled

@@ -145,8 +145,11 @@ def save_slabs_like_input(path: str | os.PathLike, slab: Callable[[int, int], np
                 part = np.asarray(slab(lo, hi), dtype=dtype)
                 if part.shape != (hi - lo, ny, nx):
                     raise ValueError(f"slab({lo}, {hi}) returned shape {part.shape}, expected {(hi - lo, ny, nx)}")
-                if back is None:  # (x, y, z) in Fortran order is the slab's own (z, y, x) buffer: no copy
-                    f.write(memoryview(np.ascontiguousarray(part)).cast("B"))
-                else:
-                    f.write(nio.apply_orientation(part.transpose(2, 1, 0), back).tobytes(order="F"))
+                xyz = part.transpose(2, 1, 0)
+                if back is not None:
+                    xyz = nio.apply_orientation(xyz, back)
+                # (x, y, z) in Fortran order is the slab's own (z, y, x) buffer when the file's axes are
+                # the internal ones (LPS, as ITK and most DICOM converters write): written without a copy;
+                # flipped or permuted axes are copied once into file order
+                f.write(memoryview(np.asfortranarray(xyz).T).cast("B"))
     return Path(path)

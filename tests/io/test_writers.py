@@ -138,11 +138,13 @@ def test_save_nifti_round_trips_data_and_geometry(tmp_path, name):
 
 
 def _reoriented_input(tmp_path, seed):
-    """``in.nii.gz``: int16 data ``(i, j, k)`` under an affine with permuted, flipped axes; its Scan."""
-    rng = np.random.default_rng(seed)
+    """``in.nii.gz``: int16 data ``(i, j, k)`` under an affine with permuted, flipped axes; its Scan.
+    ``seed="lps"``: axes already the internal grid's (L, P, S), as ITK and most converters write."""
+    rng = np.random.default_rng(0 if seed == "lps" else seed)
     data = rng.integers(-1000, 1000, (34, 36, 33)).astype(np.int16)  # the file's (i, j, k)
     aff = np.eye(4)
-    aff[:3, :3] = (np.eye(3)[:, rng.permutation(3)] * rng.choice([-1.0, 1.0], 3)) @ np.diag(rng.uniform(0.5, 3, 3))
+    aff[:3, :3] = (np.diag([-0.7, -0.8, 2.5]) if seed == "lps" else
+                   (np.eye(3)[:, rng.permutation(3)] * rng.choice([-1.0, 1.0], 3)) @ np.diag(rng.uniform(0.5, 3, 3)))
     aff[:3, 3] = rng.uniform(-100, 100, 3)
     src = tmp_path / "in.nii.gz"
     nib.save(nib.Nifti1Image(data, aff), str(src))
@@ -172,16 +174,19 @@ def test_a_failed_nifti_write_keeps_the_old_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.nii.gz"]
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", [*range(8), "lps"])
 @pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
 def test_save_slabs_like_input_writes_the_same_file_as_the_whole_volume(tmp_path, seed, ext):
     """The streamed write (slab by slab, slabs shorter than the scan) gives byte for byte the data and
     header of the whole-volume write, for flipped and permuted inputs (the slice axis as the file's
-    third axis, streamed, or not, assembled)."""
+    third axis, streamed, or not, assembled) and for a file already in the internal axes (each slab
+    written from its own buffer)."""
     import gzip
 
     from aeanomaly.io.writers import save_slabs_like_input
     data, aff, scan = _reoriented_input(tmp_path, seed)
+    if seed == "lps":
+        assert nib.aff2axcodes(aff) == ("L", "P", "S")
     vol = (scan.hu / 7.0).astype(np.float32)
     calls = []
 
