@@ -13,8 +13,10 @@ ratios compare like with like on a shared machine.
    BatchNormalization folded at inference, no normalisation) at 128 and 256 px: inference through
    ``inference_model`` in a ``tf.function`` (as the detector runs it) and a training step; slices/s,
    GFLOP/s (convolutions counted from the layers) and their fraction of sgemm.
-3. The ``score`` pipeline on a 512×512×N NIfTI phantom at 256 px with a bundle fitted through
-   ``AnomalyDetector.fit`` (per architecture asked for): stages timed through public calls —
+3. The ``score`` pipeline on a 512×512×N NIfTI phantom at each grid of ``--sizes`` (default: ``fit``'s
+   default grid, 128 px, for every architecture asked for, and 256 px, the grid of the runs before, for
+   the default architecture) with a bundle fitted through ``AnomalyDetector.fit``: stages timed through
+   public calls —
    ``load_scan``, ``prepare``, ``reconstruct``, ``analyse_prepared``; ``score_scan`` end to end
    (the remainder is calibration + lesion localisation); ``aeanomaly.io.results.write_scan_outputs`` (the NIfTI heatmap, as ``aeanomaly score`` writes it).
    Its ratio to the bare inference of (2), and the **compute floor**: the model's GFLOP per slice ×
@@ -23,11 +25,11 @@ ratios compare like with like on a shared machine.
    bfloat16: bare inference against TensorFlow's bfloat16 GEMM in the same run, and the pipeline with the
    bundle recalibrated in bfloat16 (``AnomalyDetector.recalibrate``, what ``calibrate --precision`` runs),
    whose compute floor is at that GEMM rate.
-   A batch of ``--batch`` copies of the scan through ``AnomalyDetector.iter_scores`` (what ``aeanomaly
+   At the default grid, a batch of ``--batch`` copies of the scan through ``AnomalyDetector.iter_scores`` (what ``aeanomaly
    score`` runs), each heatmap written before the next result is taken, with the next scan read and
    prepared in a thread meanwhile and without: seconds per scan and their ratio to bare inference; and
    ``aeanomaly score`` of the whole batch for its peak RSS (two scans in memory).
-4. The same network in PyTorch (weights copied, outputs compared) on the same slices.
+4. The same network in PyTorch (weights copied, outputs compared) on the same slices, at each grid.
 5. Peak RSS and the targets of issue 16.
 """
 
@@ -65,13 +67,18 @@ def make_volume_nifti(path: Path, n_slices: int, seed: int = 0) -> dict:
     return {"shape_zyx": list(hu.shape), "spacing_mm": [1.0, 0.7, 0.7], "file_mib": path.stat().st_size / 2**20}
 
 
+def fit_phantoms(work: Path, size: int) -> Path:
+    """The folder of the normal chest phantoms that the bundles at ``size`` px are fitted on."""
+    return work / f"fit_phantoms{size}"
+
+
 def fit_bundle(work: Path, size: int, n_scans: int, epochs: int, norm: str) -> Path:
     """A real bundle at ``size`` px with normalisation ``norm``, fitted through ``AnomalyDetector.fit``
     on small chest phantoms (quality is irrelevant here; weights and calibration are real)."""
     from aeanomaly.datasets.synthetic import write_phantom_set
     from aeanomaly.detector import AnomalyDetector
 
-    data = work / "fit_phantoms"
+    data = fit_phantoms(work, size)
     if not data.exists():
         write_phantom_set(data, n_scans, 0, "chest", seed=1, shape=(10, size, size),
                           spacing=(2.5, 350.0 / size, 350.0 / size))
@@ -90,7 +97,7 @@ def recalibrated(bundle: Path, work: Path, precision: str) -> Path:
     from aeanomaly.detector import AnomalyDetector
 
     det = AnomalyDetector.load(bundle)
-    det.recalibrate(sorted((work / "fit_phantoms" / "normal").glob("*.nii.gz")), precision=precision)
+    det.recalibrate(sorted((fit_phantoms(work, det.size) / "normal").glob("*.nii.gz")), precision=precision)
     out = work / f"{bundle.name}-{precision}"
     det.save(out)
     return out
@@ -356,6 +363,9 @@ def main(argv=None) -> None:
                     help="inference arithmetic: the default architecture's bare network and every score pipeline "
                          "are timed in each (a bfloat16 bundle is the float32 one recalibrated, as "
                          "`aeanomaly calibrate --precision bfloat16` does)")
+    ap.add_argument("--sizes", nargs="+", type=int, default=None,
+                    help="model grids (px) of the timed score pipelines: every architecture at the first, the "
+                         "default architecture at the others (default: fit's default grid, then 256)")
     ap.add_argument("--batch", type=int, default=None,
                     help="scans of a batch scored one after the other with the default architecture, with and "
                          "without prefetching the next (default 3; quick 2; 1 = none)")
@@ -369,8 +379,13 @@ def main(argv=None) -> None:
     reps = args.repeats or (2 if quick else 3)
     n_batch = args.batch or (2 if quick else 3)
     name = args.out or ("speed_quick" if quick else "speed")
+    from aeanomaly.config import TrainConfig
+
+    default_size = TrainConfig().size
+    sizes = list(dict.fromkeys(args.sizes or [default_size, 256]))
     result: dict = {"benchmark": "speed", "machine": {**_perf.machine_info(), **_perf.shared_machine_note()},
-                    "config": {"scan_shape_zyx": [n_slices, 512, 512], "model_size_px": 256, "repeats": reps, "batch": n_batch,
+                    "config": {"scan_shape_zyx": [n_slices, 512, 512], "pipeline_sizes_px": sizes,
+                               "default_size_px": default_size, "repeats": reps, "batch": n_batch,
                                "archs": args.archs}}
 
     print("[speed] numpy sgemm", flush=True)
@@ -384,7 +399,7 @@ def main(argv=None) -> None:
 
     # ---- 2. the bare network per architecture ------------------------------------------------
     nets: dict = {}
-    for size in (128, 256):
+    for size in sorted(set(sizes) | {128, 256}):
         for label in args.archs:
             r = _perf.network_rates(size, _perf.ARCHITECTURES[label], batch_size=32, repeats=reps)
             nets[f"{size}px {label}"] = r
@@ -404,7 +419,7 @@ def main(argv=None) -> None:
     # tables.py reads bare_predict[<size>px] of the release default
     result["bare_predict"] = {f"{s}px": {"slices_per_s": nets[f"{s}px {args.archs[0]}"]["infer_slices_per_s"],
                                          "achieved_gflops": nets[f"{s}px {args.archs[0]}"]["infer_gflops"],
-                                         "arch": args.archs[0]} for s in (128, 256)}
+                                         "arch": args.archs[0]} for s in sorted(set(sizes) | {128, 256})}
 
     # ---- 3. the score pipeline ---------------------------------------------------------------
     from aeanomaly.detector import AnomalyDetector
@@ -416,18 +431,22 @@ def main(argv=None) -> None:
         scan_path = work / "scan512.nii.gz"
         print(f"[speed] writing the 512×512×{n_slices} phantom", flush=True)
         result["config"]["scan"] = make_volume_nifti(scan_path, n_slices)
-        for label in args.pipeline_archs or args.archs:
+        runs = [(size, label) for size in sizes
+                for label in ((args.pipeline_archs or args.archs) if size == sizes[0] else args.archs[:1])]
+        for size, label in runs:
             norm = _perf.ARCHITECTURES[label]["norm"]
-            print(f"[speed] fitting a 256-px bundle, {label}", flush=True)
-            bundle, t_fit = _t(lambda: fit_bundle(work, 256, n_scans=4 if quick else 6, epochs=1, norm=norm))
+            default_run = size == sizes[0] and label == args.archs[0]
+            print(f"[speed] fitting a {size}-px bundle, {label}", flush=True)
+            bundle, t_fit = _t(lambda: fit_bundle(work, size, n_scans=4 if quick else 6, epochs=1, norm=norm))
             for prec in args.precisions:
-                key = label if prec == "float32" else f"{label}, {prec}"
-                bare = nets.get(f"256px {key}")
+                bare_key = label if prec == "float32" else f"{label}, {prec}"
+                key = f"{size}px {bare_key}"
+                bare = nets.get(key)
                 if bare is None:  # other precisions are timed bare for the default architecture only
                     continue
                 b = bundle if prec == "float32" else recalibrated(bundle, work, prec)
-                p = pipeline_in_child(b, scan_path, work, reps, n_batch if label == args.archs[0] else 0)
-                p["cli_score"] = cli_score(b, scan_path, work / f"cli-{norm}-{prec}")
+                p = pipeline_in_child(b, scan_path, work, reps, n_batch if default_run else 0)
+                p["cli_score"] = cli_score(b, scan_path, work / f"cli-{size}-{norm}-{prec}")
                 print(f"  {key}: aeanomaly score {p['cli_score']['wall_s']:.1f} s, peak RSS "
                       f"{p['cli_score']['peak_rss_mib']:.0f} MiB", flush=True)
                 if p.get("batch"):  # the whole batch through the command: its peak with two scans in memory
@@ -437,7 +456,7 @@ def main(argv=None) -> None:
                         else result["bf16_gemm"]["gflops_best"])
                 floor = bare["gflop_per_slice"] * p["n_slices_scored"] / peak
                 p.update({
-                    "precision": prec, "bundle_fit_s": t_fit, "slices_per_s": p["n_slices_scored"] / p["total_s"],
+                    "size_px": size, "precision": prec, "bundle_fit_s": t_fit, "slices_per_s": p["n_slices_scored"] / p["total_s"],
                     "ratio_to_bare_infer": (p["n_slices_scored"] / p["total_s"]) / bare["infer_slices_per_s"],
                     "heatmap_write_fraction": p["stages_s"]["write heatmap (resample to input grid + NIfTI)"] / p["total_s"],
                     "compute_floor_s": floor, "over_compute_floor": p["total_s"] / floor,
@@ -467,24 +486,27 @@ def main(argv=None) -> None:
                     pkg = _perf.timed(lambda: det.reconstruct(x), repeats=reps)
                     tp["package_infer_slices_per_s"] = len(x) / pkg["median_s"]
                     tp["package_infer_over_torch"] = tp["package_infer_slices_per_s"] / tp["best_slices_per_s"]
-                    mine = {q["precision"]: q for k, q in pipelines.items() if k == label or k.startswith(f"{label}, ")}
+                    mine = {q["precision"]: q for k, q in pipelines.items()
+                            if k == f"{size}px {label}" or k.startswith(f"{size}px {label}, ")}
                     if "float32" in mine:
                         tp["pipeline_over_torch_infer"] = mine["float32"]["slices_per_s"] / tp["best_slices_per_s"]
                     if mine:
                         fastest = max(mine.values(), key=lambda q: q["slices_per_s"])
                         tp["fastest_pipeline"] = fastest["precision"]
                         tp["fastest_pipeline_over_torch_infer"] = fastest["slices_per_s"] / tp["best_slices_per_s"]
-                result["pytorch_peer"] = tp
-                print(f"  PyTorch peer: {tp.get('best_slices_per_s', float('nan')):.1f} sl/s", flush=True)
+                result.setdefault("pytorch_peer_by_size", {})[f"{size}px"] = tp
+                if size == sizes[0]:
+                    result["pytorch_peer"] = tp
+                print(f"  PyTorch peer at {size} px: {tp.get('best_slices_per_s', float('nan')):.1f} sl/s", flush=True)
             _perf.write_json(name, {**result, "pipelines": pipelines, "complete": False})
     finally:
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)
     result["pipelines"] = pipelines
-    first = pipelines.get(args.archs[0]) or next(iter(pipelines.values()), None)
-    if first:  # tables.py reads "pipeline"
-        result["pipeline"] = {**first, "ratio_to_bare_predict_256": first["ratio_to_bare_infer"]}
+    first = pipelines.get(f"{sizes[0]}px {args.archs[0]}") or next(iter(pipelines.values()), None)
+    if first:  # the default's pipeline at the default grid
+        result["pipeline"] = first
 
     # ---- 5. targets ----------------------------------------------------------------------------
     targets: dict = {}
@@ -512,13 +534,13 @@ def main(argv=None) -> None:
         if cli["exit_code"] == 0 and cli["peak_rss_mib"] is not None:  # for 300 slices: a shorter scan cannot meet it
             targets[f"{label}: score_cli_peak_rss_le_2GiB ({n_slices} slices)"] = {
                 "value": cli["peak_rss_mib"], "met": cli["peak_rss_mib"] <= 2048 and n_slices >= 300}
-    tp = result.get("pytorch_peer") or {}
-    if tp.get("pipeline_over_torch_infer") is not None:
-        targets["pipeline_ge_1.5x_pytorch_peer"] = {"value": tp["pipeline_over_torch_infer"],
-                                                    "met": tp["pipeline_over_torch_infer"] >= 1.5}
-    if tp.get("fastest_pipeline", "float32") != "float32":
-        targets[f"pipeline_ge_1.5x_pytorch_peer ({tp['fastest_pipeline']})"] = {
-            "value": tp["fastest_pipeline_over_torch_infer"], "met": tp["fastest_pipeline_over_torch_infer"] >= 1.5}
+    for grid, tp in (result.get("pytorch_peer_by_size") or {}).items():
+        if tp.get("pipeline_over_torch_infer") is not None:
+            targets[f"{grid}: pipeline_ge_1.5x_pytorch_peer"] = {"value": tp["pipeline_over_torch_infer"],
+                                                                 "met": tp["pipeline_over_torch_infer"] >= 1.5}
+        if tp.get("fastest_pipeline", "float32") != "float32":
+            targets[f"{grid}: pipeline_ge_1.5x_pytorch_peer ({tp['fastest_pipeline']})"] = {
+                "value": tp["fastest_pipeline_over_torch_infer"], "met": tp["fastest_pipeline_over_torch_infer"] >= 1.5}
     result["targets"] = targets
     result["peak_rss_mib"] = {"this_process": _perf.peak_rss_mib()}
     result["machine"]["load_avg_at_end"] = _perf.load_avg()

@@ -145,8 +145,11 @@ def speed(d: dict) -> str:
                      f(p.get("extrapolated_300_slices_s"), 1)])
     if prow:
         stages = list(next(iter(d["pipelines"].values())).get("stages_s", {}))
+        grids = (f"{c['model_size_px']} px" if "model_size_px" in c  # runs before the grid was in each row's name
+                 else "the grid in each row's name (" + ", ".join(f"{g} px" for g in c.get("pipeline_sizes_px", []))
+                 + "; the first is `fit`'s default)")
         out += ["", f"`score` pipeline on a {'×'.join(map(str, sc[::-1])) if sc else '?'} NIfTI at "
-                    f"{c.get('model_size_px', 256)} px, seconds per scan by stage"
+                    f"{grids}, seconds per scan by stage"
                     + (" (the compute floor at the run's sgemm rate, for bfloat16 at its bfloat16 GEMM rate)" if bf16
                        else "") + ":", "",
                 table(["network", "total", *stages, "÷ bare inference", "heatmap write share", "compute floor (s)",
@@ -168,6 +171,18 @@ def speed(d: dict) -> str:
                     f"`aeanomaly score` of the {n} scans (prefetch on, its default):", "",
                 table(["network", "one at a time (s/scan)", "prefetch (s/scan)", "speed-up", "÷ bare inference",
                        "÷ bare inference, prefetch", "batch peak RSS (MiB)"], batch)]
+    peers = d.get("pytorch_peer_by_size") or ({"": d["pytorch_peer"]} if d.get("pytorch_peer") else {})
+    prow = [[grid or "–", f(tp.get("best_slices_per_s"), 1), f(tp.get("package_infer_slices_per_s"), 1),
+             f(tp.get("package_infer_over_torch"), 2), f(tp.get("pipeline_over_torch_infer"), 2),
+             f"{f(tp.get('fastest_pipeline_over_torch_infer'), 2)} ({tp.get('fastest_pipeline', '–')})"]
+            for grid, tp in peers.items() if not tp.get("skipped")]
+    if prow:
+        tp0 = next(iter(peers.values()))
+        out += ["", f"PyTorch peer on the same weights (torch {tp0.get('torch', '?')}, {tp0.get('threads', '?')} threads, "
+                    "the faster of NCHW and channels-last; its outputs compared with the Keras model's), on the "
+                    "scan's first 64 slices:", "",
+                table(["grid", "peer inference (slices/s)", "package inference, float32 (slices/s)", "package ÷ peer",
+                       "float32 pipeline ÷ peer inference", "fastest pipeline ÷ peer inference"], prow)]
     tr = _targets(d.get("targets", {}))
     rss = d.get("peak_rss_mib", {}).get("this_process")
     if rss:

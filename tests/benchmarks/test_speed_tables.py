@@ -43,3 +43,20 @@ def test_speed_table_shows_the_batch_with_and_without_prefetch():
     assert "A batch of 3 such scans" in md
     assert "| batch | 11.00 | 10.00 | 1.10 | 0.55 | 0.60 | 2400 |" in md
     assert "| none | 11" not in md  # a pipeline without a batch run has no batch row
+
+
+def test_speed_table_names_each_pipeline_grid_and_the_peer_per_grid():
+    d = {"config": {"scan_shape_zyx": [300, 512, 512], "pipeline_sizes_px": [128, 256]},
+         "numpy_sgemm": {"gflops_median": 100.0}, "networks": {"128px batch": _net("float32", 160.0, 0.8, train=40.0)},
+         "pipelines": {"128px batch": {"total_s": 4.0, "stages_s": {"infer": 1.6}, "ratio_to_bare_infer": 0.45},
+                       "256px batch": {"total_s": 9.0, "stages_s": {"infer": 6.0}, "ratio_to_bare_infer": 0.7}},
+         "pytorch_peer_by_size": {
+             "128px": {"torch": "2.5", "threads": 2, "best_slices_per_s": 70.0, "package_infer_slices_per_s": 180.0,
+                       "package_infer_over_torch": 2.57, "pipeline_over_torch_infer": 1.07,
+                       "fastest_pipeline": "bfloat16", "fastest_pipeline_over_torch_infer": 1.3},
+             "256px": {"skipped": True}}}
+    md = tables.speed(d)
+    assert "NIfTI at the grid in each row's name (128 px, 256 px; the first is `fit`'s default)" in md
+    assert "| 128px batch | 4.00 | 1.60 | 0.45 |" in md and "| 256px batch | 9.00 | 6.00 | 0.70 |" in md
+    assert "| 128px | 70.0 | 180.0 | 2.57 | 1.07 | 1.30 (bfloat16) |" in md
+    assert "| 256px |" not in md  # a skipped peer has no row
