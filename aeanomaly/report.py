@@ -71,7 +71,10 @@ def save_figure(path: PathLike, build: Callable[[], Figure] | Figure, dpi: int |
         raise ConfigError(f"expected a matplotlib Figure, got {type(fig).__name__}", path=path)
     try:
         with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, format="png", dpi=fig.dpi if dpi is None else dpi, facecolor="white")
+            # zlib level 1 instead of Pillow's 6: a 512 × 512 overlay encodes in 0.16 s instead of 0.22 s
+            # for a file about 10 % larger (three overlays per scored scan by default)
+            fig.savefig(tmp, format="png", dpi=fig.dpi if dpi is None else dpi, facecolor="white",
+                        pil_kwargs={"compress_level": 1})
     except OSError as err:
         raise AeAnomalyError(f"cannot write PNG ({err.strerror or err})", path=path) from err
     return Path(path)
