@@ -175,3 +175,38 @@ def shared_machine_note() -> dict:
     return {"shared_machine": True, "load_avg_at_start": load_avg(), "cpus": usable_cpus(),
             "note": "the CPUs were shared with other agents' work during this run: absolute times vary "
                     "between runs; compare ratios within one run (same process, same minutes)"}
+
+
+#: Runs ``aeanomaly`` (``python -m aeanomaly.cli``) unchanged and, at exit, copies the process's
+#: /proc/self/status (VmHWM: the peak RSS of this program's own memory) to $AEANOMALY_BENCH_STATUS.
+_CLI_WITH_PEAK = (
+    "import atexit, os, runpy, shutil, sys\n"
+    "atexit.register(shutil.copyfile, '/proc/self/status', os.environ['AEANOMALY_BENCH_STATUS'])\n"
+    "sys.argv[0] = 'aeanomaly'\n"
+    "runpy.run_module('aeanomaly.cli', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def run_cli(args: list[str], status_file: Path) -> dict:
+    """``aeanomaly ARGS`` as a user runs it, in a child process: wall time (TensorFlow's start included)
+    and the child's peak RSS.
+
+    The peak is the child's own ``VmHWM`` (copied by the child at exit to ``status_file``), not
+    ``ru_maxrss`` of ``wait4``: Linux carries the forking parent's high-water mark into the child's
+    ``ru_maxrss`` at ``exec``, so from a benchmark process of several GiB it reported the benchmark's
+    peak, not the command's."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CLI_WITH_PEAK, *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env={**os.environ, "AEANOMALY_BENCH_STATUS": str(status_file)})
+    wall = time.perf_counter() - t0
+    err = proc.stderr.decode(errors="replace")[-400:]
+    peak = None
+    if status_file.exists():
+        for line in status_file.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024.0
+        status_file.unlink()
+    return {"wall_s": wall, "peak_rss_mib": peak, "peak_rss_source": "VmHWM of the child at exit",
+            "exit_code": proc.returncode, **({"stderr_tail": err} if proc.returncode else {})}

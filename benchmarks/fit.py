@@ -17,6 +17,11 @@ checkpoint). Per size and architecture:
 3. the targets of issue 16 (≥ 30 slices/s at 128 px, ≥ 8 at 256 px, training ≥ 40 % of sgemm,
    checkpoint < 5 % of an epoch) and the compute floor: slices/s the run's sgemm rate allows for the
    model's training FLOPs.
+
+Then the memory of ``fit`` as users run it: ``aeanomaly fit --quiet`` (fit's defaults, one epoch) on N
+and on 10N normal chest phantoms of 512 × 512 slices, each in a child process, with the child's peak
+RSS (``VmHWM``). Target: 10N ≤ 1.2 × N (``--memory-scans N``, default 4, the fewest ``fit`` splits;
+0 skips it).
 """
 
 from __future__ import annotations
@@ -83,6 +88,33 @@ def fit_run(size: int, arch: dict, n_slices: int, epochs: int, batch_size: int, 
     }
 
 
+def fit_memory(n_scans: int, work: Path, slices_per_scan: int = 10) -> dict:
+    """Peak RSS of ``aeanomaly fit --quiet --epochs 1`` on ``n_scans`` and on ``10 · n_scans`` normal
+    chest phantoms (512 × 512 slices, as real CT; the first ``n_scans`` shared), each in a child process."""
+    from aeanomaly.datasets.synthetic import write_phantom_set
+
+    out: dict = {"slices_per_scan": slices_per_scan, "slice_px": 512, "epochs": 1}
+    data = work / "memory_phantoms"
+    write_phantom_set(data, 10 * n_scans, 0, "chest", seed=3, shape=(slices_per_scan, 512, 512),
+                      spacing=(5.0, 0.7, 0.7))
+    paths = sorted((data / "normal").glob("*.nii.gz"))
+    for n in (n_scans, 10 * n_scans):
+        folder = work / f"normals{n}"
+        folder.mkdir()
+        for q in paths[:n]:
+            (folder / q.name).symlink_to(q)
+        r = _perf.run_cli(["fit", "--normal-dir", str(folder), "--out", str(work / f"bundle{n}"), "--epochs", "1",
+                           "--quiet"], work / f".fit{n}-status")
+        out[f"{n}_scans"] = {**r, "scans": n}
+        print(f"aeanomaly fit on {n} scans of {slices_per_scan} slices: {r['wall_s']:.1f} s, peak RSS "
+              f"{r['peak_rss_mib']} MiB (exit {r['exit_code']})", flush=True)
+        if r["exit_code"]:
+            raise RuntimeError(f"aeanomaly fit failed: {r.get('stderr_tail')}")
+    small, big = out[f"{n_scans}_scans"]["peak_rss_mib"], out[f"{10 * n_scans}_scans"]["peak_rss_mib"]
+    out["ratio_10x_data"] = big / small
+    return out
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few slices and epochs (results/fit_quick.json)")
@@ -92,8 +124,13 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     ap.add_argument("--archs", nargs="+", default=list(_perf.ARCHITECTURES), choices=list(_perf.ARCHITECTURES))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-scans", type=int, default=None,
+                    help="N of the fit-memory run (N and 10N scans; default 4, the fewest fit accepts; 0 skips it)")
     ap.add_argument("--out", default=None, help="results/<OUT>.json")
     args = ap.parse_args(argv)
+    n_memory = 4 if args.memory_scans is None else args.memory_scans
+    if 0 < n_memory < 4:
+        ap.error("--memory-scans: fit needs at least 4 normal scans (train, validation, calibration)")
     n_slices = args.slices or (64 if args.quick else 400)
     epochs = args.epochs or (2 if args.quick else 3)
     name = args.out or ("fit_quick" if args.quick else "fit")
@@ -126,6 +163,8 @@ def main(argv=None) -> None:
                       f"({run['checkpoint_fraction_of_1000_slice_epoch']:.2%} of a 1000-slice one) | "
                       f"floor {run['compute_floor_slices_per_s']:.0f} sl/s", flush=True)
                 _perf.write_json(name, results)
+        if n_memory > 0:
+            results["fit_memory"] = fit_memory(n_memory, Path(tmp))
     targets = {}
     for key, r in results["runs"].items():
         size = int(key.split("px")[0])
@@ -138,6 +177,10 @@ def main(argv=None) -> None:
                                                        "met": f["checkpoint_fraction_of_1000_slice_epoch"] < 0.05},
             "compute_floor_slices_per_s": {"value": f["compute_floor_slices_per_s"]},
         }
+    if results.get("fit_memory"):
+        m = results["fit_memory"]
+        targets["aeanomaly fit"] = {f"peak_rss_{10 * n_memory}_over_{n_memory}_scans_le_1.2": {
+            "value": m["ratio_10x_data"], "met": m["ratio_10x_data"] <= 1.2}}
     results["targets"] = targets
     results["machine"]["load_avg_at_end"] = _perf.load_avg()
     results["peak_rss_mib"] = _perf.peak_rss_mib()

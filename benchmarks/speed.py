@@ -200,42 +200,12 @@ def pipeline_in_child(bundle: Path, scan_path: Path, out_dir: Path, repeats: int
     return json.loads(lines[-1][len("PIPELINE "):])
 
 
-#: Runs ``aeanomaly`` (``python -m aeanomaly.cli``) unchanged and, at exit, copies the process's
-#: /proc/self/status (VmHWM: the peak RSS of this program's own memory) to $AEANOMALY_BENCH_STATUS.
-_CLI_WITH_PEAK = (
-    "import atexit, os, runpy, shutil, sys\n"
-    "atexit.register(shutil.copyfile, '/proc/self/status', os.environ['AEANOMALY_BENCH_STATUS'])\n"
-    "sys.argv[0] = 'aeanomaly'\n"
-    "runpy.run_module('aeanomaly.cli', run_name='__main__', alter_sys=True)\n"
-)
-
-
 def cli_score(bundle: Path, scan_path: Path | list, out_dir: Path) -> dict:
     """``aeanomaly score BUNDLE SCAN`` as a user runs it, in a child process: wall time (TensorFlow's
-    start included) and the child's peak RSS.
-
-    The peak is the child's own ``VmHWM`` (read by the child at exit), not ``ru_maxrss`` of ``wait4``:
-    Linux carries the forking parent's high-water mark into the child's ``ru_maxrss`` at ``exec``, so
-    from this benchmark process (several GiB) it reported the benchmark's peak, not the command's."""
-    import subprocess
-
-    status_file = out_dir.parent / f".{out_dir.name}-status"
+    start included) and the child's peak RSS (:func:`_perf.run_cli`)."""
     scans = [str(q) for q in (scan_path if isinstance(scan_path, list) else [scan_path])]
-    cmd = [sys.executable, "-c", _CLI_WITH_PEAK, "score", str(bundle), *scans, "--out", str(out_dir),
-           "--overwrite", "--quiet"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env={**os.environ, "AEANOMALY_BENCH_STATUS": str(status_file)})
-    wall = time.perf_counter() - t0
-    err = proc.stderr.decode(errors="replace")[-400:]
-    peak = None
-    if status_file.exists():
-        for line in status_file.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1]) / 1024.0
-        status_file.unlink()
-    return {"wall_s": wall, "peak_rss_mib": peak, "peak_rss_source": "VmHWM of the child at exit",
-            "exit_code": proc.returncode, **({"stderr_tail": err} if proc.returncode else {})}
+    return _perf.run_cli(["score", str(bundle), *scans, "--out", str(out_dir), "--overwrite", "--quiet"],
+                         out_dir.parent / f".{out_dir.name}-status")
 
 
 # ------------------------------------------------------------------------------------------------

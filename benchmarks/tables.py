@@ -117,6 +117,14 @@ def fit(d: dict) -> str:
             f"numpy sgemm {f(d.get('numpy_sgemm', {}).get('gflops_median'), 1)} GFLOP/s in the same run):\n\n")
     out = head + table(["model", "bare training step (slices/s)", "of sgemm", "`fit` training (slices/s)",
                         "÷ bare step", "checkpoint / 1000-slice epoch"], rows)
+    m = d.get("fit_memory")
+    if m:
+        runs = sorted((v for v in m.values() if isinstance(v, dict) and "scans" in v), key=lambda v: v["scans"])
+        out += (f"\n\n`aeanomaly fit --epochs 1 --quiet` on N and 10N normal chest phantoms of {m.get('slices_per_scan')} "
+                f"slices of {m.get('slice_px')} × {m.get('slice_px')} px (a child process each; its own peak RSS):\n\n"
+                + table(["normal scans", "slices", "wall (s)", "peak RSS (MiB)"],
+                        [[v["scans"], v["scans"] * m.get("slices_per_scan", 0), f(v.get("wall_s"), 1),
+                          f(v.get("peak_rss_mib"), 0)] for v in runs]))
     tr = [r for name, targets in d.get("targets", {}).items() for r in _targets({f"{name}: {k}": v for k, v in targets.items()})]
     return out + "\n\n" + table(["training target", "measured"], tr) if tr else out
 

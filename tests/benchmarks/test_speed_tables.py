@@ -60,3 +60,15 @@ def test_speed_table_names_each_pipeline_grid_and_the_peer_per_grid():
     assert "| 128px batch | 4.00 | 1.60 | 0.45 |" in md and "| 256px batch | 9.00 | 6.00 | 0.70 |" in md
     assert "| 128px | 70.0 | 180.0 | 2.57 | 1.07 | 1.30 (bfloat16) |" in md
     assert "| 256px |" not in md  # a skipped peer has no row
+
+
+def test_fit_table_shows_the_fit_memory_at_n_and_10n_scans():
+    d = {"config": {"slices": 400, "epochs": 3, "batch_size": 16}, "numpy_sgemm": {"gflops_median": 200.0},
+         "runs": {}, "fit_memory": {"slices_per_scan": 20, "slice_px": 512, "epochs": 1, "ratio_10x_data": 1.05,
+                                    "30_scans": {"scans": 30, "wall_s": 80.0, "peak_rss_mib": 1260.0},
+                                    "3_scans": {"scans": 3, "wall_s": 20.0, "peak_rss_mib": 1200.0}},
+         "targets": {"aeanomaly fit": {"peak_rss_30_over_3_scans_le_1.2": {"value": 1.05, "met": True}}}}
+    md = tables.fit(d)
+    assert "normal chest phantoms of 20 slices of 512 × 512 px" in md
+    assert md.index("| 3 | 60 | 20.0 | 1200 |") < md.index("| 30 | 600 | 80.0 | 1260 |")  # N first
+    assert "| target aeanomaly fit: peak_rss_30_over_3_scans_le_1.2 | 1.050 (met: yes) |" in md
