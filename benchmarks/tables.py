@@ -249,7 +249,7 @@ def scale(d: dict) -> str:
 
 def main() -> int:
     for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct), ("real_ct_tuned", real_ct), ("real_ct_noise128", real_ct), ("real_ct_defaults", real_ct), ("real_ct_256_defaults", real_ct), ("real_ct_256_3ch", real_ct), ("real_ct_fpr_check", real_ct), ("real_ct_noise", real_ct_noise),
-                     ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("speed", speed), ("precision", precision), ("scale", scale)):
+                     ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("fit_memory_scale", fit), ("speed", speed), ("precision", precision), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             print(f"<!-- {name}: from {p.relative_to(RESULTS.parent.parent)} -->\n")
