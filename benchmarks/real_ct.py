@@ -412,7 +412,9 @@ def main(argv=None) -> int:
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
            "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"],
            # the first is the fit's (None: fit's default, auto); the others recalibrate its model
-           "precisions": list(dict.fromkeys(args.precisions or [None]))}
+           "precisions": list(dict.fromkeys(args.precisions or [None])),
+           # draws the normal split, the injected lesions and the training (runs of one seed compare)
+           "seed": args.seed}
     out_path = args.out or _common.RESULTS / ("real_ct_quick.json" if q else "real_ct.json")
     load_before = _load_avg()
     t_all = time.perf_counter()

@@ -2,6 +2,7 @@
 ``benchmarks/tables.py`` can call :func:`real_ct`).
 
     python benchmarks/real_ct_tables.py [results/real_ct.json]
+    python benchmarks/real_ct_tables.py --spread 128 1 seed0=results/real_ct_defaults.json seed1=results/real_ct_seed1.json
 """
 
 from __future__ import annotations
@@ -141,8 +142,57 @@ def real_ct(d: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+#: (header, summary key, digits) of the spread table over runs of different seeds.
+SPREAD_COLUMNS = [
+    ("tune merit", "tune_merit", 3),
+    ("nodule slice AUROC", "slice_auroc", 3),
+    ("like-size slice AUROC", "slice_auroc_matched", 3),
+    ("pixel AUPRC", "pixel_auprc", 3),
+    ("false lesions / normal scan", "false_per_normal", 2),
+    ("observed FPR", "fpr", 2),
+    ("B-volume held-out AUROC", "bv_held", 3),
+    ("B-volume held-out ≥ 8 mm", "bv_held8", 3),
+    ("B-volume pixel AUPRC", "bv_pixel_auprc", 3),
+]
+
+
+def seed_spread(runs: dict[str, dict], size: int, channels: int) -> str:
+    """Per method, the mean and the per-run values of the main figures over ``runs`` (label → a
+    real_ct JSON; runs of different seeds draw other normal splits, lesions and training), for the rows
+    of one grid and channel count in float32 (or the fit's own precision), plus the nodules hit summed."""
+    by_method: dict[str, list] = {}
+    for label, d in runs.items():
+        for r in d.get("summary", []):
+            if r.get("size") == size and r.get("channels") == channels and r.get("precision") in (None, "float32"):
+                by_method.setdefault(r["method"], []).append(r)
+    rows = []
+    for method, rs in by_method.items():
+        cells = [method, str(len(rs))]
+        for _, key, nd in SPREAD_COLUMNS:
+            vals = [r.get(key) for r in rs]
+            if any(v is None for v in vals):
+                cells.append("–")
+                continue
+            cells.append(f"{sum(vals) / len(vals):.{nd}f} ({' / '.join(f'{v:.{nd}f}' for v in vals)})")
+        hit, n = sum(r.get("nodules_hit") or 0 for r in rs), sum(r.get("nodules") or 0 for r in rs)
+        cells.append(f"{hit}/{n}")
+        rows.append(cells)
+    head = (f"{size} px, {channels} channel(s); runs " + ", ".join(f"{k}" for k in runs)
+            + ": mean (each run's value, in that order)")
+    return head + ":\n\n" + _table(["method", "runs", *(h for h, _, _ in SPREAD_COLUMNS), "nodules hit"], rows) + "\n"
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--spread":  # --spread SIZE CHANNELS LABEL=PATH ...
+        try:
+            size, channels = int(argv[1]), int(argv[2])
+            runs = {a.split("=", 1)[0]: json.loads(Path(a.split("=", 1)[1]).read_text(encoding="utf-8")) for a in argv[3:]}
+        except (IndexError, ValueError, OSError) as err:
+            print(f"usage: real_ct_tables.py --spread SIZE CHANNELS LABEL=PATH ... ({err})", file=sys.stderr)
+            return 2
+        print(seed_spread(runs, size, channels))
+        return 0
     path = Path(argv[0]) if argv else RESULTS / "real_ct.json"
     try:
         d = json.loads(path.read_text(encoding="utf-8"))

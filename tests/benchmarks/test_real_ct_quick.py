@@ -145,6 +145,7 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     assert "| dae+seg |" in md.replace("  ", " ") or "dae+seg" in md
     assert "| inference |" in md and "| bfloat16 |" in md
     assert "FPR check p: excess / shift (per fold)" in md
+    assert d["settings"]["seed"] == 0  # runs of other seeds are told apart by it
 
 
 @pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
@@ -196,3 +197,20 @@ def test_precision_table_reports_the_speedup_and_the_differences():
     md = precision.table(d)
     assert "| AVX512_CORE | 20.0 | 8.0 | 0.40 |" in md
     assert "| AVX2 | 21.0 | fails: AbortedError: could not / create | – |" in md
+
+
+def test_seed_spread_table_means_the_runs_of_one_grid_and_sums_the_nodules():
+    import real_ct_tables
+
+    def row(method, auroc, size=128, ch=1, precision="float32", hit=1):
+        return {"method": method, "size": size, "channels": ch, "precision": precision, "slice_auroc": auroc,
+                "tune_merit": 0.9, "slice_auroc_matched": 0.7, "pixel_auprc": 0.1, "false_per_normal": 0.2,
+                "fpr": 0.05, "bv_held": 0.6, "bv_held8": 0.65, "bv_pixel_auprc": 0.05, "nodules": 4, "nodules_hit": hit}
+
+    runs = {"seed0": {"summary": [row("dae", 0.9), row("dae", 0.1, precision="bfloat16"), row("dae", 0.2, ch=3)]},
+            "seed1": {"summary": [row("dae", 0.7, hit=0), row("dae", 0.3, size=256)]}}
+    md = real_ct_tables.seed_spread(runs, 128, 1)
+    assert "runs seed0, seed1" in md
+    assert "| dae | 2 | 0.900 (0.900 / 0.900) | 0.800 (0.900 / 0.700) |" in md  # other grids, channels, bfloat16 left out
+    assert md.rstrip().endswith("| 1/8 |")
+    assert real_ct_tables.main(["--spread", "128"]) == 2  # a usage error, not a traceback
