@@ -115,13 +115,15 @@ def fit(d: dict) -> str:
                      f(ft.get("checkpoint_fraction_of_1000_slice_epoch"), 4)])
     head = (f"`benchmarks/fit.py` ({c.get('slices')} slices, {c.get('epochs')} epochs, batch {c.get('batch_size')}; "
             f"numpy sgemm {f(d.get('numpy_sgemm', {}).get('gflops_median'), 1)} GFLOP/s in the same run):\n\n")
-    out = head + table(["model", "bare training step (slices/s)", "of sgemm", "`fit` training (slices/s)",
-                        "÷ bare step", "checkpoint / 1000-slice epoch"], rows)
+    out = (head + table(["model", "bare training step (slices/s)", "of sgemm", "`fit` training (slices/s)",
+                         "÷ bare step", "checkpoint / 1000-slice epoch"], rows)) if rows else ""
     m = d.get("fit_memory")
     if m:
         runs = sorted((v for v in m.values() if isinstance(v, dict) and "scans" in v), key=lambda v: v["scans"])
-        out += (f"\n\n`aeanomaly fit --epochs 1 --quiet` on N and 10N normal chest phantoms of {m.get('slices_per_scan')} "
-                f"slices of {m.get('slice_px')} × {m.get('slice_px')} px (a child process each; its own peak RSS):\n\n"
+        counts = ", ".join(str(v["scans"]) for v in runs[:-1]) + f" and {runs[-1]['scans']}"
+        out += (("\n\n" if out else "") + f"`aeanomaly fit --epochs 1 --quiet` on {counts} normal chest phantoms of "
+                f"{m.get('slices_per_scan')} slices of {m.get('slice_px')} × {m.get('slice_px')} px (a child process "
+                "each; its own peak RSS):\n\n"
                 + table(["normal scans", "slices", "wall (s)", "peak RSS (MiB)"],
                         [[v["scans"], v["scans"] * m.get("slices_per_scan", 0), f(v.get("wall_s"), 1),
                           f(v.get("peak_rss_mib"), 0)] for v in runs]))

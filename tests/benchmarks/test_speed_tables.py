@@ -69,6 +69,16 @@ def test_fit_table_shows_the_fit_memory_at_n_and_10n_scans():
                                     "3_scans": {"scans": 3, "wall_s": 20.0, "peak_rss_mib": 1200.0}},
          "targets": {"aeanomaly fit": {"peak_rss_30_over_3_scans_le_1.2": {"value": 1.05, "met": True}}}}
     md = tables.fit(d)
-    assert "normal chest phantoms of 20 slices of 512 × 512 px" in md
+    assert "on 3 and 30 normal chest phantoms of 20 slices of 512 × 512 px" in md
     assert md.index("| 3 | 60 | 20.0 | 1200 |") < md.index("| 30 | 600 | 80.0 | 1260 |")  # N first
     assert "| target aeanomaly fit: peak_rss_30_over_3_scans_le_1.2 | 1.050 (met: yes) |" in md
+
+
+def test_fit_table_of_a_memory_only_run_has_no_throughput_table():
+    d = {"config": {"sizes": []}, "runs": {}, "fit_memory": {
+        "slices_per_scan": 10, "slice_px": 128, "10_scans": {"scans": 10, "wall_s": 16.0, "peak_rss_mib": 1300.0},
+        "100_scans": {"scans": 100, "wall_s": 40.0, "peak_rss_mib": 1310.0},
+        "400_scans": {"scans": 400, "wall_s": 120.0, "peak_rss_mib": 1350.0}}}
+    md = tables.fit(d)
+    assert md.startswith("`aeanomaly fit --epochs 1 --quiet` on 10, 100 and 400 normal chest phantoms")
+    assert "bare training step" not in md and "| 400 | 4000 | 120.0 | 1350 |" in md
