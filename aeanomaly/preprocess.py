@@ -169,6 +169,22 @@ def resample_matrix(n_in: int, n_out: int) -> sparse.csr_matrix:
 DENSE_UPSAMPLE_MAX = 2048
 
 
+#: Output rows (columns) per band of the upsampling products (:func:`_resample_stack`).
+UPSAMPLE_BLOCK = 64
+
+
+def _bands(r: np.ndarray) -> list[tuple[slice, slice]]:
+    """Blocks of :data:`UPSAMPLE_BLOCK` rows of the interpolation matrix ``r`` with the columns their
+    nonzero entries span: ``(rows, cols)``; blocks with no nonzero entry are left out."""
+    out = []
+    for i in range(0, r.shape[0], UPSAMPLE_BLOCK):
+        rows = slice(i, min(i + UPSAMPLE_BLOCK, r.shape[0]))
+        c0, c1 = true_extent(r[rows] != 0, 0)
+        if c1 > c0:
+            out.append((rows, slice(c0, c1)))
+    return out
+
+
 def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
     """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` (float32): a block mean for integer
     downsampling factors, dense products with the interpolation matrices for upsampling, else
@@ -183,13 +199,14 @@ def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
                 acc += a[:, dy::fy, dx::fx]
         return acc * np.float32(1.0 / (fy * fx))
     if out_y >= ny and out_x >= nx and max(out_y, out_x) <= DENSE_UPSAMPLE_MAX:
-        # Upsampling (model grid → input grid): two dense products with the interpolation matrices.
-        # Each output pixel needs 2 input pixels, so most of the matrices' entries are 0, but BLAS
-        # runs these products faster than strided elementwise passes along x (measured 6× faster on
-        # 150 slices of 256 → 512 px), and for the same result within float32 rounding.
-        # Only the box of the stack's nonzero rows and columns enters the products, and only the
-        # output rows and columns those reach are computed (the rest is exactly 0): a heatmap is 0
-        # outside its scoring region, which cut its upsampling ~2× (the sum loses only zero terms).
+        # Upsampling (model grid → input grid): products with the interpolation matrices, in bands.
+        # Each output pixel needs 2 input pixels, so the matrices are banded: each block of
+        # UPSAMPLE_BLOCK output rows (columns) is the product with the few input rows (columns) its
+        # band reaches, not with all of them (1.8× faster than whole dense products at 128 → 512 px,
+        # which were 6× faster than strided elementwise passes along x). Only the box of the stack's
+        # nonzero rows and columns enters the products, and only the output rows and columns those
+        # reach are computed (the rest is exactly 0): a heatmap is 0 outside its scoring region.
+        # The sums lose only zero terms: the same result within float32 rounding.
         ry = resample_matrix(ny, out_y).toarray().astype(np.float32)
         rx = resample_matrix(nx, out_x).toarray().astype(np.float32)
         out = np.zeros((z, out_y, out_x), np.float32)
@@ -200,9 +217,14 @@ def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
         ry, rx = ry[:, y0:y1], rx[:, x0:x1]
         (oy0, oy1), (ox0, ox1) = true_extent(ry != 0, 1), true_extent(rx != 0, 1)
         ry, rx = ry[oy0:oy1], rx[ox0:ox1]
-        wide = np.matmul(a[:, y0:y1, x0:x1], rx.T)
-        for k in range(z):  # one product per slice: numpy's broadcast matmul of (out_y, ny) is 3× slower
-            np.matmul(ry, wide[k], out=out[k, oy0:oy1, ox0:ox1])
+        box = a[:, y0:y1, x0:x1]
+        wide = np.empty((z, y1 - y0, ox1 - ox0), np.float32)
+        for rows, cols in _bands(rx):
+            np.matmul(box[..., cols], rx[rows, cols].T, out=wide[..., rows])
+        bands = _bands(ry)
+        for k in range(z):  # per slice: numpy's broadcast matmul over the slices is 3× slower
+            for rows, cols in bands:
+                np.matmul(ry[rows, cols], wide[k, cols], out=out[k, oy0 + rows.start : oy0 + rows.stop, ox0:ox1])
         return out
     ry = resample_matrix(ny, out_y)
     rx = resample_matrix(nx, out_x)
