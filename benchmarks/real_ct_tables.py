@@ -159,11 +159,14 @@ SPREAD_COLUMNS = [
 def seed_spread(runs: dict[str, dict], size: int, channels: int) -> str:
     """Per method, the mean and the per-run values of the main figures over ``runs`` (label → a
     real_ct JSON; runs of different seeds draw other normal splits, lesions and training), for the rows
-    of one grid and channel count in float32 (or the fit's own precision), plus the nodules hit summed."""
+    of one grid and channel count in the fit's own precision (a run's first row of each method; rows
+    recalibrated in another precision follow it), plus the nodules hit summed."""
     by_method: dict[str, list] = {}
     for label, d in runs.items():
+        seen = set()
         for r in d.get("summary", []):
-            if r.get("size") == size and r.get("channels") == channels and r.get("precision") in (None, "float32"):
+            if r.get("size") == size and r.get("channels") == channels and r["method"] not in seen:
+                seen.add(r["method"])
                 by_method.setdefault(r["method"], []).append(r)
     rows = []
     for method, rs in by_method.items():
