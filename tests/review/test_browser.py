@@ -75,11 +75,14 @@ def test_review_in_a_real_browser(server, browser, abnormal_phantom):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as EC
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     app, base = server
     db = app.extensions["aeanomaly_review"].db
-    wait = WebDriverWait(browser, 90)
+    # a form post or a re-render can replace an element between finding it and reading it: such a
+    # read is retried until the timeout, not failed (the CI run of stop 30 hit it after the verdict post)
+    wait = WebDriverWait(browser, 90, ignored_exceptions=(StaleElementReferenceException,))
     ARTIFACTS.mkdir(exist_ok=True)
 
     browser.get(base + "/")
