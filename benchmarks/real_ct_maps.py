@@ -62,7 +62,9 @@ class Methods:
         self.det, self.seg, self.pca = det, seg_model, pca
         self.residual_scale = None  # set by fix_residual_scale() from the dae's normal heatmaps
         self.slice_score: dict[str, str] = {}  # per method, chosen on the tune split
-        self.sigma: dict[str, float] = {}  # per method other than the dae, σ chosen on the tune split
+        # per method other than the dae, the detector's smoothing chosen on the tune split
+        # ({"sigma_mm": ..., "sigma_z_mm": ...})
+        self.sigma: dict[str, dict] = {}
         self.references: dict = {}  # per method, its calibration's region-size reference (slice_norm "area")
         self.names = names or ["dae", *(("dae+seg", "dae+seg(fused)") if seg_model is not None else ()),
                                *(("pca",) if pca is not None else ()), "intensity", "log", "hessian"]
@@ -117,16 +119,17 @@ class Methods:
         return out
 
     def _heatmap(self, name, prep, reconstruction, is_hu) -> np.ndarray:
-        """The product's heatmap of ``reconstruction`` (``analyse_prepared``) at the method's own σ."""
+        """The product's heatmap of ``reconstruction`` (``analyse_prepared``) at the method's own σ and σ_z."""
         det = self.det
-        sigma, own = self.sigma.get(name), det.sigma_mm
-        if sigma is None or sigma == own:
+        mine = self.sigma.get(name) or {}
+        own = {k: getattr(det, k) for k in mine}
+        if mine == own:
             return det.analyse_prepared(prep, reconstruction, is_hu=is_hu).heatmap
-        det.set_params(sigma_mm=sigma)
+        det.set_params(**mine)
         try:
             return det.analyse_prepared(prep, reconstruction, is_hu=is_hu).heatmap
         finally:
-            det.set_params(sigma_mm=own)
+            det.set_params(**own)
 
     def scores(self, a, heat, name: str | None = None, method: str | None = None,
                raw: bool = False) -> tuple[np.ndarray, float]:

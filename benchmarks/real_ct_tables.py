@@ -57,10 +57,15 @@ COLUMNS = [
 
 
 def _settings(r) -> str | None:
+    """Per fold ``σ / score``, ``σ, z σ_z / score`` with smoothing across slices (mm), ``– / score`` unsmoothed."""
     sig, sc = r.get("sigma_mm"), r.get("slice_score")
     if not sig and not sc:
         return None
-    return ", ".join(f"{'–' if a is None else f'{a:g}'} / {b}" for a, b in zip(sig or [], sc or []))
+    zs = r.get("sigma_z_mm") or [None] * len(sig or [])
+
+    def smooth(a, z):
+        return "–" if a is None else f"{a:g}" + (f", z {z:g}" if z else "")
+    return ", ".join(f"{smooth(a, z)} / {b}" for a, z, b in zip(sig or [], zs, sc or []))
 
 
 def _fpr_check(r) -> str | None:

@@ -8,8 +8,9 @@ slices are compared with the *same scan's* clean slices, as Test A compares real
 scan's nodule-free ones. The lesion slices are drawn at random among the eligible slices, so the
 lesions do not favour mid-lung (where the lungs are large) as real nodules did in these two patients.
 
-**Choosing settings honestly.** Each method's heatmap σ (:data:`SIGMA_CHOICES_MM`, for the maps the
-detector smooths) and slice score (:data:`SLICE_SCORE_CHOICES`) are chosen on the *tuning kinds*
+**Choosing settings honestly.** Each method's heatmap σ in-plane (:data:`SIGMA_CHOICES_MM`) and across
+slices (:data:`SIGMA_Z_CHOICES_MM`), for the maps the detector smooths, and slice score
+(:data:`SLICE_SCORE_CHOICES`) are chosen on the *tuning kinds*
 injected into the *other* fold's patient, scored by the *other* fold's model: the choice for a fold never
 sees that fold's patient's lesions (real or injected) nor its own model's output. The criterion is slice
 AUROC + pixel AUPRC (the two headline metrics of Test A). A one-fold run (``--folds``, ``--quick``)
@@ -26,6 +27,9 @@ import real_ct_lesions as RL
 import real_ct_maps as RM
 
 SIGMA_CHOICES_MM = (1.5, 3.0, 6.0)
+#: The detector's ``sigma_z_mm`` (averaging the heatmap over neighbouring slices): none, or about one or
+#: two LIDC slices (2.5 mm apart).
+SIGMA_Z_CHOICES_MM = (0.0, 2.5, 5.0)
 SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
 #: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
 #: probability are not smoothed, so σ does not apply to them).
@@ -122,49 +126,68 @@ def _counted_region(a, truth, y):
     return (a.region | truth) & (y >= 0)[:, None, None] & a.mask.reshape(len(y), -1).any(axis=1)[:, None, None]
 
 
-def tune_table(methods, cases, sigmas=SIGMA_CHOICES_MM) -> dict:
-    """Per method and setting ``"σ/score"``: slice AUROC and pixel AUPRC over the lesion ``cases``.
+def setting_key(sigma, sigma_z, score) -> str:
+    """``"σ/score"`` (no smoothing across slices), ``"σ+zZ/score"`` (with ``sigma_z_mm`` Z), ``"-/score"``
+    (a map the detector does not smooth)."""
+    if sigma is None:
+        return f"-/{score}"
+    return f"{sigma}/{score}" if not sigma_z else f"{sigma}+z{sigma_z}/{score}"
 
-    Every σ of ``sigmas`` is set on the detector in turn (``set_params``) and each method
-    uses the detector's; the detector's own σ is restored afterwards.
+
+def parse_setting(key: str) -> dict:
+    """:func:`setting_key` back to ``{"sigma_mm", "sigma_z_mm", "slice_score"}`` (None for ``-``)."""
+    smooth, score = key.split("/")
+    sigma, _, z = smooth.partition("+z")
+    return {"sigma_mm": None if sigma == "-" else float(sigma),
+            "sigma_z_mm": None if sigma == "-" else float(z or 0.0), "slice_score": score}
+
+
+def tune_table(methods, cases, sigmas=SIGMA_CHOICES_MM, sigma_zs=(0.0,)) -> dict:
+    """Per method and setting (:func:`setting_key`): slice AUROC and pixel AUPRC over the lesion ``cases``.
+
+    Every σ of ``sigmas`` and σ_z of ``sigma_zs`` is set on the detector in turn (``set_params``) and
+    each method uses the detector's; the detector's own σ and σ_z are restored afterwards.
     """
     det = methods.det
-    saved_sigma, saved_methods = det.sigma_mm, dict(methods.sigma)
+    saved = {"sigma_mm": det.sigma_mm, "sigma_z_mm": det.sigma_z_mm}
+    saved_methods = dict(methods.sigma)
+    combos = [(s, z) for z in sigma_zs for s in sigmas]
     pooled = _Pooled()
     try:
         methods.sigma = {}
-        for sigma in sigmas:
-            det.set_params(sigma_mm=sigma)
+        for sigma, z in combos:
+            det.set_params(sigma_mm=sigma, sigma_z_mm=z)
             for c in cases:
                 a, maps, _ = methods.maps(c["scan"])
                 truth = _truth_on_grid(c, det.size)
                 region = _counted_region(a, truth, c["y"])
                 for name, heat in maps.items():
-                    if name not in SIGMA_METHODS and sigma != sigmas[0]:
+                    if name not in SIGMA_METHODS and (sigma, z) != combos[0]:
                         continue
-                    pooled.add_pixels((name, sigma), heat, truth, region)
+                    pooled.add_pixels((name, sigma, z), heat, truth, region)
                     for score in SLICE_SCORE_CHOICES:
                         s, _ = methods.scores(a, heat, method=score, raw=True)
-                        pooled.add_slices((name, sigma, score), c["y"], s, c["size"], c["kind"])
+                        pooled.add_slices((name, sigma, z, score), c["y"], s, c["size"], c["kind"])
     finally:
-        det.set_params(sigma_mm=saved_sigma)
+        det.set_params(**saved)
         methods.sigma = saved_methods
     table = {}
     for name in methods.names:
-        for sigma in sigmas if name in SIGMA_METHODS else sigmas[:1]:
-            if (name, sigma) not in pooled.heat:
+        for sigma, z in combos if name in SIGMA_METHODS else combos[:1]:
+            if (name, sigma, z) not in pooled.heat:
                 continue
-            pix = pooled.pixels((name, sigma))["pixel_auprc"]
+            pix = pooled.pixels((name, sigma, z))["pixel_auprc"]
             for score in SLICE_SCORE_CHOICES:
-                y, s, _, _ = pooled.slices((name, sigma, score))
+                y, s, _, _ = pooled.slices((name, sigma, z, score))
                 auc = RM.auroc_pm(y[y >= 0], s[y >= 0])["auroc"]
-                key = f"{sigma if name in SIGMA_METHODS else '-'}/{score}"
+                key = setting_key(sigma, z, score) if name in SIGMA_METHODS else setting_key(None, None, score)
                 table.setdefault(name, {})[key] = {"slice_auroc": auc, "pixel_auprc": pix}
     return table
 
 
 def choose(table: dict) -> dict:
-    """Per method: the setting with the highest slice AUROC + pixel AUPRC, as ``{"sigma_mm", "slice_score"}``."""
+    """Per method: the setting with the highest slice AUROC + pixel AUPRC, as ``{"sigma_mm", "sigma_z_mm",
+    "slice_score", "merit"}``."""
     out = {}
     for name in sorted(table, key=lambda n: n in FOLLOWS_DAE):  # the dae's σ first
         rows = table[name]
@@ -173,22 +196,25 @@ def choose(table: dict) -> dict:
             r = rows[k]
             return (r["slice_auroc"] if r["slice_auroc"] is not None else -1) + (r["pixel_auprc"] or 0)
         keys = list(rows)
-        if name in FOLLOWS_DAE and out.get("dae", {}).get("sigma_mm") is not None:
-            keys = [k for k in keys if k.startswith(f"{out['dae']['sigma_mm']}/")] or keys
+        dae = out.get("dae", {})
+        if name in FOLLOWS_DAE and dae.get("sigma_mm") is not None:
+            own = setting_key(dae["sigma_mm"], dae["sigma_z_mm"], "")
+            keys = [k for k in keys if k.startswith(own)] or keys
         best = max(keys, key=merit)
-        sigma, score = best.split("/")
-        out[name] = {"sigma_mm": None if sigma == "-" else float(sigma), "slice_score": score,
-                     "merit": round(merit(best), 4)}
+        out[name] = {**parse_setting(best), "merit": round(merit(best), 4)}
     return out
 
 
 def apply(methods, chosen: dict) -> None:
-    """Set the chosen σ (the dae's on the detector itself: the product as configured) and slice scores."""
+    """Set the chosen σ and σ_z (the dae's on the detector itself: the product as configured) and slice
+    scores."""
     for name, c in chosen.items():
         methods.slice_score[name] = c["slice_score"]
-    if chosen.get("dae", {}).get("sigma_mm") is not None:
-        methods.det.set_params(sigma_mm=chosen["dae"]["sigma_mm"])
-    methods.sigma = {n: c["sigma_mm"] for n, c in chosen.items()
+    dae = chosen.get("dae", {})
+    if dae.get("sigma_mm") is not None:
+        methods.det.set_params(sigma_mm=dae["sigma_mm"], sigma_z_mm=dae.get("sigma_z_mm") or 0.0)
+    methods.sigma = {n: {"sigma_mm": c["sigma_mm"], "sigma_z_mm": c.get("sigma_z_mm") or 0.0}
+                     for n, c in chosen.items()
                      if c["sigma_mm"] is not None and n != "dae" and n not in FOLLOWS_DAE}
 
 

@@ -2,7 +2,10 @@ import numpy as np
 import pytest
 
 from aeanomaly.errors import ConfigError
-from aeanomaly.scoring import residual_map, scan_score, slice_scores
+from aeanomaly.scoring import (ScoringParams, analyse, residual_heatmap, residual_map, scan_score, slice_scores,
+                               z_smoothed_heatmap)
+
+SPACING = (2.5, 1.0, 1.0)  # (z, y, x) mm
 
 
 def test_residual_signs():
@@ -42,3 +45,78 @@ def test_scan_aggregation():
     assert np.isnan(scan_score(np.array([np.nan]), "max"))
     with pytest.raises(ConfigError):
         scan_score(s, "median")
+
+
+def _blob_and_spot(n_z: int = 9) -> np.ndarray:
+    """A 3x3 blob of height 1 on slices 2..6 (a lesion seen on five slices) and a spot of height 1 on
+    slice 4 only (a vessel cut across), on a zero background."""
+    h = np.zeros((n_z, 20, 20), np.float32)
+    h[2:7, 4:7, 4:7] = 1.0
+    h[4, 14:17, 14:17] = 1.0
+    return h
+
+
+def test_z_smoothing_keeps_a_lesion_that_persists_and_lowers_a_one_slice_spot():
+    h = _blob_and_spot()
+    m = np.ones(h.shape, bool)
+    out = z_smoothed_heatmap(h, m, 2.5, SPACING)  # σ = one slice
+    assert out.dtype == np.float32 and out.shape == h.shape
+    assert out[4, 5, 5] > 0.9  # mid-lesion: its neighbours agree
+    w = np.exp(-0.5 * np.arange(-4, 5) ** 2)
+    assert out[4, 15, 15] == pytest.approx(1.0 / w.sum(), rel=1e-3)  # 0.40: the spot's weight among its slices
+    assert out[4, 5, 5] > 2 * out[4, 15, 15]
+    assert (out[0] >= 0).all() and out[0, 15, 15] < 0.01  # the spot hardly reaches four slices away
+    # only moved along z: nothing reaches the next column; the sum along z is kept up to the
+    # volume's ends, where fewer slices share the weight
+    assert out[:, 15, 13].max() == 0 and out[:, 15, 15].sum() == pytest.approx(1.0, rel=1e-2)
+    np.testing.assert_array_equal(z_smoothed_heatmap(h, m, 0.0, SPACING), h)  # σ 0: as it was
+    assert z_smoothed_heatmap(h[:1], m[:1], 5.0, SPACING).tolist() == h[:1].tolist()  # one slice: as it was
+    # σ is in mm: 5 mm on 5 mm slices is what 2.5 mm is on 2.5 mm slices
+    np.testing.assert_allclose(z_smoothed_heatmap(h, m, 5.0, (5.0, 1.0, 1.0)), out, atol=1e-6)
+    assert h[4, 15, 15] == 1.0  # the input is not modified
+
+
+def test_z_smoothing_is_normalised_by_the_mask():
+    h = np.full((6, 8, 8), 0.3, np.float32)
+    m = np.ones(h.shape, bool)
+    m[0] = m[5] = False  # slices not scored (above and below the lungs)
+    m[2, :4] = False  # part of a slice outside the region
+    h[~m] = 50.0  # whatever lies outside never bleeds in
+    out = z_smoothed_heatmap(h, m, 5.0, SPACING)
+    assert np.all(out[~m] == 0)
+    np.testing.assert_allclose(out[m], 0.3, atol=1e-6)  # a flat map stays flat up to the mask's ends
+    with pytest.raises(ConfigError, match="sigma_z_mm"):
+        z_smoothed_heatmap(h, m, -1.0, SPACING)
+    with pytest.raises(ConfigError, match="mask shape"):
+        z_smoothed_heatmap(h, m[:5], 2.5, SPACING)
+
+
+def test_analyse_scores_slices_from_the_heatmap_smoothed_across_slices():
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0.0, 0.05, (9, 20, 20)).astype(np.float32)
+    recon = np.zeros_like(image)
+    image += _blob_and_spot()  # the blob and the spot as positive residuals
+    region = np.ones(image.shape, bool)
+    keep = np.ones(9, bool)
+    flat = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=0.0, erode_mm=0.0, slice_score="p999"),
+                   "positive")
+    z = analyse(image, recon, region, keep, SPACING,
+                ScoringParams(sigma_mm=0.0, sigma_z_mm=2.5, erode_mm=0.0, slice_score="p999"), "positive")
+    # without smoothing across slices slice 4 (blob and spot) and slice 2 (blob) score alike; with it the
+    # spot's slice loses nothing it needs, the blob's edge slice falls, the scores follow the heatmap
+    np.testing.assert_allclose(z.heatmap, z_smoothed_heatmap(flat.heatmap, flat.mask, 2.5, SPACING), atol=1e-6)
+    np.testing.assert_allclose(z.slice_scores, slice_scores(z.heatmap, z.mask, "p999"))
+    assert abs(flat.slice_scores[4] - flat.slice_scores[2]) < 0.06 and z.slice_scores[4] > z.slice_scores[2] + 0.1
+    assert z.scan_score == pytest.approx(scan_score(z.slice_scores, "top3"))
+    # "mae" stays the mean raw residual; the heatmap is still smoothed across slices
+    zm = analyse(image, recon, region, keep, SPACING,
+                 ScoringParams(sigma_mm=0.0, sigma_z_mm=2.5, erode_mm=0.0, slice_score="mae"), "positive")
+    np.testing.assert_allclose(zm.slice_scores, slice_scores(image, zm.mask, "mae"), rtol=1e-6)
+    np.testing.assert_allclose(zm.heatmap, z.heatmap)
+    # in-plane smoothing first, then across slices
+    both = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=2.0, sigma_z_mm=2.5, erode_mm=0.0),
+                   "positive")
+    inplane = residual_heatmap(image, mask=both.mask, sigma_mm=2.0, spacing=SPACING)
+    np.testing.assert_allclose(both.heatmap, z_smoothed_heatmap(inplane, both.mask, 2.5, SPACING), atol=1e-6)
+    with pytest.raises(ConfigError, match="sigma_z_mm"):
+        ScoringParams(sigma_z_mm=-2.0).validated()
