@@ -55,7 +55,9 @@ def info(bundle):
         ref = calib.get("slice_reference")
         against = (f", against normal slices of the same region size ({len(ref['median'])} bins, "
                    f"{ref['n_slices']} slices)" if ref else ", raw")
-        click.echo(f"scoring       slice {p['slice_score']}{against}, scan {p['scan_aggregation']}, "
+        z = p.get("sigma_z_mm") or 0.0  # bundles written before the option: none
+        smooth = f"heatmap σ {p['sigma_mm']:g} mm in-plane" + (f", {z:g} mm across slices" if z else "")
+        click.echo(f"scoring       slice {p['slice_score']}{against}, scan {p['scan_aggregation']}, {smooth}, "
                    f"pixel threshold {calib['pixel_threshold']:.4g} (q={calib['pixel_quantile']})")
     except (KeyError, TypeError, ValueError) as err:
         raise BundleError(f"bundle.json or calibration.json lacks {err}", bundle) from None

@@ -11,6 +11,19 @@ def test_info_prints_the_bundle(cli, fitted_bundle):
                 "scoring", "target FPR 0.2", "with 90 % probability"):
         assert key in r.output, key
     assert "head" not in r.output.replace("bundle", "")
+    sigma = json.loads((fitted_bundle / "bundle.json").read_text())["params"]["sigma_mm"]
+    assert f"heatmap σ {sigma:g} mm in-plane," in r.output and "across slices" not in r.output
+
+
+def test_info_names_the_smoothing_across_slices(cli, fitted_bundle, tmp_path):
+    copy = tmp_path / "z"
+    shutil.copytree(fitted_bundle, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["params"]["sigma_z_mm"] = 2.5
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    r = cli("info", copy)
+    assert r.exit_code == 0, r.output
+    assert "mm in-plane, 2.5 mm across slices" in r.output
 
 
 def test_info_bad_bundles_exit_2_with_one_line(cli, one_error_line, fitted_bundle, tmp_path):
