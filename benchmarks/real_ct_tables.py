@@ -57,15 +57,17 @@ COLUMNS = [
 
 
 def _settings(r) -> str | None:
-    """Per fold ``σ / score``, ``σ, z σ_z / score`` with smoothing across slices (mm), ``– / score`` unsmoothed."""
+    """Per fold ``σ / score`` (mm), with ``, z σ_z`` (across slices, mm) and ``, b p`` (blob gate) when
+    set; ``– / score`` for a map the detector does not make."""
     sig, sc = r.get("sigma_mm"), r.get("slice_score")
     if not sig and not sc:
         return None
     zs = r.get("sigma_z_mm") or [None] * len(sig or [])
+    bs = r.get("blob_gate") or [None] * len(sig or [])
 
-    def smooth(a, z):
-        return "–" if a is None else f"{a:g}" + (f", z {z:g}" if z else "")
-    return ", ".join(f"{smooth(a, z)} / {b}" for a, z, b in zip(sig or [], zs, sc or []))
+    def smooth(a, z, b):
+        return "–" if a is None else f"{a:g}" + (f", z {z:g}" if z else "") + (f", b {b:g}" if b else "")
+    return ", ".join(f"{smooth(a, z, b)} / {c}" for a, z, b, c in zip(sig or [], zs, bs, sc or []))
 
 
 def _fpr_check(r) -> str | None:

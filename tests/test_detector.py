@@ -108,13 +108,13 @@ def test_save_load_round_trip_gives_same_scores(det, fitted_bundle, phantom_test
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".copy")]  # no temp left behind
 
 
-def test_smoothing_across_slices_is_a_scoring_parameter_the_bundle_keeps(fitted_bundle, phantom_test, tmp_path):
+def test_smoothing_across_slices_and_the_blob_gate_are_scoring_parameters_the_bundle_keeps(fitted_bundle, phantom_test, tmp_path):
     from aeanomaly.scoring import z_smoothed_heatmap
 
     det = AnomalyDetector.load(fitted_bundle)
     path = find_scans(phantom_test / "abnormal")[0]
     flat = det.analyse(path)
-    det.set_params(sigma_z_mm=4.0)
+    det.set_params(sigma_z_mm=4.0, blob_gate=0.0)
     z = det.analyse(path)
     assert len(z.heatmap) > 1 and not np.array_equal(z.heatmap, flat.heatmap)
     np.testing.assert_allclose(z.heatmap, z_smoothed_heatmap(flat.heatmap, flat.mask, 4.0, flat.spacing), atol=1e-6)
@@ -122,6 +122,11 @@ def test_smoothing_across_slices_is_a_scoring_parameter_the_bundle_keeps(fitted_
     back = AnomalyDetector.load(tmp_path / "z")
     assert back.sigma_z_mm == 4.0
     np.testing.assert_allclose(back.score_scan(path).slice_scores, det.score_scan(path).slice_scores, rtol=1e-6)
+    det.set_params(sigma_z_mm=0.0, blob_gate=2.0)
+    gated = det.analyse(path)
+    assert not np.array_equal(gated.heatmap, flat.heatmap)
+    det.save(tmp_path / "b")
+    assert AnomalyDetector.load(tmp_path / "b").blob_gate == 2.0
 
 
 def test_set_threshold_and_recalibrate(fitted_bundle, phantom_test, tmp_path):
@@ -241,7 +246,9 @@ def test_a_bundle_written_by_the_first_release_loads_and_scores_identically():
     scores it gave then."""
     expected = json.loads((FIXTURE_V1 / "expected.json").read_text())["scans"]
     det = AnomalyDetector.load(FIXTURE_V1 / "bundle")
-    assert det.sigma_z_mm == 0.0  # written before smoothing across slices: each slice its own, whatever the default
+    # written before smoothing across slices and the blob gate: each slice its own and the residual as it is,
+    # whatever the defaults
+    assert det.sigma_z_mm == 0.0 and det.blob_gate == 0.0
     for name, e in expected.items():
         r = det.score_scan(FIXTURE_V1 / "scans" / name)
         assert r.label == e["label"]

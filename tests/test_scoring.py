@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from aeanomaly.errors import ConfigError
-from aeanomaly.scoring import (ScoringParams, analyse, residual_heatmap, residual_map, scan_score, slice_scores,
-                               z_smoothed_heatmap)
+from aeanomaly.scoring import (ScoringParams, analyse, residual_blobness, residual_heatmap, residual_map, scan_score,
+                               slice_scores, z_smoothed_heatmap)
 
 SPACING = (2.5, 1.0, 1.0)  # (z, y, x) mm
 
@@ -120,3 +120,55 @@ def test_analyse_scores_slices_from_the_heatmap_smoothed_across_slices():
     np.testing.assert_allclose(both.heatmap, z_smoothed_heatmap(inplane, both.mask, 2.5, SPACING), atol=1e-6)
     with pytest.raises(ConfigError, match="sigma_z_mm"):
         ScoringParams(sigma_z_mm=-2.0).validated()
+
+
+def _blob_tube_edge(spacing=(2.5, 1.0, 1.0)) -> np.ndarray:
+    """One slice (64 x 96 px) of residual: a round blob (σ 3 mm) at (20, 20), a tube (σ 2 mm across, 50 px
+    long) along row 45, and a step edge at column 80, all of height 1."""
+    yy = np.arange(64)[:, None] * spacing[1]
+    xx = np.arange(96)[None, :] * spacing[2]
+    blob = np.exp(-((yy - 20 * spacing[1]) ** 2 + (xx - 20 * spacing[2]) ** 2) / (2 * 3.0**2))
+    tube = np.exp(-((yy - 45 * spacing[1]) ** 2) / (2 * 2.0**2)) * ((xx >= 10 * spacing[2]) & (xx < 60 * spacing[2]))
+    edge = (xx >= 80 * spacing[2]) * np.ones_like(yy)
+    return (blob + tube + edge).astype(np.float32)[None]
+
+
+def test_residual_blobness_keeps_blobs_and_drops_tubes_and_edges():
+    r = _blob_tube_edge()
+    b = residual_blobness(r, spacing=SPACING)
+    assert b.dtype == np.float32 and b.shape == r.shape and b.min() >= 0 and b.max() <= 1
+    assert b[0, 20, 20] > 0.95  # a round blob
+    assert b[0, 45, 35] < 0.05  # mid-tube: curved across, flat along
+    assert b[0, 30:60, 82:94].max() < 0.05  # inside the edge's plateau and along it
+    # σ in mm: the same shapes on pixels half the size give the same answer
+    r2 = np.kron(r[0], np.ones((2, 2), np.float32))[None]
+    b2 = residual_blobness(r2, spacing=(2.5, 0.5, 0.5))
+    assert b2[0, 40, 40] > 0.95 and b2[0, 90, 70] < 0.05
+    # outside the mask counts as 0: a blob there is not seen, one inside is unchanged
+    m = np.ones(r.shape, bool)
+    m[0, :32, :40] = False
+    bm = residual_blobness(r, m, SPACING)
+    assert bm[0, 20, 20] == 0 or bm[0, 20, 20] < b[0, 20, 20]
+    np.testing.assert_allclose(bm[0, 42:49, 35:55], b[0, 42:49, 35:55], atol=0.01)  # the tube, far from the cut
+    assert residual_blobness(r[0], spacing=SPACING).shape == r.shape[1:]  # one (y, x) slice
+    assert r[0, 20, 20] == pytest.approx(1.0, abs=1e-3)  # the input is not modified
+
+
+def test_blob_gate_weights_the_residual_before_smoothing():
+    r = _blob_tube_edge()
+    image, recon = r, np.zeros_like(r)
+    region, keep = np.ones(r.shape, bool), np.ones(1, bool)
+    plain = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=0.0, erode_mm=0.0), "positive")
+    gated = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=0.0, erode_mm=0.0, blob_gate=2.0),
+                    "positive")
+    expect = r * residual_blobness(r, plain.mask, SPACING) ** 2
+    np.testing.assert_allclose(gated.heatmap, expect, atol=1e-6)
+    assert gated.heatmap[0, 20, 20] > 0.9 * plain.heatmap[0, 20, 20]  # the blob keeps its height
+    assert gated.heatmap[0, 45, 35] < 0.01 and gated.heatmap[0, 30:60, 82:94].max() < 0.01  # tube and edge do not
+    # with σ the gated residual is what is smoothed
+    both = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=2.0, erode_mm=0.0, blob_gate=1.0),
+                   "positive")
+    np.testing.assert_allclose(both.heatmap, residual_heatmap(r * residual_blobness(r, both.mask, SPACING), mask=both.mask,
+                                                              sigma_mm=2.0, spacing=SPACING), atol=1e-6)
+    with pytest.raises(ConfigError, match="blob_gate"):
+        ScoringParams(blob_gate=-1.0).validated()

@@ -89,12 +89,16 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--slice-norm", type=click.Choice(["area", "none"]), default="area", show_default=True,  # = ScoringParams.slice_norm (tested)
               help="area: slice scores are compared with the calibration normals' slices of the same scoring-region "
                    "size (the small lungs of the apex and base are not flagged for where they lie); none: raw.")
-@click.option("--sigma-mm", default=3.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.sigma_mm (tested)
-              help="In-plane Gaussian σ of the heatmap in mm (about one model-grid pixel works: 3 mm at 128 px on a "
-                   "chest, 6 mm at 64 px).")
+@click.option("--sigma-mm", default=6.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.sigma_mm (tested)
+              help="In-plane Gaussian σ of the heatmap in mm (6 mm with the blob gate at 128 px on a chest: the "
+                   "real-CT tune split's choice; 3 mm without it).")
 @click.option("--sigma-z-mm", default=0.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.sigma_z_mm (tested)
               help="Gaussian σ in mm of an average of the heatmap over neighbouring slices of a volume (a lesion "
                    "persists there, a vessel cut across moves); 0: each slice its own.")
+@click.option("--blob-gate", default=2.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.blob_gate (tested)
+              help="Weight the residual by its own blobness to this power before smoothing: blob-shaped residual "
+                   "(a nodule) keeps its height, tube- and edge-shaped residual (vessels, fissures) loses it; 0: off "
+                   "(lesions much wider than 25 mm).")
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=F["precision"],
               show_default=True,
@@ -112,7 +116,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, noise_std, noise_resolution, depth,
         base_filters, latent_dim, latent_kind, loss, norm, epochs, batch_size, learning_rate, patience, no_augment,
-        augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, sigma_z_mm, seed,
+        augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, sigma_z_mm, blob_gate, seed,
         precision, strategy,
         resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
@@ -147,7 +151,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         noise_std=noise_std if model_kind != "ae" else 0.0, noise_resolution=noise_resolution, norm=norm, loss=loss,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, augment=augment,
         val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method,
-        slice_norm=slice_norm, sigma_mm=sigma_mm, sigma_z_mm=sigma_z_mm, seed=seed, precision=precision,
+        slice_norm=slice_norm, sigma_mm=sigma_mm, sigma_z_mm=sigma_z_mm, blob_gate=blob_gate, seed=seed, precision=precision,
     )
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume:

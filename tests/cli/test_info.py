@@ -15,15 +15,16 @@ def test_info_prints_the_bundle(cli, fitted_bundle):
     assert f"heatmap σ {sigma:g} mm in-plane," in r.output and "across slices" not in r.output
 
 
-def test_info_names_the_smoothing_across_slices(cli, fitted_bundle, tmp_path):
+def test_info_names_the_blob_gate_and_the_smoothing_across_slices(cli, fitted_bundle, tmp_path):
     copy = tmp_path / "z"
     shutil.copytree(fitted_bundle, copy)
     meta = json.loads((copy / "bundle.json").read_text())
     meta["params"]["sigma_z_mm"] = 2.5
+    meta["params"]["blob_gate"] = 2.0
     (copy / "bundle.json").write_text(json.dumps(meta))
     r = cli("info", copy)
     assert r.exit_code == 0, r.output
-    assert "mm in-plane, 2.5 mm across slices" in r.output
+    assert "residual × blobness^2, heatmap σ" in r.output and "mm in-plane, 2.5 mm across slices" in r.output
 
 
 def test_info_bad_bundles_exit_2_with_one_line(cli, one_error_line, fitted_bundle, tmp_path):
