@@ -98,10 +98,10 @@ def test_analyse_scores_slices_from_the_heatmap_smoothed_across_slices():
     image += _blob_and_spot()  # the blob and the spot as positive residuals
     region = np.ones(image.shape, bool)
     keep = np.ones(9, bool)
-    flat = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=0.0, erode_mm=0.0, slice_score="p999"),
-                   "positive")
-    z = analyse(image, recon, region, keep, SPACING,
-                ScoringParams(sigma_mm=0.0, sigma_z_mm=2.5, erode_mm=0.0, slice_score="p999"), "positive")
+    plain = dict(sigma_mm=0.0, erode_mm=0.0, blob_gate=0.0)  # the residual as it is: smoothing across z alone
+    flat = analyse(image, recon, region, keep, SPACING, ScoringParams(**plain, slice_score="p999"), "positive")
+    z = analyse(image, recon, region, keep, SPACING, ScoringParams(**plain, sigma_z_mm=2.5, slice_score="p999"),
+                "positive")
     # without smoothing across slices slice 4 (blob and spot) and slice 2 (blob) score alike; with it the
     # spot's slice loses nothing it needs, the blob's edge slice falls, the scores follow the heatmap
     np.testing.assert_allclose(z.heatmap, z_smoothed_heatmap(flat.heatmap, flat.mask, 2.5, SPACING), atol=1e-6)
@@ -109,13 +109,13 @@ def test_analyse_scores_slices_from_the_heatmap_smoothed_across_slices():
     assert abs(flat.slice_scores[4] - flat.slice_scores[2]) < 0.06 and z.slice_scores[4] > z.slice_scores[2] + 0.1
     assert z.scan_score == pytest.approx(scan_score(z.slice_scores, "top3"))
     # "mae" stays the mean raw residual; the heatmap is still smoothed across slices
-    zm = analyse(image, recon, region, keep, SPACING,
-                 ScoringParams(sigma_mm=0.0, sigma_z_mm=2.5, erode_mm=0.0, slice_score="mae"), "positive")
+    zm = analyse(image, recon, region, keep, SPACING, ScoringParams(**plain, sigma_z_mm=2.5, slice_score="mae"),
+                 "positive")
     np.testing.assert_allclose(zm.slice_scores, slice_scores(image, zm.mask, "mae"), rtol=1e-6)
     np.testing.assert_allclose(zm.heatmap, z.heatmap)
     # in-plane smoothing first, then across slices
-    both = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=2.0, sigma_z_mm=2.5, erode_mm=0.0),
-                   "positive")
+    both = analyse(image, recon, region, keep, SPACING,
+                   ScoringParams(sigma_mm=2.0, sigma_z_mm=2.5, erode_mm=0.0, blob_gate=0.0), "positive")
     inplane = residual_heatmap(image, mask=both.mask, sigma_mm=2.0, spacing=SPACING)
     np.testing.assert_allclose(both.heatmap, z_smoothed_heatmap(inplane, both.mask, 2.5, SPACING), atol=1e-6)
     with pytest.raises(ConfigError, match="sigma_z_mm"):
@@ -158,7 +158,8 @@ def test_blob_gate_weights_the_residual_before_smoothing():
     r = _blob_tube_edge()
     image, recon = r, np.zeros_like(r)
     region, keep = np.ones(r.shape, bool), np.ones(1, bool)
-    plain = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=0.0, erode_mm=0.0), "positive")
+    plain = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=0.0, erode_mm=0.0, blob_gate=0.0),
+                    "positive")
     gated = analyse(image, recon, region, keep, SPACING, ScoringParams(sigma_mm=0.0, erode_mm=0.0, blob_gate=2.0),
                     "positive")
     expect = r * residual_blobness(r, plain.mask, SPACING) ** 2
