@@ -349,6 +349,21 @@ MIN_BLOB_SIGMA_PX = 0.7
 FLAT_CURVATURE = 1e-3
 
 
+def inplane_hessian_eigenvalues(volume: np.ndarray, sigma_px: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues of each slice's Hessian of Gaussian at ``sigma_px`` = ``(σ_y, σ_x)`` pixels.
+
+    ``volume`` is float32 ``(z, y, x)``; returns ``(λ_small, λ_big)``, each like ``volume``, with
+    ``λ_small ≤ λ_big``. Nothing is smoothed across slices.
+    """
+    sig = (0.0, float(sigma_px[0]), float(sigma_px[1]))
+    hyy = ndimage.gaussian_filter(volume, sig, order=(0, 2, 0))
+    hxx = ndimage.gaussian_filter(volume, sig, order=(0, 0, 2))
+    hxy = ndimage.gaussian_filter(volume, sig, order=(0, 1, 1))
+    half = np.sqrt(((hyy - hxx) * 0.5) ** 2 + hxy ** 2)
+    mean = (hyy + hxx) * 0.5
+    return mean - half, mean + half
+
+
 def residual_blobness(residual: np.ndarray, mask: np.ndarray | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                       scales_mm: Sequence[float] = BLOB_SCALES_MM) -> np.ndarray:
     """How blob-shaped a residual map is at each pixel, in [0, 1], per slice.
@@ -385,15 +400,10 @@ def residual_blobness(residual: np.ndarray, mask: np.ndarray | None = None, spac
     work = np.where(m, res, np.float32(0.0))
     out = np.zeros(res.shape, np.float32)
     for s_mm in scales_mm:
-        sig = (0.0, max(s_mm / sy, MIN_BLOB_SIGMA_PX), max(s_mm / sx, MIN_BLOB_SIGMA_PX))
-        hyy = ndimage.gaussian_filter(work, sig, order=(0, 2, 0))
-        hxx = ndimage.gaussian_filter(work, sig, order=(0, 0, 2))
-        hxy = ndimage.gaussian_filter(work, sig, order=(0, 1, 1))
-        half = np.sqrt(((hyy - hxx) * 0.5) ** 2 + hxy ** 2)
-        mean = (hyy + hxx) * 0.5
-        lam_big, lam_small = mean + half, mean - half  # lam_small ≤ lam_big
+        sig = (max(s_mm / sy, MIN_BLOB_SIGMA_PX), max(s_mm / sx, MIN_BLOB_SIGMA_PX))
+        lam_small, lam_big = inplane_hessian_eigenvalues(work, sig)
         # curved down both ways, each beyond flat (scale-normalised): a plateau or an edge's shoulder is no blob
-        curved = lam_big * np.float32(sig[1] * sig[2]) < -FLAT_CURVATURE  # and so lam_small too
+        curved = lam_big * np.float32(sig[0] * sig[1]) < -FLAT_CURVATURE  # and so lam_small too
         ratio = np.divide(lam_big, lam_small, out=np.zeros_like(lam_big), where=curved)
         np.maximum(out, ratio, out=out)
     return np.clip(out, 0.0, 1.0).reshape(np.shape(residual))

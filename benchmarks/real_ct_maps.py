@@ -43,14 +43,12 @@ def log_blobness(image: np.ndarray, spacing_mm: float) -> np.ndarray:
 
 def hessian_blobness(image: np.ndarray, spacing_mm: float) -> np.ndarray:
     """``max_σ σ²·(−λ_max)`` where both in-plane Hessian eigenvalues are negative (bright blobs), else 0."""
+    from aeanomaly.scoring import inplane_hessian_eigenvalues
+
     out = np.zeros(image.shape, np.float32)
     for s_mm in BLOB_SIGMAS_MM:
         s = max(s_mm / spacing_mm, MIN_SIGMA_PX)
-        hyy = ndi.gaussian_filter(image, s, order=(2, 0), axes=(1, 2))
-        hxx = ndi.gaussian_filter(image, s, order=(0, 2), axes=(1, 2))
-        hxy = ndi.gaussian_filter(image, s, order=(1, 1), axes=(1, 2))
-        half = np.sqrt(((hyy - hxx) / 2) ** 2 + hxy ** 2)
-        lam_max = (hyy + hxx) / 2 + half
+        _, lam_max = inplane_hessian_eigenvalues(image, (s, s))
         out = np.maximum(out, np.where(lam_max < 0, -lam_max * s * s, 0.0))
     return out
 
@@ -62,8 +60,8 @@ class Methods:
         self.det, self.seg, self.pca = det, seg_model, pca
         self.residual_scale = None  # set by fix_residual_scale() from the dae's normal heatmaps
         self.slice_score: dict[str, str] = {}  # per method, chosen on the tune split
-        # per method other than the dae, the detector's smoothing chosen on the tune split
-        # ({"sigma_mm": ..., "sigma_z_mm": ...})
+        # per method other than the dae, the detector's heatmap settings chosen on the tune split
+        # ({"sigma_mm": ..., "sigma_z_mm": ..., "blob_gate": ...}: real_ct_volume.apply)
         self.sigma: dict[str, dict] = {}
         self.references: dict = {}  # per method, its calibration's region-size reference (slice_norm "area")
         self.names = names or ["dae", *(("dae+seg", "dae+seg(fused)") if seg_model is not None else ()),
@@ -119,7 +117,7 @@ class Methods:
         return out
 
     def _heatmap(self, name, prep, reconstruction, is_hu) -> np.ndarray:
-        """The product's heatmap of ``reconstruction`` (``analyse_prepared``) at the method's own σ and σ_z."""
+        """The product's heatmap of ``reconstruction`` (``analyse_prepared``) at the method's own settings."""
         det = self.det
         mine = self.sigma.get(name) or {}
         own = {k: getattr(det, k) for k in mine}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from aeanomaly.errors import ConfigError
-from aeanomaly.scoring import (ScoringParams, analyse, residual_blobness, residual_heatmap, residual_map, scan_score,
+from aeanomaly.scoring import (ScoringParams, analyse, inplane_hessian_eigenvalues, residual_blobness, residual_heatmap, residual_map, scan_score,
                                slice_scores, z_smoothed_heatmap)
 
 SPACING = (2.5, 1.0, 1.0)  # (z, y, x) mm
@@ -131,6 +131,17 @@ def _blob_tube_edge(spacing=(2.5, 1.0, 1.0)) -> np.ndarray:
     tube = np.exp(-((yy - 45 * spacing[1]) ** 2) / (2 * 2.0**2)) * ((xx >= 10 * spacing[2]) & (xx < 60 * spacing[2]))
     edge = (xx >= 80 * spacing[2]) * np.ones_like(yy)
     return (blob + tube + edge).astype(np.float32)[None]
+
+
+def test_inplane_hessian_eigenvalues_of_a_quadratic():
+    yy, xx = np.mgrid[-40:41, -40:41].astype(np.float32)
+    vol = np.stack([-(0.01 * yy**2 + 0.002 * xx**2), 0.003 * (yy**2 - xx**2)]).astype(np.float32)
+    small, big = inplane_hessian_eigenvalues(vol, (2.0, 3.0))
+    assert small.shape == big.shape == vol.shape and (small <= big).all()
+    # away from the edges a quadratic's Hessian: -0.02 and -0.004, then a saddle ±0.006 (up to the truncated
+    # kernels' 0.4 %)
+    assert small[0, 40, 40] == pytest.approx(-0.02, rel=1e-2) and big[0, 40, 40] == pytest.approx(-0.004, rel=1e-2)
+    assert small[1, 40, 40] == pytest.approx(-0.006, rel=1e-2) and big[1, 40, 40] == pytest.approx(0.006, rel=1e-2)
 
 
 def test_residual_blobness_keeps_blobs_and_drops_tubes_and_edges():
