@@ -138,8 +138,8 @@ class AnomalyDetector:
         :meth:`fit` calibrates in bfloat16 where the machine computes it natively
         (:func:`aeanomaly.model.autoencoder.native_bfloat16`) and in float32 elsewhere; ``precision_``
         says which. Calibrate in the precision you score in (``aeanomaly calibrate --precision``).
-    roi, slice_score, scan_aggregation, residual_sign, sigma_mm, sigma_z_mm, blob_gate, erode_mm, opening_mm, pixel_quantile,
-    min_lesion_mm2, min_lesion_mm3, min_body_fraction, slice_fdr
+    roi, slice_score, scan_aggregation, residual_sign, sigma_mm, sigma_z_mm, blob_gate, blob_gate_3d, erode_mm,
+    opening_mm, pixel_quantile, min_lesion_mm2, min_lesion_mm3, min_body_fraction, slice_fdr
         Scoring and localisation: see :class:`aeanomaly.scoring.ScoringParams`.
     model_kind : {"dae", "dae+seg"}
         ``dae``: the heatmap is the smoothed reconstruction residual. ``dae+seg`` (self-supervised, DRAEM
@@ -173,6 +173,7 @@ class AnomalyDetector:
         slice_score: str = SCORING_DEFAULTS["slice_score"], scan_aggregation: str = SCORING_DEFAULTS["scan_aggregation"],
         residual_sign: str = SCORING_DEFAULTS["residual_sign"], sigma_mm: float = SCORING_DEFAULTS["sigma_mm"],
         sigma_z_mm: float = SCORING_DEFAULTS["sigma_z_mm"], blob_gate: float = SCORING_DEFAULTS["blob_gate"],
+        blob_gate_3d: float = SCORING_DEFAULTS["blob_gate_3d"],
         erode_mm: float = SCORING_DEFAULTS["erode_mm"], opening_mm: float = SCORING_DEFAULTS["opening_mm"],
         pixel_quantile: float = SCORING_DEFAULTS["pixel_quantile"],
         min_lesion_mm2: float = SCORING_DEFAULTS["min_lesion_mm2"],
@@ -212,6 +213,7 @@ class AnomalyDetector:
         self.sigma_mm = sigma_mm
         self.sigma_z_mm = sigma_z_mm
         self.blob_gate = blob_gate
+        self.blob_gate_3d = blob_gate_3d
         self.erode_mm = erode_mm
         self.opening_mm = opening_mm
         self.pixel_quantile = pixel_quantile
@@ -823,9 +825,10 @@ class AnomalyDetector:
         """Load a fitted detector from a bundle directory."""
         parts = _bundle.load_parts(path)
         info = parts["info"]
-        try:  # bundles written before the norm / slice_norm / sigma_z_mm / blob_gate options: GroupNorm
+        try:  # bundles written before the norm / slice_norm / sigma_z_mm / blob_gate(_3d) options: GroupNorm
             # models, raw slice scores, no smoothing across slices, the residual as it is
             det = cls(**{"norm": "group", "slice_norm": "none", "sigma_z_mm": 0.0, "blob_gate": 0.0,
+                         "blob_gate_3d": 0.0,
                          **info["params"]})
             window = HUWindow.parse(det.window)
         except (TypeError, ConfigError) as err:

@@ -10,6 +10,7 @@ Inputs are never modified.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -17,7 +18,7 @@ from scipy import ndimage
 
 from .errors import ConfigError
 from .masks import ROIS, disk_erode
-from .parallel import map_slices
+from .parallel import map_slices, n_threads
 
 SLICE_SCORES = ("mae", "p99", "p999", "topk")
 SCAN_AGGREGATIONS = ("max", "top3", "top5", "mean")
@@ -52,6 +53,12 @@ class ScoringParams:
         reconstructed slightly off) loses it. 0 leaves the residual as it is; the default 2 is the real-CT
         tune split's choice. Its scales (:data:`BLOB_SCALES_MM`) are nodule-sized: a lesion much wider
         than about 25 mm is a plateau of residual whose inside and rim the gate lowers.
+    blob_gate_3d : float
+        Exponent ``q`` of the residual's blobness across slices too (:func:`residual_blobness_3d`, the
+        3-D Hessian), a further weight ``· B₃^q`` beside the in-plane one: a vessel cut across is a round
+        spot on its slice, the same spot moved a little on the next ones (a tube along z), while a
+        nodule ends within a few slices. Scans of fewer than :data:`MIN_BLOB_SLICES_3D` slices (single
+        slices) keep the in-plane gate alone. 0 (the default) leaves it off.
     sigma_z_mm : float
         Gaussian σ (mm) of a weighted average of the heatmap over neighbouring slices
         (:func:`z_smoothed_heatmap`): a lesion persists at the same place on the next slices, a vessel
@@ -80,6 +87,7 @@ class ScoringParams:
     sigma_mm: float = 6.0
     sigma_z_mm: float = 0.0
     blob_gate: float = 2.0
+    blob_gate_3d: float = 0.0
     erode_mm: float = 6.0
     opening_mm: float = 2.0
     pixel_quantile: float = 0.999
@@ -96,7 +104,7 @@ class ScoringParams:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("sigma_mm", "sigma_z_mm", "blob_gate", "erode_mm", "opening_mm", "min_lesion_mm2"):
+        for name in ("sigma_mm", "sigma_z_mm", "blob_gate", "blob_gate_3d", "erode_mm", "opening_mm", "min_lesion_mm2"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise ConfigError(f"{name} must be a number ≥ 0, got {v!r}")
@@ -194,20 +202,34 @@ def analyse(image: np.ndarray, reconstruction: np.ndarray, region: np.ndarray, k
 
     across_z = params.sigma_z_mm > 0 and len(image) > 1
     later = across_z and params.slice_score != "mae"  # scored from the heatmap after the pass across z
+    gate_3d = params.blob_gate_3d > 0 and len(image) >= MIN_BLOB_SLICES_3D
 
-    def chunk(x, x_hat, reg, k):  # all per slice: z-chunks run in threads
-        r = residual_map(x, x_hat, sign)
-        m = disk_erode(reg, erode_px) & k[:, None, None]
-        if params.blob_gate > 0:
-            r = r * residual_blobness(r, m, sp) ** np.float32(params.blob_gate)
+    def residual(x, x_hat, reg, k):
+        return residual_map(x, x_hat, sign), disk_erode(reg, erode_px) & k[:, None, None]
+
+    def gated(r, m):
+        return r * residual_blobness(r, m, sp) ** np.float32(params.blob_gate) if params.blob_gate > 0 else r
+
+    def heat_and_scores(r, m):
         h = residual_heatmap(r, mask=m, sigma_mm=params.sigma_mm, spacing=sp)
         if later:
-            return m, h
-        return m, h, slice_scores(r if params.slice_score == "mae" else h, m, params.slice_score)
+            return h
+        return h, slice_scores(r if params.slice_score == "mae" else h, m, params.slice_score)
+
+    def chunk(x, x_hat, reg, k):  # all per slice: z-chunks run in threads
+        r, m = residual(x, x_hat, reg, k)
+        out = heat_and_scores(gated(r, m), m)
+        return (m, out) if later else (m, *out)
 
     arrays = (np.asarray(image, np.float32), np.asarray(reconstruction, np.float32), np.asarray(region, bool),
               np.asarray(keep, bool))
-    if later:
+    if gate_3d:  # the 3-D blobness needs the whole residual first; the rest stays per slice
+        r, mask = map_slices(residual, *arrays)
+        weighted = map_slices(gated, r, mask) * residual_blobness_3d(r, mask, sp) ** np.float32(params.blob_gate_3d)
+        del r
+        out = map_slices(heat_and_scores, weighted, mask)
+        heat, scores = (out, None) if later else out
+    elif later:
         mask, heat = map_slices(chunk, *arrays)
     else:
         mask, heat, scores = map_slices(chunk, *arrays)
@@ -407,6 +429,106 @@ def residual_blobness(residual: np.ndarray, mask: np.ndarray | None = None, spac
         ratio = np.divide(lam_big, lam_small, out=np.zeros_like(lam_big), where=curved)
         np.maximum(out, ratio, out=out)
     return np.clip(out, 0.0, 1.0).reshape(np.shape(residual))
+
+
+#: Fewest slices a scan needs for :func:`residual_blobness_3d` in :func:`analyse`; thinner scans keep
+#: the in-plane gate alone (a lone slice has no curvature across z to measure).
+MIN_BLOB_SLICES_3D = 3
+
+
+def symmetric_eigenvalues_3x3(a11, a22, a33, a12, a13, a23) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues ``λ₁ ≤ λ₂ ≤ λ₃`` of symmetric 3 × 3 matrices given by their six entries (arrays of
+    one shape), in closed form (the trigonometric solution of the characteristic cubic, Smith 1961).
+
+    Written out rather than ``np.linalg.eigvalsh`` on a stack of matrices: the same values to float64
+    round-off, about 7× faster (200 000 matrices: 0.018 s against 0.13 s; no per-matrix LAPACK call),
+    and without the ``(n, 3, 3)`` stack in memory.
+    """
+    a11, a22, a33, a12, a13, a23 = (np.asarray(v, np.float64) for v in (a11, a22, a33, a12, a13, a23))
+    q = (a11 + a22 + a33) / 3.0
+    b11, b22, b33 = a11 - q, a22 - q, a33 - q
+    p = np.sqrt((b11 ** 2 + b22 ** 2 + b33 ** 2 + 2.0 * (a12 ** 2 + a13 ** 2 + a23 ** 2)) / 6.0)
+    det = b11 * (b22 * b33 - a23 ** 2) - a12 * (a12 * b33 - a23 * a13) + a13 * (a12 * a23 - b22 * a13)
+    safe = np.where(p > 0, p, 1.0)
+    half_det = np.where(p > 0, det / (2.0 * safe ** 3), 0.0)  # det(B) / 2 of B = (A − qI) / p, in [−1, 1]
+    phi = np.arccos(np.clip(half_det, -1.0, 1.0)) / 3.0
+    big = q + 2.0 * p * np.cos(phi)
+    small = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    return small, 3.0 * q - big - small, big
+
+
+def residual_blobness_3d(residual: np.ndarray, mask: np.ndarray | None = None,
+                         spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                         scales_mm: Sequence[float] = BLOB_SCALES_MM) -> np.ndarray:
+    """How blob-shaped a residual volume is at each voxel, across slices too, in [0, 1].
+
+    Parameters
+    ----------
+    residual : np.ndarray
+        ``(z, y, x)`` residual ≥ 0 of contiguous slices, e.g. :func:`residual_map`.
+    mask : np.ndarray of bool, optional
+        Same shape: residual outside it is taken as 0; the result is 0 outside it.
+    spacing : (3,) float
+        Voxel size ``(z, y, x)`` in mm: the Hessian is taken in mm, so thick slices and fine pixels
+        measure one shape.
+    scales_mm : sequence of float
+        Gaussian σ of the Hessian, in mm on every axis (at least :data:`MIN_BLOB_SIGMA_PX` voxels).
+
+    Returns
+    -------
+    np.ndarray
+        float32, same shape: the largest over the scales of ``λ₃ / λ₁`` where all three eigenvalues of
+        the 3-D Hessian are negative (``λ₁ ≤ λ₂ ≤ λ₃ < 0``: a bright spot curved in every direction),
+        else 0. A nodule scores near 1; a vessel, a tube along any direction (one cut across is a round
+        spot on each slice, see :func:`residual_blobness`), near 0, as are sheets and edges.
+
+    Notes
+    -----
+    Frangi et al.'s 3-D blob measure (MICCAI 1998) of the residual. The derivatives are computed on the
+    mask's bounding box with a margin of the kernels' reach, which gives the same values inside the mask
+    as the whole volume (the residual is 0 outside it); eigenvalues only at the mask's voxels
+    (:func:`symmetric_eigenvalues_3x3`).
+    """
+    if np.ndim(residual) != 3:
+        raise ValueError(f"residual_blobness_3d needs a (z, y, x) volume, got shape {np.shape(residual)}")
+    res = as_volume(residual, "residual")
+    sp = check_spacing(spacing)
+    m = _mask_like(mask, res)
+    out = np.zeros(res.shape, np.float32)
+    if not m.any():
+        return out
+    sigmas = [tuple(max(s_mm / d, MIN_BLOB_SIGMA_PX) for d in sp) for s_mm in scales_mm]
+    reach = [max(int(4.0 * max(sig[a] for sig in sigmas) + 0.5), 1) for a in range(3)]  # scipy's truncate 4
+    box = []
+    for axis, (r, n) in enumerate(zip(reach, res.shape)):
+        on = np.flatnonzero(m.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(max(0, int(on[0]) - r), min(n, int(on[-1]) + r + 1)))
+    box = tuple(box)
+    mb = m[box]
+    work = np.where(mb, res[box], np.float32(0.0))
+    inside = np.nonzero(mb)
+    best = np.zeros(len(inside[0]), np.float32)
+    orders = {(0, 0): (2, 0, 0), (1, 1): (0, 2, 0), (2, 2): (0, 0, 2), (0, 1): (1, 1, 0), (0, 2): (1, 0, 1), (1, 2): (0, 1, 1)}
+
+    def second_derivative(task):  # in mm⁻², at the mask's voxels
+        sig, (i, j) = task
+        return ndimage.gaussian_filter(work, sig, order=orders[i, j])[inside] / np.float32(sp[i] * sp[j])
+
+    tasks = [(sig, ij) for sig in sigmas for ij in orders]
+    with ThreadPoolExecutor(min(n_threads(), len(tasks))) as pool:  # scipy's filters release the GIL
+        derivatives = dict(zip(tasks, pool.map(second_derivative, tasks)))
+    for sig in sigmas:
+        h = {ij: derivatives.pop((sig, ij)) for ij in orders}
+        # a matrix with every eigenvalue negative has a negative diagonal: the eigenvalues are needed there only
+        at = np.flatnonzero((h[0, 0] < 0) & (h[1, 1] < 0) & (h[2, 2] < 0))
+        small, _, big = symmetric_eigenvalues_3x3(*(h[ij][at] for ij in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))))
+        scale2 = float(np.prod([s * d for s, d in zip(sig, sp)])) ** (2.0 / 3.0)  # σ² in mm², scale-normalised
+        curved = big * scale2 < -FLAT_CURVATURE  # and so the other two
+        ratio = np.divide(big, small, out=np.zeros_like(big), where=curved).astype(np.float32)
+        best[at] = np.maximum(best[at], ratio)
+    view = out[box]
+    view[inside] = np.clip(best, 0.0, 1.0)
+    return out
 
 
 def z_smoothed_heatmap(heatmap: np.ndarray, mask: np.ndarray, sigma_z_mm: float,

@@ -330,7 +330,7 @@ def summary(variants: list[dict]) -> list[dict]:
                                       "false_per_normal": [], "b_held": [], "b_held8": [], "b_held8_pm95": [], "b_tune": [],
                                       "slice_auroc_matched": [], "region_area_auroc": [], "bv_tune": [], "bv_held": [],
                                       "bv_held8": [], "bv_held8_pm95": [], "bv_pixel_auprc": [], "bv_lesions_hit": 0,
-                                      "bv_lesions": 0, "sigma_mm": [], "sigma_z_mm": [], "blob_gate": [],
+                                      "bv_lesions": 0, "sigma_mm": [], "sigma_z_mm": [], "blob_gate": [], "blob_gate_3d": [],
                                       "slice_score": [],
                                       "tune_merit": [],
                                       "fpr_p_excess": [], "fpr_p_shift": []})
@@ -368,10 +368,11 @@ def summary(variants: list[dict]) -> list[dict]:
             d["sigma_mm"].append(c.get("sigma_mm"))
             d["sigma_z_mm"].append(c.get("sigma_z_mm"))
             d["blob_gate"].append(c.get("blob_gate"))
+            d["blob_gate_3d"].append(c.get("blob_gate_3d"))
             d["slice_score"].append(c.get("slice_score"))
             d["tune_merit"].append(c.get("merit"))  # the chosen setting's tune merit (other fold's volume)
     mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None  # noqa: E731
-    settings = ("sigma_mm", "sigma_z_mm", "blob_gate", "slice_score", "fpr_p_excess", "fpr_p_shift")  # per fold (not averaged)
+    settings = ("sigma_mm", "sigma_z_mm", "blob_gate", "blob_gate_3d", "slice_score", "fpr_p_excess", "fpr_p_shift")  # per fold (not averaged)
     out = []
     for d in rows.values():
         out.append({k: (v if k in settings else mean(v) if isinstance(v, list) else v) for k, v in d.items()})
@@ -399,6 +400,9 @@ def main(argv=None) -> int:
     ap.add_argument("--blob-gates", type=float, nargs="+", default=None, metavar="P",
                     help="the blob gate exponents (blob_gate) the tune split chooses from "
                          f"(default {' '.join(f'{b:g}' for b in RV.BLOB_GATE_CHOICES)}; 0: off)")
+    ap.add_argument("--blob-gates-3d", type=float, nargs="+", default=None, metavar="Q",
+                    help="the exponents of the blob gate across slices (blob_gate_3d) the tune split chooses "
+                         f"from (default {' '.join(f'{b:g}' for b in RV.BLOB_GATE_3D_CHOICES)}; 0: off)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -421,6 +425,8 @@ def main(argv=None) -> int:
            "sigma_zs": args.sigma_zs if args.sigma_zs is not None else [0.0],
            "blob_gates": args.blob_gates if args.blob_gates is not None else list(RV.BLOB_GATE_CHOICES[::2] if q
                                                                                  else RV.BLOB_GATE_CHOICES),
+           "blob_gates_3d": args.blob_gates_3d if args.blob_gates_3d is not None else list(
+               RV.BLOB_GATE_3D_CHOICES[::2] if q else RV.BLOB_GATE_3D_CHOICES),
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
            "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"],
@@ -463,7 +469,8 @@ def main(argv=None) -> int:
                     det, methods, calib_scans, info = fit_variant(f["sets"], size, ch, cfg, args.seed, norm,
                                                                   parse_noise(noise), cfg["precisions"][0])
                     t0 = time.perf_counter()
-                    table = RV.tune_table(methods, f["vol_tune"], cfg["sigmas"], cfg["sigma_zs"], cfg["blob_gates"])
+                    table = RV.tune_table(methods, f["vol_tune"], cfg["sigmas"], cfg["sigma_zs"], cfg["blob_gates"],
+                                          cfg["blob_gates_3d"])
                     info["tune_s"] = round(time.perf_counter() - t0, 1)
                     fitted[fold] = (det, methods, calib_scans, info, table)
                 for fold, f in folds.items():
@@ -531,7 +538,7 @@ def _print_variant(v):
     for name, r in v["test_a"].items():
         bv = v["test_b_volume"].get(name, {})
         c = v["tune"]["chosen"].get(name, {})
-        print(f"  {name:15s} σ {c.get('sigma_mm')} z {c.get('sigma_z_mm')} b {c.get('blob_gate')} {c.get('slice_score')}  sliceAUROC {_f(r['slice']['auroc'])} "
+        print(f"  {name:15s} σ {c.get('sigma_mm')} z {c.get('sigma_z_mm')} b {c.get('blob_gate')} v {c.get('blob_gate_3d')} {c.get('slice_score')}  sliceAUROC {_f(r['slice']['auroc'])} "
               f"(like size {_f(r['slice_area_matched']['auroc'])})  pixAUPRC {_f(r['pixel_auprc'])}  "
               f"nodules {r.get('nodules_hit', '-')}/{r.get('n_nodules', '-')}  false {r.get('false_lesions', '-')}  "
               f"B-volume held-out {_f((bv.get('held_out_kinds') or {}).get('auroc'))} "

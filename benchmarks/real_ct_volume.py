@@ -33,6 +33,8 @@ SIGMA_CHOICES_MM = (1.5, 3.0, 6.0)
 SIGMA_Z_CHOICES_MM = (0.0, 2.5, 5.0)
 #: The detector's ``blob_gate`` (the residual weighted by its blobness to this power): off, 1, 2.
 BLOB_GATE_CHOICES = (0.0, 1.0, 2.0)
+#: The detector's ``blob_gate_3d`` (a further weight by the residual's blobness across slices): off, 1, 2.
+BLOB_GATE_3D_CHOICES = (0.0, 1.0, 2.0)
 SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
 #: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
 #: probability are not smoothed, so σ does not apply to them).
@@ -130,19 +132,21 @@ def _counted_region(a, truth, y):
 
 
 #: The detector parameters a tune setting sets, and their key tags (:func:`setting_key`).
-SMOOTHING = {"sigma_z_mm": "z", "blob_gate": "b"}
+SMOOTHING = {"sigma_z_mm": "z", "blob_gate": "b", "blob_gate_3d": "v"}
 
 
-def setting_key(sigma, score, sigma_z=0.0, blob=0.0) -> str:
-    """``"σ/score"``, with ``"+zZ"`` (``sigma_z_mm`` Z) and ``"+bB"`` (``blob_gate`` B) after σ when not 0,
-    or ``"-/score"`` for a map the detector does not make (σ None)."""
+def setting_key(sigma, score, sigma_z=0.0, blob=0.0, blob_3d=0.0) -> str:
+    """``"σ/score"``, with ``"+zZ"`` (``sigma_z_mm`` Z), ``"+bB"`` (``blob_gate`` B) and ``"+vV"``
+    (``blob_gate_3d`` V) after σ when not 0, or ``"-/score"`` for a map the detector does not make (σ None)."""
     if sigma is None:
         return f"-/{score}"
-    return f"{sigma}" + (f"+z{sigma_z}" if sigma_z else "") + (f"+b{blob}" if blob else "") + f"/{score}"
+    tags = "".join(f"+{tag}{v}" for tag, v in zip(SMOOTHING.values(), (sigma_z, blob, blob_3d)) if v)
+    return f"{sigma}{tags}/{score}"
 
 
 def parse_setting(key: str) -> dict:
-    """:func:`setting_key` back to ``{"sigma_mm", "sigma_z_mm", "blob_gate", "slice_score"}`` (None for ``-``)."""
+    """:func:`setting_key` back to ``{"sigma_mm", "sigma_z_mm", "blob_gate", "blob_gate_3d", "slice_score"}``
+    (None for ``-``)."""
     smooth, score = key.split("/")
     sigma, *tags = smooth.split("+")
     if sigma == "-":
@@ -152,53 +156,55 @@ def parse_setting(key: str) -> dict:
             "slice_score": score}
 
 
-def tune_table(methods, cases, sigmas=SIGMA_CHOICES_MM, sigma_zs=(0.0,), blob_gates=(0.0,)) -> dict:
+def tune_table(methods, cases, sigmas=SIGMA_CHOICES_MM, sigma_zs=(0.0,), blob_gates=(0.0,),
+               blob_gates_3d=(0.0,)) -> dict:
     """Per method and setting (:func:`setting_key`): slice AUROC and pixel AUPRC over the lesion ``cases``.
 
-    Every combination of σ (``sigmas``), σ_z (``sigma_zs``) and blob gate (``blob_gates``) is set on the
-    detector in turn (``set_params``) and each method uses the detector's; the detector's own settings
-    are restored afterwards.
+    Every combination of σ (``sigmas``), σ_z (``sigma_zs``), blob gate (``blob_gates``) and blob gate
+    across slices (``blob_gates_3d``) is set on the detector in turn (``set_params``) and each method uses
+    the detector's; the detector's own settings are restored afterwards.
     """
     det = methods.det
     saved = {"sigma_mm": det.sigma_mm, **{k: getattr(det, k) for k in SMOOTHING}}
     saved_methods = dict(methods.sigma)
-    combos = [(s, z, b) for b in blob_gates for z in sigma_zs for s in sigmas]
+    combos = [(s, z, b, v) for v in blob_gates_3d for b in blob_gates for z in sigma_zs for s in sigmas]
     pooled = _Pooled()
     try:
         methods.sigma = {}
-        for sigma, z, b in combos:
-            det.set_params(sigma_mm=sigma, sigma_z_mm=z, blob_gate=b)
+        for combo in combos:
+            sigma = combo[0]
+            det.set_params(sigma_mm=sigma, **dict(zip(SMOOTHING, combo[1:])))
             for c in cases:
                 a, maps, _ = methods.maps(c["scan"])
                 truth = _truth_on_grid(c, det.size)
                 region = _counted_region(a, truth, c["y"])
                 for name, heat in maps.items():
-                    if name not in SIGMA_METHODS and (sigma, z, b) != combos[0]:
+                    if name not in SIGMA_METHODS and combo != combos[0]:
                         continue
-                    pooled.add_pixels((name, sigma, z, b), heat, truth, region)
+                    pooled.add_pixels((name, *combo), heat, truth, region)
                     for score in SLICE_SCORE_CHOICES:
                         s, _ = methods.scores(a, heat, method=score, raw=True)
-                        pooled.add_slices((name, sigma, z, b, score), c["y"], s, c["size"], c["kind"])
+                        pooled.add_slices((name, *combo, score), c["y"], s, c["size"], c["kind"])
     finally:
         det.set_params(**saved)
         methods.sigma = saved_methods
     table = {}
     for name in methods.names:
-        for sigma, z, b in combos if name in SIGMA_METHODS else combos[:1]:
-            if (name, sigma, z, b) not in pooled.heat:
+        for combo in combos if name in SIGMA_METHODS else combos[:1]:
+            if (name, *combo) not in pooled.heat:
                 continue
-            pix = pooled.pixels((name, sigma, z, b))["pixel_auprc"]
+            pix = pooled.pixels((name, *combo))["pixel_auprc"]
             for score in SLICE_SCORE_CHOICES:
-                y, s, _, _ = pooled.slices((name, sigma, z, b, score))
+                y, s, _, _ = pooled.slices((name, *combo, score))
                 auc = RM.auroc_pm(y[y >= 0], s[y >= 0])["auroc"]
-                key = setting_key(sigma, score, z, b) if name in SIGMA_METHODS else setting_key(None, score)
+                key = setting_key(*combo[:1], score, *combo[1:]) if name in SIGMA_METHODS else setting_key(None, score)
                 table.setdefault(name, {})[key] = {"slice_auroc": auc, "pixel_auprc": pix}
     return table
 
 
 def choose(table: dict) -> dict:
     """Per method: the setting with the highest slice AUROC + pixel AUPRC, as ``{"sigma_mm", "sigma_z_mm",
-    "blob_gate", "slice_score", "merit"}``."""
+    "blob_gate", "blob_gate_3d", "slice_score", "merit"}``."""
     out = {}
     for name in sorted(table, key=lambda n: n in FOLLOWS_DAE):  # the dae's σ first
         rows = table[name]
@@ -209,7 +215,7 @@ def choose(table: dict) -> dict:
         keys = list(rows)
         dae = out.get("dae", {})
         if name in FOLLOWS_DAE and dae.get("sigma_mm") is not None:
-            own = setting_key(dae["sigma_mm"], "", dae["sigma_z_mm"], dae["blob_gate"])
+            own = setting_key(dae["sigma_mm"], "", *(dae.get(k) or 0.0 for k in SMOOTHING))
             keys = [k for k in keys if k.startswith(own)] or keys
         best = max(keys, key=merit)
         out[name] = {**parse_setting(best), "merit": round(merit(best), 4)}
@@ -217,7 +223,7 @@ def choose(table: dict) -> dict:
 
 
 def apply(methods, chosen: dict) -> None:
-    """Set the chosen σ, σ_z and blob gate (the dae's on the detector itself: the product as configured)
+    """Set the chosen σ, σ_z and blob gates (the dae's on the detector itself: the product as configured)
     and slice scores."""
     for name, c in chosen.items():
         methods.slice_score[name] = c["slice_score"]

@@ -127,6 +127,13 @@ def test_smoothing_across_slices_and_the_blob_gate_are_scoring_parameters_the_bu
     assert not np.array_equal(gated.heatmap, flat.heatmap)
     det.save(tmp_path / "b")
     assert AnomalyDetector.load(tmp_path / "b").blob_gate == 2.0
+    det.set_params(blob_gate_3d=1.0)
+    gated_3d = det.analyse(path)
+    assert len(gated_3d.heatmap) >= 3 and not np.array_equal(gated_3d.heatmap, gated.heatmap)
+    det.save(tmp_path / "v")
+    back = AnomalyDetector.load(tmp_path / "v")
+    assert back.blob_gate_3d == 1.0
+    np.testing.assert_allclose(back.analyse(path).heatmap, gated_3d.heatmap, atol=1e-6)
 
 
 def test_set_threshold_and_recalibrate(fitted_bundle, phantom_test, tmp_path):
@@ -248,7 +255,7 @@ def test_a_bundle_written_by_the_first_release_loads_and_scores_identically():
     det = AnomalyDetector.load(FIXTURE_V1 / "bundle")
     # written before smoothing across slices and the blob gate: each slice its own and the residual as it is,
     # whatever the defaults
-    assert det.sigma_z_mm == 0.0 and det.blob_gate == 0.0
+    assert det.sigma_z_mm == 0.0 and det.blob_gate == 0.0 and det.blob_gate_3d == 0.0
     for name, e in expected.items():
         r = det.score_scan(FIXTURE_V1 / "scans" / name)
         assert r.label == e["label"]

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from aeanomaly.errors import ConfigError
-from aeanomaly.scoring import (ScoringParams, analyse, inplane_hessian_eigenvalues, residual_blobness, residual_heatmap, residual_map, scan_score,
-                               slice_scores, z_smoothed_heatmap)
+from aeanomaly.scoring import (ScoringParams, analyse, inplane_hessian_eigenvalues, residual_blobness, residual_blobness_3d,
+                               residual_heatmap, residual_map, scan_score, slice_scores, symmetric_eigenvalues_3x3,
+                               z_smoothed_heatmap)
 
 SPACING = (2.5, 1.0, 1.0)  # (z, y, x) mm
 
@@ -184,3 +185,78 @@ def test_blob_gate_weights_the_residual_before_smoothing():
                                                               sigma_mm=2.0, spacing=SPACING), atol=1e-6)
     with pytest.raises(ConfigError, match="blob_gate"):
         ScoringParams(blob_gate=-1.0).validated()
+
+
+def test_symmetric_eigenvalues_3x3_match_lapack():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 3, 3))
+    a = a + a.transpose(0, 2, 1)
+    a[:3] = np.diag([2.0, 2.0, 2.0])  # a multiple of the identity (all three equal) and repeated ones
+    a[3:6] = np.diag([-1.0, 3.0, 3.0])
+    lam = symmetric_eigenvalues_3x3(a[:, 0, 0], a[:, 1, 1], a[:, 2, 2], a[:, 0, 1], a[:, 0, 2], a[:, 1, 2])
+    np.testing.assert_allclose(np.stack(lam, axis=1), np.linalg.eigvalsh(a), atol=1e-9)
+
+
+def _ball_and_tubes(spacing=SPACING, shape=(24, 48, 72)):
+    """Gaussian residual shapes in mm: a ball (a nodule), a tube along z (a vessel cut across: a round
+    spot on every slice) and a tube along x (a vessel in the slice), each of height 0.3."""
+    z, y, x = (np.arange(n, dtype=np.float32) * d for n, d in zip(shape, spacing))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    c = [n // 2 * d for n, d in zip(shape, spacing)]
+    ball = np.exp(-((zz - c[0]) ** 2 + (yy - 12 * spacing[1]) ** 2 + (xx - 12 * spacing[2]) ** 2) / (2 * 4.0 ** 2))
+    tube_z = np.exp(-((yy - 36 * spacing[1]) ** 2 + (xx - 12 * spacing[2]) ** 2) / (2 * 2.0 ** 2))
+    tube_x = np.exp(-((zz - c[0]) ** 2 + (yy - 36 * spacing[1]) ** 2) / (2 * 2.0 ** 2)) * (xx > 24 * spacing[2])
+    return (0.3 * (ball + tube_z + tube_x)).astype(np.float32)
+
+
+def test_residual_blobness_3d_keeps_a_ball_and_drops_a_vessel_cut_across():
+    r = _ball_and_tubes()
+    k = 12  # the middle slice
+    b3 = residual_blobness_3d(r, spacing=SPACING)
+    b2 = residual_blobness(r, spacing=SPACING)
+    assert b3.dtype == np.float32 and b3.shape == r.shape and b3.min() >= 0 and b3.max() <= 1
+    assert b3[k, 12, 12] > 0.9 and b2[k, 12, 12] > 0.9  # the ball: a blob either way
+    assert b2[k, 36, 12] > 0.9 and b3[k, 36, 12] < 0.05  # the vessel along z: round on its slice, a tube in 3-D
+    assert b2[k, 36, 56] < 0.05 and b3[k, 36, 56] < 0.05  # the vessel in the slice: a tube either way
+    # the Hessian is in mm: the same shapes on slices twice as thick give the same answer
+    thick = _ball_and_tubes((5.0, 1.0, 1.0), (12, 48, 72))
+    b3t = residual_blobness_3d(thick, spacing=(5.0, 1.0, 1.0))
+    assert b3t[6, 12, 12] > 0.9 and b3t[6, 36, 12] < 0.05
+    # a mask: computed on its box only, the same values inside it as on the whole (zeroed) volume, 0 outside
+    m = np.zeros(r.shape, bool)
+    m[4:20, 4:30, 4:44] = True
+    whole = residual_blobness_3d(np.where(m, r, 0), spacing=SPACING)
+    boxed = residual_blobness_3d(r, m, SPACING)
+    np.testing.assert_allclose(boxed[m], whole[m], atol=1e-6)
+    assert not boxed[~m].any()
+    assert not residual_blobness_3d(r, np.zeros(r.shape, bool), SPACING).any()
+    with pytest.raises(ValueError, match="volume"):
+        residual_blobness_3d(r[0], spacing=SPACING)
+
+
+def test_blob_gate_3d_weights_volumes_and_leaves_single_slices_to_the_in_plane_gate():
+    r = _ball_and_tubes()
+    image, recon = r, np.zeros_like(r)
+    region, keep = np.ones(r.shape, bool), np.ones(len(r), bool)
+    params = dict(sigma_mm=0.0, erode_mm=0.0, blob_gate=1.0)
+    plain = analyse(image, recon, region, keep, SPACING, ScoringParams(**params), "positive")
+    both = analyse(image, recon, region, keep, SPACING, ScoringParams(**params, blob_gate_3d=2.0), "positive")
+    expect = r * residual_blobness(r, plain.mask, SPACING) * residual_blobness_3d(r, plain.mask, SPACING) ** 2
+    np.testing.assert_allclose(both.heatmap, expect, atol=1e-6)
+    assert both.heatmap[12, 12, 12] > 0.8 * plain.heatmap[12, 12, 12]  # the ball keeps its height
+    assert plain.heatmap[12, 36, 12] > 0.25 and both.heatmap[12, 36, 12] < 0.01  # the vessel cut across does not
+    np.testing.assert_allclose(both.slice_scores, [float(np.quantile(h, 0.99)) for h in expect], rtol=1e-5)
+    # with σ and smoothing across slices: the weighted residual is what is smoothed, scored after the pass across z
+    smooth = ScoringParams(sigma_mm=2.0, sigma_z_mm=2.5, erode_mm=0.0, blob_gate=1.0, blob_gate_3d=1.0, slice_score="topk")
+    z = analyse(image, recon, region, keep, SPACING, smooth, "positive")
+    heat = z_smoothed_heatmap(residual_heatmap(r * residual_blobness(r, plain.mask, SPACING)
+                                               * residual_blobness_3d(r, plain.mask, SPACING), mask=plain.mask,
+                                               sigma_mm=2.0, spacing=SPACING), plain.mask, 2.5, SPACING)
+    np.testing.assert_allclose(z.heatmap, heat, atol=1e-6)
+    np.testing.assert_allclose(z.slice_scores, slice_scores(heat, plain.mask, "topk"), rtol=1e-5)
+    # fewer than MIN_BLOB_SLICES_3D slices: the in-plane gate alone
+    two = analyse(image[11:13], recon[11:13], region[11:13], keep[11:13], SPACING,
+                  ScoringParams(**params, blob_gate_3d=2.0), "positive")
+    np.testing.assert_allclose(two.heatmap, r[11:13] * residual_blobness(r[11:13], None, SPACING), atol=1e-6)
+    with pytest.raises(ConfigError, match="blob_gate_3d"):
+        ScoringParams(blob_gate_3d=-1.0).validated()

@@ -99,6 +99,10 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
               help="Weight the residual by its own blobness to this power before smoothing: blob-shaped residual "
                    "(a nodule) keeps its height, tube- and edge-shaped residual (vessels, fissures) loses it; 0: off "
                    "(lesions much wider than 25 mm).")
+@click.option("--blob-gate-3d", default=0.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.blob_gate_3d (tested)
+              help="Weight the residual further by its blobness across slices (3-D Hessian) to this power: a vessel "
+                   "cut across, round on its slice but a tube along the next ones, loses its height; volumes of "
+                   "3 slices or more only; 0: off.")
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=F["precision"],
               show_default=True,
@@ -116,8 +120,8 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, noise_std, noise_resolution, depth,
         base_filters, latent_dim, latent_kind, loss, norm, epochs, batch_size, learning_rate, patience, no_augment,
-        augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, sigma_z_mm, blob_gate, seed,
-        precision, strategy,
+        augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, sigma_z_mm, blob_gate,
+        blob_gate_3d, seed, precision, strategy,
         resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
 
@@ -151,7 +155,8 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         noise_std=noise_std if model_kind != "ae" else 0.0, noise_resolution=noise_resolution, norm=norm, loss=loss,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, augment=augment,
         val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method,
-        slice_norm=slice_norm, sigma_mm=sigma_mm, sigma_z_mm=sigma_z_mm, blob_gate=blob_gate, seed=seed, precision=precision,
+        slice_norm=slice_norm, sigma_mm=sigma_mm, sigma_z_mm=sigma_z_mm, blob_gate=blob_gate,
+        blob_gate_3d=blob_gate_3d, seed=seed, precision=precision,
     )
     work = out.with_name(out.name + ".partial")
     if work.exists() and not resume:

@@ -57,8 +57,10 @@ def info(bundle):
                    f"{ref['n_slices']} slices)" if ref else ", raw")
         z = p.get("sigma_z_mm") or 0.0  # bundles written before the option: none
         smooth = f"heatmap σ {p['sigma_mm']:g} mm in-plane" + (f", {z:g} mm across slices" if z else "")
-        if p.get("blob_gate"):
-            smooth = f"residual × blobness^{p['blob_gate']:g}, " + smooth
+        gates = [f"{name}^{p[key]:g}" for key, name in (("blob_gate", "blobness"), ("blob_gate_3d", "3-D blobness"))
+                 if p.get(key)]  # bundles written before an option: none
+        if gates:
+            smooth = f"residual × {' × '.join(gates)}, " + smooth
         click.echo(f"scoring       slice {p['slice_score']}{against}, scan {p['scan_aggregation']}, {smooth}, "
                    f"pixel threshold {calib['pixel_threshold']:.4g} (q={calib['pixel_quantile']})")
     except (KeyError, TypeError, ValueError) as err:

@@ -25,6 +25,11 @@ def test_info_names_the_blob_gate_and_the_smoothing_across_slices(cli, fitted_bu
     r = cli("info", copy)
     assert r.exit_code == 0, r.output
     assert "residual × blobness^2, heatmap σ" in r.output and "mm in-plane, 2.5 mm across slices" in r.output
+    meta["params"]["blob_gate_3d"] = 1.0
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    r = cli("info", copy)
+    assert r.exit_code == 0, r.output
+    assert "residual × blobness^2 × 3-D blobness^1, heatmap σ" in r.output
 
 
 def test_info_bad_bundles_exit_2_with_one_line(cli, one_error_line, fitted_bundle, tmp_path):
