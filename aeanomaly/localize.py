@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from .errors import ConfigError
 from .masks import disk_open, true_extent
-from .scoring import as_volume, check_spacing
+from .arrays import as_volume, check_spacing
 
 #: Keys of one lesion record, in table order.
 LESION_FIELDS = (

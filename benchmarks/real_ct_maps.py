@@ -43,7 +43,7 @@ def log_blobness(image: np.ndarray, spacing_mm: float) -> np.ndarray:
 
 def hessian_blobness(image: np.ndarray, spacing_mm: float) -> np.ndarray:
     """``max_σ σ²·(−λ_max)`` where both in-plane Hessian eigenvalues are negative (bright blobs), else 0."""
-    from aeanomaly.scoring import inplane_hessian_eigenvalues
+    from aeanomaly.blobness import inplane_hessian_eigenvalues
 
     out = np.zeros(image.shape, np.float32)
     for s_mm in BLOB_SIGMAS_MM:

@@ -179,3 +179,38 @@ def _write_mhd(path, data_zyx, spacing_xyz=(0.7, 0.7, 2.5), offset_xyz=(-180.0, 
 def write_mhd():
     """A function writing MetaImage test files (see ``_write_mhd``)."""
     return _write_mhd
+
+
+def _blob_tube_edge_volume(spacing=(2.5, 1.0, 1.0)) -> np.ndarray:
+    """One slice (64 x 96 px) of residual: a round blob (σ 3 mm) at (20, 20), a tube (σ 2 mm across, 50 px
+    long) along row 45, and a step edge at column 80, all of height 1."""
+    yy = np.arange(64)[:, None] * spacing[1]
+    xx = np.arange(96)[None, :] * spacing[2]
+    blob = np.exp(-((yy - 20 * spacing[1]) ** 2 + (xx - 20 * spacing[2]) ** 2) / (2 * 3.0**2))
+    tube = np.exp(-((yy - 45 * spacing[1]) ** 2) / (2 * 2.0**2)) * ((xx >= 10 * spacing[2]) & (xx < 60 * spacing[2]))
+    edge = (xx >= 80 * spacing[2]) * np.ones_like(yy)
+    return (blob + tube + edge).astype(np.float32)[None]
+
+
+@pytest.fixture
+def blob_tube_edge() -> Callable[..., np.ndarray]:
+    """Residual shapes of the blob gates' tests (:func:`_blob_tube_edge_volume`): call with a spacing."""
+    return _blob_tube_edge_volume
+
+
+def _ball_and_tubes_volume(spacing=(2.5, 1.0, 1.0), shape=(24, 48, 72)):
+    """Gaussian residual shapes in mm: a ball (a nodule), a tube along z (a vessel cut across: a round
+    spot on every slice) and a tube along x (a vessel in the slice), each of height 0.3."""
+    z, y, x = (np.arange(n, dtype=np.float32) * d for n, d in zip(shape, spacing))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    c = [n // 2 * d for n, d in zip(shape, spacing)]
+    ball = np.exp(-((zz - c[0]) ** 2 + (yy - 12 * spacing[1]) ** 2 + (xx - 12 * spacing[2]) ** 2) / (2 * 4.0 ** 2))
+    tube_z = np.exp(-((yy - 36 * spacing[1]) ** 2 + (xx - 12 * spacing[2]) ** 2) / (2 * 2.0 ** 2))
+    tube_x = np.exp(-((zz - c[0]) ** 2 + (yy - 36 * spacing[1]) ** 2) / (2 * 2.0 ** 2)) * (xx > 24 * spacing[2])
+    return (0.3 * (ball + tube_z + tube_x)).astype(np.float32)
+
+
+@pytest.fixture
+def ball_and_tubes() -> Callable[..., np.ndarray]:
+    """Residual shapes of the 3-D blob gate's tests (:func:`_ball_and_tubes_volume`): call with a spacing, a shape."""
+    return _ball_and_tubes_volume
