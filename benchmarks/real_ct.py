@@ -401,8 +401,9 @@ def main(argv=None) -> int:
                     help="the blob gate exponents (blob_gate) the tune split chooses from "
                          f"(default {' '.join(f'{b:g}' for b in RV.BLOB_GATE_CHOICES)}; 0: off)")
     ap.add_argument("--blob-gates-3d", type=float, nargs="+", default=None, metavar="Q",
-                    help="the exponents of the blob gate across slices (blob_gate_3d) the tune split chooses "
-                         f"from (default {' '.join(f'{b:g}' for b in RV.BLOB_GATE_3D_CHOICES)}; 0: off)")
+                    help="the exponents of the blob gate across slices (blob_gate_3d) the tune split chooses from "
+                         "(default 0 only; the README's runs offered "
+                         f"{' '.join(f'{b:g}' for b in RV.BLOB_GATE_3D_CHOICES)})")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -425,8 +426,7 @@ def main(argv=None) -> int:
            "sigma_zs": args.sigma_zs if args.sigma_zs is not None else [0.0],
            "blob_gates": args.blob_gates if args.blob_gates is not None else list(RV.BLOB_GATE_CHOICES[::2] if q
                                                                                  else RV.BLOB_GATE_CHOICES),
-           "blob_gates_3d": args.blob_gates_3d if args.blob_gates_3d is not None else list(
-               RV.BLOB_GATE_3D_CHOICES[::2] if q else RV.BLOB_GATE_3D_CHOICES),
+           "blob_gates_3d": args.blob_gates_3d if args.blob_gates_3d is not None else [0.0],
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
            "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"],

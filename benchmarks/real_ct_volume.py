@@ -34,6 +34,9 @@ SIGMA_Z_CHOICES_MM = (0.0, 2.5, 5.0)
 #: The detector's ``blob_gate`` (the residual weighted by its blobness to this power): off, 1, 2.
 BLOB_GATE_CHOICES = (0.0, 1.0, 2.0)
 #: The detector's ``blob_gate_3d`` (a further weight by the residual's blobness across slices): off, 1, 2.
+#: The tune split chose 2 in every fold, but the held-out nodules ranked no better and the calibration
+#: normals' single slices (in-plane gate only) no longer matched the volumes (README): a run offers only 0
+#: unless asked (``--blob-gates-3d``).
 BLOB_GATE_3D_CHOICES = (0.0, 1.0, 2.0)
 SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
 #: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
