@@ -556,7 +556,8 @@ class AnomalyDetector:
                                                        "n_train_slices", "n_val_slices")}
         self.split_ = {side: [str(paths[i]) for i in getattr(split, side)] for side in ("train", "val", "calib")}
         stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False),
-                                          [paths[i] for i in split.calib], strict=strict, verbose=verbose)
+                                          [paths[i] for i in split.calib], strict=strict, verbose=verbose,
+                                          blob_gate_3d=self.blob_gate_3d)
         params = self.scoring_params()
         self.calibration_ = Calibration.fit(stats, target_fpr=self.target_fpr, method=self.calib_method,
                                             pixel_quantile=self.pixel_quantile, precision=precision,
@@ -669,7 +670,7 @@ class AnomalyDetector:
         if not 0.0 < alpha < 1.0:
             raise ConfigError(f"target_fpr must be in (0, 1), got {target_fpr!r}")
         stats, skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False), list(paths),
-                                      strict=strict, verbose=verbose)
+                                      strict=strict, verbose=verbose, blob_gate_3d=self.blob_gate_3d)
         params = self.scoring_params()
         self.calibration_ = Calibration.fit(stats, target_fpr=alpha, method=method, pixel_quantile=self.pixel_quantile,
                                             precision=precision, note=note, log=self.calibration_.log,

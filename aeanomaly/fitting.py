@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from .blobness import MIN_BLOB_SLICES_3D
 from .calibrate import NormalStats
 from .errors import AeAnomalyError, ScanError
 from .io import load_scan
@@ -75,9 +76,11 @@ def build_store(prepare: Callable, paths: list, ids: list[int], split: dict, spe
     return store, skipped
 
 
-def normal_stats(analyse: Callable, paths: list, *, strict: bool, verbose: int) -> tuple[NormalStats, list[dict]]:
+def normal_stats(analyse: Callable, paths: list, *, strict: bool, verbose: int,
+                 blob_gate_3d: float = 0.0) -> tuple[NormalStats, list[dict]]:
     """Score held-out normal scans with ``analyse`` (scan → :class:`~aeanomaly.scoring.Analysis`) and
-    gather what calibration needs (:class:`~aeanomaly.calibrate.NormalStats`).
+    gather what calibration needs (:class:`~aeanomaly.calibrate.NormalStats`). With the scoring's
+    ``blob_gate_3d`` > 0, warns when the scans mix volumes and single slices (:func:`mixed_depth_warning`).
 
     Returns the statistics and the skipped scans; ScanError when no scan could be used.
     """
@@ -93,4 +96,25 @@ def normal_stats(analyse: Callable, paths: list, *, strict: bool, verbose: int) 
         stats.add(str(path), a.scan_score, a.slice_scores, a.heatmap, a.mask)
     if not len(stats):
         raise ScanError("no usable calibration scan", paths[0] if paths else None)
+    why = mixed_depth_warning([len(sl) for sl, _ in stats.per_scan], blob_gate_3d)
+    if why:
+        warnings.warn(why, stacklevel=2)
     return stats, skipped
+
+
+def mixed_depth_warning(n_slices: list[int], blob_gate_3d: float) -> str | None:
+    """Why calibration scans of these slice counts do not calibrate the blob gate across slices, or None.
+
+    Scans of fewer than :data:`~aeanomaly.blobness.MIN_BLOB_SLICES_3D` slices are scored with the in-plane
+    gate alone and volumes with the gate across slices too, which lowers a normal volume's residual more
+    (its vessels cut across): pooled, the two set the region-size reference and the thresholds for
+    neither (measured on real CT: README "Detection on real CT").
+    """
+    if blob_gate_3d <= 0:
+        return None
+    thin = sum(n < MIN_BLOB_SLICES_3D for n in n_slices)
+    if 0 < thin < len(n_slices):
+        return (f"blob_gate_3d {blob_gate_3d:g}: {thin} of {len(n_slices)} calibration scans have fewer than "
+                f"{MIN_BLOB_SLICES_3D} slices and are scored with the in-plane blob gate only, the others with the "
+                "gate across slices too; their scores are not alike. Calibrate on volumes only, or use blob_gate_3d 0")
+    return None

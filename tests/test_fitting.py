@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from aeanomaly.errors import ScanError
-from aeanomaly.fitting import build_store, normal_stats
+from aeanomaly.fitting import build_store, mixed_depth_warning, normal_stats
 from aeanomaly.io import find_scans, load_scan
 from aeanomaly.preprocess import HUWindow, prepare_volume
 from aeanomaly.scoring import Analysis
@@ -51,3 +51,19 @@ def test_normal_stats_gathers_scores_tails_and_peaks(phantom_train, tmp_path):
     assert stats.sources == [str(p) for p in paths]
     with pytest.raises(ScanError, match="no usable calibration scan"):
         normal_stats(fake_analyse, [tmp_path / "missing.nii.gz"], strict=False, verbose=0)
+    # the blob gate across slices on calibration scans that mix single slices and volumes: said
+
+    def one_slice(scan):
+        a = fake_analyse(scan)
+        return Analysis(*(x[:1] for x in (a.image, a.reconstruction, a.region, a.mask, a.heatmap, a.slice_scores)),
+                        a.scan_score, a.spacing)
+
+    mixed = iter([fake_analyse, one_slice])
+    with pytest.warns(UserWarning, match=r"blob_gate_3d 2: 1 of 2 calibration scans have fewer than 3 slices"):
+        normal_stats(lambda scan: next(mixed)(scan), paths, strict=False, verbose=0, blob_gate_3d=2.0)
+
+
+def test_mixed_depth_warning_only_for_the_gate_across_slices_on_mixed_scans():
+    assert mixed_depth_warning([1, 1, 120], 0.0) is None  # gate off
+    assert mixed_depth_warning([120, 80], 1.0) is None and mixed_depth_warning([1, 2], 1.0) is None  # one kind
+    assert "2 of 3 calibration scans" in mixed_depth_warning([1, 2, 120], 1.0)

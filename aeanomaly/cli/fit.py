@@ -101,8 +101,9 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
                    "(lesions much wider than 25 mm).")
 @click.option("--blob-gate-3d", default=0.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.blob_gate_3d (tested)
               help="Weight the residual further by its blobness across slices (3-D Hessian) to this power: a vessel "
-                   "cut across, round on its slice but a tube along the next ones, loses its height; volumes of "
-                   "3 slices or more only; 0: off.")
+                   "cut across, round on its slice but a tube along the next ones, loses its height. Volumes of "
+                   "3 slices or more only (single slices keep the in-plane gate), so normals and scans must all be "
+                   "volumes; 0: off (README 'Detection on real CT').")
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=F["precision"],
               show_default=True,
