@@ -17,6 +17,7 @@ to finish restores BLAS's own thread count.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from .errors import ConfigError
 
@@ -37,6 +38,11 @@ MAX_CHUNK = 32
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limiter = None
+#: The loaded BLAS libraries, and the number of imported modules when they were found: finding them
+#: (threadpoolctl walks the process's shared libraries) took about 5 ms, paid by every ``map_slices``
+#: call (a dozen per scored scan) before. They are looked for again only after an import, which may
+#: have loaded another BLAS (scipy brings its own beside numpy's).
+_blas_controller: tuple[int, ThreadpoolController] | None = None
 
 
 def _release_openblas_control() -> None:
@@ -54,11 +60,13 @@ def _release_openblas_control() -> None:
 def single_threaded_blas():
     """BLAS limited to one thread while any thread is inside this context (nesting and concurrent
     use are counted; the original limits come back when the last one leaves, whichever thread that is)."""
-    global _blas_users, _blas_limiter
+    global _blas_users, _blas_limiter, _blas_controller
     with _blas_lock:
         if _blas_users == 0:
             _release_openblas_control()
-            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+            if _blas_controller is None or _blas_controller[0] != len(sys.modules):
+                _blas_controller = (len(sys.modules), ThreadpoolController())
+            _blas_limiter = _blas_controller[1].limit(limits=1, user_api="blas")
             _release_openblas_control()
         _blas_users += 1
     try:
