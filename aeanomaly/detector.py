@@ -94,8 +94,11 @@ class ScanResult:
 
     def heatmap_in_input_grid(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Heatmap ``(z, y, x)`` resampled to the input's internal slice grid (float32); slices
-        ``lo:hi`` only when given (what a streamed heatmap write asks for)."""
-        return map_slices(lambda h: from_model_grid(h, self.prepared.grid), self.heatmap[lo:hi])
+        ``lo:hi`` only when given (what a streamed heatmap write asks for). Each chunk's threads
+        resample into the result itself (no assembling copy)."""
+        g, part = self.prepared.grid, self.heatmap[lo:hi]
+        out = np.empty((len(part), g.ny, g.nx), np.float32)
+        return map_slices(lambda h, out: from_model_grid(h, g, out=out), part, out=out)
 
     def lesion_labels_in_input_grid(self) -> np.ndarray:
         """Lesion label volume ``(z, y, x)`` on the input grid (nearest label by majority)."""

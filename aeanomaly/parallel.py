@@ -108,7 +108,7 @@ def chunk_bounds(n: int, threads: int, min_chunk: int = MIN_CHUNK, max_chunk: in
     return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a] or [(0, n)]
 
 
-def map_slices(fn: Callable, *arrays: np.ndarray, threads: int | None = None):
+def map_slices(fn: Callable, *arrays: np.ndarray, threads: int | None = None, out: np.ndarray | None = None):
     """``fn(*chunks)`` on z-chunks of ``arrays`` (all with the same first axis), results assembled.
 
     ``fn`` returns one array or a tuple of arrays, each with the chunk's slices on axis 0; the result
@@ -116,12 +116,24 @@ def map_slices(fn: Callable, *arrays: np.ndarray, threads: int | None = None):
     at a time, and each result is copied into the preallocated output as soon as it is the next one
     in order: the memory in flight is a few chunks, not a second copy of the volume. With one thread
     (or a short volume) it is a plain call on the whole volume.
+
+    With ``out`` (an array with the volume's slices on axis 0), ``fn`` is called as
+    ``fn(*chunks, out=view)`` and writes each chunk's result into its view of ``out``, which is
+    returned: nothing is assembled or copied.
     """
     n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
+    if any(len(a) != n for a in arrays) or (out is not None and len(out) != n):
         raise ConfigError("map_slices needs arrays with the same number of slices")
     t = n_threads() if threads is None else int(threads)
     bounds = chunk_bounds(n, t)
+    if out is not None:
+        if t <= 1 or len(bounds) == 1:
+            fn(*arrays, out=out)
+            return out
+        with single_threaded_blas(), ThreadPoolExecutor(min(t, len(bounds))) as pool:
+            for done in [pool.submit(fn, *(a[lo:hi] for a in arrays), out=out[lo:hi]) for lo, hi in bounds]:
+                done.result()
+        return out
     if t <= 1 or len(bounds) == 1:
         return fn(*arrays)
     outputs: list[np.ndarray] | None = None

@@ -185,12 +185,16 @@ def _bands(r: np.ndarray) -> list[tuple[slice, slice]]:
     return out
 
 
-def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
+def _resample_stack(stack: np.ndarray, out_y: int, out_x: int, out: np.ndarray | None = None) -> np.ndarray:
     """Resample ``(z, y, x)`` to ``(z, out_y, out_x)`` (float32): a block mean for integer
     downsampling factors, dense products with the interpolation matrices for upsampling, else
-    separable sparse filters (all three with the weights of :func:`resample_matrix`)."""
+    separable sparse filters (all three with the weights of :func:`resample_matrix`). With ``out``
+    (float32 ``(z, out_y, out_x)``) the result is written there (the upsampling products directly)."""
     z, ny, nx = stack.shape
     a = stack.astype(np.float32, copy=False)
+    if out is not None and not (out_y >= ny and out_x >= nx and max(out_y, out_x) <= DENSE_UPSAMPLE_MAX):
+        out[...] = _resample_stack(a, out_y, out_x)
+        return out
     if ny % out_y == 0 and nx % out_x == 0 and ny >= out_y and nx >= out_x:
         fy, fx = ny // out_y, nx // out_x
         acc = np.zeros((z, out_y, out_x), np.float32)
@@ -209,14 +213,20 @@ def _resample_stack(stack: np.ndarray, out_y: int, out_x: int) -> np.ndarray:
         # The sums lose only zero terms: the same result within float32 rounding.
         ry = resample_matrix(ny, out_y).toarray().astype(np.float32)
         rx = resample_matrix(nx, out_x).toarray().astype(np.float32)
-        out = np.zeros((z, out_y, out_x), np.float32)
+        fresh = out is None
+        out = np.zeros((z, out_y, out_x), np.float32) if fresh else out
         nz = a != 0
         (y0, y1), (x0, x1) = true_extent(nz, (0, 2)), true_extent(nz, (0, 1))
         if y1 == y0:
+            if not fresh:
+                out[...] = 0.0
             return out
         ry, rx = ry[:, y0:y1], rx[:, x0:x1]
         (oy0, oy1), (ox0, ox1) = true_extent(ry != 0, 1), true_extent(rx != 0, 1)
         ry, rx = ry[oy0:oy1], rx[ox0:ox1]
+        if not fresh:  # the products below write the box of rows oy0:oy1 and columns ox0:ox1; 0 around it
+            out[:, :oy0] = out[:, oy1:] = 0.0
+            out[:, oy0:oy1, :ox0] = out[:, oy0:oy1, ox1:] = 0.0
         box = a[:, y0:y1, x0:x1]
         wide = np.empty((z, y1 - y0, ox1 - ox0), np.float32)
         for rows, cols in _bands(rx):
@@ -255,15 +265,21 @@ def to_model_grid(stack: np.ndarray, size: int, pad_value: float = 0.0) -> tuple
     return _resample_stack(padded, grid.size, grid.size), grid
 
 
-def from_model_grid(stack: np.ndarray, grid: GridSpec) -> np.ndarray:
-    """Inverse of :func:`to_model_grid`: ``(z, size, size)`` → ``(z, ny, nx)`` float32."""
+def from_model_grid(stack: np.ndarray, grid: GridSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of :func:`to_model_grid`: ``(z, size, size)`` → ``(z, ny, nx)`` float32; with ``out``
+    (float32 ``(z, ny, nx)``) written there, without an intermediate copy when the input grid is square."""
     arr = np.asarray(stack, dtype=np.float32)
     if arr.ndim == 2:
         arr = arr[None]
     side = grid.side
+    crop = (slice(None), slice(grid.pad_y, grid.pad_y + grid.ny), slice(grid.pad_x, grid.pad_x + grid.nx))
+    if out is not None:
+        if side != grid.size and (grid.ny, grid.nx) == (side, side):
+            return _resample_stack(arr, side, side, out=out)
+        out[...] = (arr if side == grid.size else _resample_stack(arr, side, side))[crop]
+        return out
     full = arr if side == grid.size else _resample_stack(arr, side, side)
-    out = full[:, grid.pad_y : grid.pad_y + grid.ny, grid.pad_x : grid.pad_x + grid.nx]
-    return np.ascontiguousarray(out, dtype=np.float32)
+    return np.ascontiguousarray(full[crop], dtype=np.float32)
 
 
 def model_to_input_yx(y: float, x: float, grid: GridSpec) -> tuple[float, float]:

@@ -43,6 +43,25 @@ def test_map_slices_matches_serial_with_tuples():
         map_slices(fn, a, m[:5])
 
 
+def test_map_slices_into_out_writes_each_chunk_in_place():
+    rng = np.random.default_rng(1)
+    a = rng.random((101, 4, 4))
+    seen = []
+
+    def fn(x, out):
+        seen.append(len(x))
+        np.multiply(x, 2.0, out=out)
+
+    for t in (1, 2, 5):
+        seen.clear()
+        out = np.full(a.shape, np.nan)
+        assert map_slices(fn, a, threads=t, out=out) is out
+        np.testing.assert_array_equal(out, 2 * a)
+        assert sum(seen) == len(a) and (len(seen) > 1) == (t > 1)
+    with pytest.raises(ConfigError):
+        map_slices(fn, a, out=np.empty((5, 4, 4)))
+
+
 def test_thread_count_from_environment(monkeypatch):
     monkeypatch.setenv("AEANOMALY_THREADS", "3")
     assert n_threads() == 3

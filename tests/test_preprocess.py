@@ -156,3 +156,21 @@ def test_upsampling_a_map_that_is_zero_outside_a_box_is_the_same_product():
         np.testing.assert_allclose(got, ref, atol=2e-6)
         assert (got[[0, 3]] == 0).all() and (got[2][ref[2] == 0] == 0).all()
     assert not from_model_grid(np.zeros((2, 64, 64), np.float32), GridSpec(128, 128, 64)).any()
+
+
+def test_from_model_grid_into_out_is_the_same_and_overwrites_what_was_there():
+    """``out=``: the same values written into the given array (square grids resample straight into it,
+    others through a crop), every element of it overwritten, for upsampling, no resampling and
+    downsampling, a box of nonzero rows and an all-zero stack."""
+    from aeanomaly.preprocess import GridSpec
+
+    rng = np.random.default_rng(6)
+    for ny, nx, size in [(512, 512, 128), (100, 90, 32), (64, 64, 64), (32, 32, 64), (128, 128, 64)]:
+        grid = GridSpec(ny, nx, size)
+        for h in (rng.random((3, size, size)).astype(np.float32), np.zeros((3, size, size), np.float32)):
+            h = h.copy()
+            h[:, : size // 3] = 0.0  # zero rows: the products' box
+            out = np.full((3, ny, nx), np.nan, np.float32)  # garbage that must not survive
+            got = from_model_grid(h, grid, out=out)
+            assert got is out
+            np.testing.assert_array_equal(out, from_model_grid(h, grid))
