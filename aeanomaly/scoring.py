@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage
 
-from .errors import ConfigError
 from .arrays import as_volume, check_spacing, mask_like
 from .blobness import MIN_BLOB_SLICES_3D, residual_blobness, residual_blobness_3d
+from .errors import ConfigError
 from .masks import ROIS, disk_erode
 from .parallel import map_slices
 

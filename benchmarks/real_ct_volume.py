@@ -200,7 +200,7 @@ def tune_table(methods, cases, sigmas=SIGMA_CHOICES_MM, sigma_zs=(0.0,), blob_ga
             for score in SLICE_SCORE_CHOICES:
                 y, s, _, _ = pooled.slices((name, *combo, score))
                 auc = RM.auroc_pm(y[y >= 0], s[y >= 0])["auroc"]
-                key = setting_key(*combo[:1], score, *combo[1:]) if name in SIGMA_METHODS else setting_key(None, score)
+                key = setting_key(combo[0], score, *combo[1:]) if name in SIGMA_METHODS else setting_key(None, score)
                 table.setdefault(name, {})[key] = {"slice_auroc": auc, "pixel_auprc": pix}
     return table
 
