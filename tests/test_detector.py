@@ -94,6 +94,27 @@ def test_scoring_ranks_abnormal_above_normal_and_localizes(det, phantom_test):
         assert les["slice_start"] <= les["slice_end"] and les["area_mm2"] > 0 and len(les["centroid_ras_mm"]) == 3
 
 
+def test_written_heatmap_is_the_input_grid_heatmap_within_half_a_step(det, phantom_test, tmp_path):
+    """What ``score`` writes (int16 counts with scl_slope) reads back as ``heatmap_in_input_grid`` in the
+    input file's grid, within half a quantisation step (1/65534 of the scan's largest value), zeros
+    exact: the storage saves half the bytes and changes no threshold decision beyond that step."""
+    import nibabel as nib
+
+    from aeanomaly.io.results import write_scan_outputs
+    from aeanomaly.io.scan import to_input_geometry
+
+    r = det.score_scan(find_scans(phantom_test / "abnormal")[0])
+    write_scan_outputs(r, "s", tmp_path, heatmaps="nifti", overlays=0)
+    img = nib.load(tmp_path / "heatmaps" / "s_heatmap.nii.gz")
+    expected, affine = to_input_geometry(r.heatmap_in_input_grid(), r.scan)
+    step = float(np.abs(r.heatmap).max()) / 32767
+    assert img.get_data_dtype() == np.int16 and step > 0
+    np.testing.assert_allclose(img.affine, affine)
+    back = img.get_fdata()
+    assert np.abs(back - expected).max() <= 0.502 * step
+    assert (back[expected == 0] == 0).all()
+
+
 def test_save_load_round_trip_gives_same_scores(det, fitted_bundle, phantom_test, tmp_path):
     path = find_scans(phantom_test / "abnormal")[0]
     a = det.score_scan(path)

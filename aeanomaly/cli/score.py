@@ -34,7 +34,9 @@ def head_summary(det) -> dict:
               help="Label slices by Benjamini-Hochberg across each scan's slices at this FDR (default: each "
                    "slice against the slice-level threshold).")
 @click.option("--min-lesion-mm3", type=float, default=None, help="Drop lesions smaller than this volume (mm³).")
-@click.option("--heatmaps", type=click.Choice(["nifti", "npy", "none"]), default="nifti", show_default=True)
+@click.option("--heatmaps", type=click.Choice(["nifti", "npy", "none"]), default="nifti", show_default=True,
+              help="nifti: .nii.gz in each input's own grid, int16 with scl_slope (within 1/65534 of the scan's "
+                   "largest value); npy: float32 on the internal grid.")
 @click.option("--overlays", default=3, show_default=True, type=click.IntRange(0),
               help="PNG overlays of the N top-scoring slices per scan (0 = none).")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import AeAnomalyError
 from .validate import scan_stem
-from .writers import atomic_dir, atomic_path, save_like_input, save_slabs_like_input
+from .writers import atomic_dir, atomic_path, int16_slope, save_like_input, save_slabs_like_input
 
 #: ``head_proba`` / ``fused_proba``: a CNN head's scan probability of abnormal and its fusion with the
 #: p-value (empty without a CNN head / a fitted fusion). ``note``: why a scan was scored as it was
@@ -125,6 +125,8 @@ def write_scan_outputs(res, name: str, out: str | os.PathLike, *, heatmaps: str 
         Results folder: ``heatmaps/<name>_heatmap.nii.gz`` (or ``.npy``) and
         ``overlays/<name>_slice<k>.png`` for the ``overlays`` top-scoring slices.
     heatmaps : {"nifti", "npy", "none"}
+        ``nifti``: int16 counts with the NIfTI ``scl_slope`` that readers apply (the scan's largest
+        heatmap value / 32767: every value within 1/65534 of it, zeros exact); ``npy``: float32.
     overlays : int
         Number of overlay PNGs (0 = none).
     pixel_threshold : float, optional
@@ -141,8 +143,11 @@ def write_scan_outputs(res, name: str, out: str | os.PathLike, *, heatmaps: str 
     if heatmaps != "none":
         ext = ".nii.gz" if heatmaps == "nifti" else ".npy"
         target = out / "heatmaps" / f"{name}_heatmap{ext}"
-        if heatmaps == "nifti":  # streamed: the input-grid heatmap is never held whole
-            save_slabs_like_input(target, res.heatmap_in_input_grid, res.scan)
+        if heatmaps == "nifti":  # streamed: the input-grid heatmap is never held whole; int16 counts
+            # of the finest step for this scan's largest value (resampling to the input grid is a
+            # weighted mean, which never exceeds it): within 1/65534 of it, half the bytes to compress
+            slope = int16_slope(float(np.max(np.abs(res.heatmap), initial=0.0)))
+            save_slabs_like_input(target, res.heatmap_in_input_grid, res.scan, slope=slope)
         else:
             write_heatmap(target, res.heatmap_in_input_grid(), res.scan, fmt=heatmaps)
     pngs: list[Path] = []

@@ -208,6 +208,39 @@ def test_save_slabs_like_input_writes_the_same_file_as_the_whole_volume(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in.nii.gz", f"whole{ext}", f"streamed{ext}"])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, "lps"])
+def test_save_slabs_like_input_with_a_slope_stores_int16_counts(tmp_path, seed):
+    """With a slope the file holds int16 counts and scl_slope: read back through nibabel, every value is
+    within slope / 2 (and float32 rounding) of the float volume, zeros stay exactly 0, the largest value keeps its height, and
+    the geometry is that of the float file; streamed (slices the file's third axis) or assembled."""
+    from aeanomaly.io.writers import QUANT_MAX, int16_slope, save_slabs_like_input
+    _, aff, scan = _reoriented_input(tmp_path, seed)
+    rng = np.random.default_rng(1)
+    vol = np.where(rng.random(scan.hu.shape) < 0.6, 0.0, rng.gamma(2.0, 0.01, scan.hu.shape)).astype(np.float32)
+    slope = int16_slope(float(np.abs(vol).max()))
+    assert slope == pytest.approx(float(vol.max()) / QUANT_MAX, rel=1e-7)
+    floats = save_slabs_like_input(tmp_path / "f.nii.gz", lambda lo, hi: vol[lo:hi], scan, slab_slices=5)
+    counts = save_slabs_like_input(tmp_path / "q.nii.gz", lambda lo, hi: vol[lo:hi], scan, slab_slices=5, slope=slope)
+    f, q = nib.load(floats), nib.load(counts)
+    assert q.get_data_dtype() == np.int16 and f.get_data_dtype() == np.float32
+    assert (q.dataobj.slope, q.dataobj.inter) == pytest.approx((slope, 0.0))  # nibabel moves scl_* there
+    np.testing.assert_allclose(q.affine, f.affine)
+    back, exact = q.get_fdata(), f.get_fdata()
+    assert np.abs(back - exact).max() <= slope * 0.502
+    assert (back[exact == 0] == 0).all()
+    assert back.max() == pytest.approx(exact.max(), rel=1e-6)
+    assert counts.stat().st_size < floats.stat().st_size
+
+
+def test_int16_slope_edge_cases():
+    from aeanomaly.io.writers import int16_slope
+
+    assert int16_slope(0.0) == 1.0  # all zeros: any slope stores them exactly
+    assert int16_slope(float("nan")) is None and int16_slope(float("inf")) is None  # must stay floats
+    assert int16_slope(32767.0) == 1.0
+    assert int16_slope(1e-45) is None  # its step would be 0 in float32
+
+
 def test_save_slabs_like_input_internal_grid_and_bad_slabs(tmp_path):
     """Scans without a recorded orientation are written in the internal grid; a slab of the wrong shape
     is an error and leaves no file."""
