@@ -94,6 +94,12 @@ def residual_blobness(residual: np.ndarray, mask: np.ndarray | None = None, spac
 MIN_BLOB_SLICES_3D = 3
 
 
+def gates_across_slices(n_slices: int) -> bool:
+    """Whether a scan of ``n_slices`` slices gets the blob gate across slices (at least
+    :data:`MIN_BLOB_SLICES_3D`): the one rule scoring applies and calibration checks."""
+    return int(n_slices) >= MIN_BLOB_SLICES_3D
+
+
 def symmetric_eigenvalues_3x3(a11, a22, a33, a12, a13, a23) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eigenvalues ``λ₁ ≤ λ₂ ≤ λ₃`` of symmetric 3 × 3 matrices given by their six entries (arrays of
     one shape), in closed form (the trigonometric solution of the characteristic cubic, Smith 1961).

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from .blobness import MIN_BLOB_SLICES_3D
+from .blobness import MIN_BLOB_SLICES_3D, gates_across_slices
 from .calibrate import NormalStats
 from .errors import AeAnomalyError, ScanError
 from .io import load_scan
@@ -112,7 +112,7 @@ def mixed_depth_warning(n_slices: list[int], blob_gate_3d: float) -> str | None:
     """
     if blob_gate_3d <= 0:
         return None
-    thin = sum(n < MIN_BLOB_SLICES_3D for n in n_slices)
+    thin = sum(not gates_across_slices(n) for n in n_slices)
     if 0 < thin < len(n_slices):
         return (f"blob_gate_3d {blob_gate_3d:g}: {thin} of {len(n_slices)} calibration scans have fewer than "
                 f"{MIN_BLOB_SLICES_3D} slices and are scored with the in-plane blob gate only, the others with the "

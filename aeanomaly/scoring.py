@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import as_volume, check_spacing, mask_like
-from .blobness import MIN_BLOB_SLICES_3D, residual_blobness, residual_blobness_3d
+from .blobness import gates_across_slices, residual_blobness, residual_blobness_3d
 from .errors import ConfigError
 from .masks import ROIS, disk_erode
 from .parallel import map_slices
@@ -205,7 +205,7 @@ def analyse(image: np.ndarray, reconstruction: np.ndarray, region: np.ndarray, k
 
     across_z = params.sigma_z_mm > 0 and len(image) > 1
     later = across_z and params.slice_score != "mae"  # scored from the heatmap after the pass across z
-    gate_3d = params.blob_gate_3d > 0 and len(image) >= MIN_BLOB_SLICES_3D
+    gate_3d = params.blob_gate_3d > 0 and gates_across_slices(len(image))
 
     def residual(x, x_hat, reg, k):
         return residual_map(x, x_hat, sign), disk_erode(reg, erode_px) & k[:, None, None]

@@ -72,3 +72,10 @@ def test_residual_blobness_3d_keeps_a_ball_and_drops_a_vessel_cut_across(ball_an
     assert not residual_blobness_3d(r, np.zeros(r.shape, bool), SPACING).any()
     with pytest.raises(ValueError, match="volume"):
         residual_blobness_3d(r[0], spacing=SPACING)
+
+
+def test_gates_across_slices_from_min_blob_slices_3d():
+    from aeanomaly.blobness import MIN_BLOB_SLICES_3D, gates_across_slices
+
+    assert not gates_across_slices(1) and not gates_across_slices(MIN_BLOB_SLICES_3D - 1)
+    assert gates_across_slices(MIN_BLOB_SLICES_3D) and gates_across_slices(300)
