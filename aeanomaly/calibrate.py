@@ -515,16 +515,21 @@ class Calibration:
     """A fitted detector's operating point: scan- and slice-level calibrators, the pixel threshold,
     the normal slice peaks, the calibration scans, the inference precision, a log of every change, and
     (``slice_norm="area"``) the :class:`RegionSizeReference` that slice scores are normalised with
-    before the calibrators see them (``reference``; None: raw slice scores).
+    before the calibrators see them (``reference``; None: raw slice scores), and for a heatmap that fuses
+    a segmenter's probability with the residual, the residual's scale on the same normals
+    (``residual_scale``: the residual heatmap's pixel threshold; None where nothing is fused).
 
     Build with :meth:`fit` (from :class:`NormalStats`) or :meth:`from_dict` (calibration.json); change
     with :meth:`with_target_fpr` / :meth:`with_threshold`, which return new objects.
     """
 
     def __init__(self, scan: Calibrator, slice: Calibrator, pixel_threshold: float, pixel_quantile: float,
-                 normal_peaks, sources, precision: str = "float32", log=(), reference=None):
+                 normal_peaks, sources, precision: str = "float32", log=(), reference=None,
+                 residual_scale: float | None = None):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if residual_scale is not None and not (np.isfinite(residual_scale) and residual_scale > 0):
+            raise ConfigError(f"residual_scale must be a positive number or None, got {residual_scale!r}")
         self.scan = scan
         self.slice = slice
         self.pixel_threshold = float(pixel_threshold)
@@ -534,6 +539,7 @@ class Calibration:
         self.precision = precision
         self.log = [dict(e) for e in log]
         self.reference = reference
+        self.residual_scale = None if residual_scale is None else float(residual_scale)
 
     def normalised(self, slice_scores, mask) -> np.ndarray:
         """Slice scores as the calibrators take them: through the region-size reference when there is
@@ -548,11 +554,13 @@ class Calibration:
     @classmethod
     def fit(cls, stats: NormalStats, *, target_fpr: float, method: str = "auto", pixel_quantile: float = 0.999,
             precision: str = "float32", note: str = "fit", log=(), slice_norm: str = "none",
-            scan_aggregation: str = ScoringParams.scan_aggregation) -> "Calibration":
+            scan_aggregation: str = ScoringParams.scan_aggregation,
+            residual_scale: float | None = None) -> "Calibration":
         """Fit on the statistics of held-out normal scans (at least 2 scorable ones). With
         ``slice_norm="area"`` a :class:`RegionSizeReference` is fitted on their slices first and the scan
         scores are aggregated again (``scan_aggregation``, the scoring default unless given: it must be the
-        detector's) from the normalised slice scores."""
+        detector's) from the normalised slice scores. ``residual_scale``: the one ``stats`` were scored
+        with, kept (see the class)."""
         if slice_norm not in SLICE_NORMS:
             raise ConfigError(f"slice_norm must be one of {', '.join(SLICE_NORMS)}, got {slice_norm!r}")
         scores = np.asarray(stats.scan_scores, float)
@@ -574,13 +582,14 @@ class Calibration:
         thr = pixel_threshold(stats.tails, stats.n_pixels, pixel_quantile)
         entry = {"when": _now(), "what": note, "method": scan.method_, "target_fpr": float(target_fpr),
                  "threshold": _finite_or_none(scan.threshold_), "n_scans": int(len(scores)), "slice_norm": slice_norm}
-        return cls(scan, sl, thr, pixel_quantile, stats.peaks, stats.sources, precision, [*log, entry], reference)
+        return cls(scan, sl, thr, pixel_quantile, stats.peaks, stats.sources, precision, [*log, entry], reference,
+                   residual_scale)
 
     def with_target_fpr(self, alpha: float, reason: str = "") -> "Calibration":
         """Refitted on the same normal scores at another target FPR."""
         new = Calibration(self.scan.with_target_fpr(alpha), self.slice.with_target_fpr(alpha), self.pixel_threshold,
                           self.pixel_quantile, self.normal_peaks, self.sources, self.precision, self.log,
-                          self.reference)
+                          self.reference, self.residual_scale)
         new.log.append({"when": _now(), "what": "set_threshold", "reason": reason, "target_fpr": float(alpha),
                         "threshold": _finite_or_none(new.scan.threshold_)})
         return new
@@ -589,7 +598,7 @@ class Calibration:
         """A manual scan-level threshold (p-values stay those of the fitted distribution)."""
         scan = copy.deepcopy(self.scan).set_threshold(float(threshold), reason=reason)
         new = Calibration(scan, self.slice, self.pixel_threshold, self.pixel_quantile, self.normal_peaks,
-                          self.sources, self.precision, self.log, self.reference)
+                          self.sources, self.precision, self.log, self.reference, self.residual_scale)
         new.log.append({"when": _now(), "what": "set_threshold", "reason": reason, "target_fpr": self.target_fpr,
                         "threshold": _finite_or_none(scan.threshold_)})
         return new
@@ -607,6 +616,7 @@ class Calibration:
             "calibration_scans": self.sources,
             "log": self.log,
             "slice_reference": None if self.reference is None else self.reference.to_dict(),
+            "residual_scale": self.residual_scale,
         }
 
     @classmethod
@@ -616,6 +626,7 @@ class Calibration:
             return cls(Calibrator.from_dict(d["scan"]), Calibrator.from_dict(d["slice"]), float(d["pixel_threshold"]),
                        float(d.get("pixel_quantile", pixel_quantile)), d["normal_peaks"],
                        d.get("calibration_scans", []), str(d.get("precision", "float32")), d.get("log", []),
-                       None if d.get("slice_reference") is None else RegionSizeReference.from_dict(d["slice_reference"]))
+                       None if d.get("slice_reference") is None else RegionSizeReference.from_dict(d["slice_reference"]),
+                       None if d.get("residual_scale") is None else float(d["residual_scale"]))
         except (KeyError, TypeError, ValueError) as err:
             raise ConfigError(f"calibration is incomplete or malformed: {type(err).__name__} {err}") from None

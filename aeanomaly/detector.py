@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 
 from . import bundle as _bundle
-from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, benjamini_hochberg
+from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, benjamini_hochberg, pixel_threshold
 from .config import BFLOAT16_HARDWARE, FIT_DEFAULTS, TRAIN_DEFAULTS, TrainConfig
 from .errors import AeAnomalyError, ConfigError, NotFittedError
 from .fitting import build_store, normal_stats
@@ -48,6 +48,8 @@ MODEL_KINDS = ("dae", "dae+seg")
 SEG_MAX_SLICES = 4000
 #: Radii of the synthetic anomalies as fractions of the grid (the real-CT benchmark's setting).
 SEG_RADIUS_FRACTION = (0.008, 0.06)
+#: The smallest residual scale of a fused heatmap (normals whose residual heatmap is zero almost everywhere).
+MIN_RESIDUAL_SCALE = 1e-6
 #: Pixels per inference batch when none is given: the network's activations (which TensorFlow's
 #: allocator keeps) grow with the batch, its speed on the CPU does not beyond about 1 M pixels
 #: (at 256 px: 36 slices/s at a batch of 16 as at 32, with 340 MiB less peak memory).
@@ -142,14 +144,15 @@ class AnomalyDetector:
         (:func:`aeanomaly.model.autoencoder.native_bfloat16`) and in float32 elsewhere; ``precision_``
         says which. Calibrate in the precision you score in (``aeanomaly calibrate --precision``).
     roi, slice_score, scan_aggregation, residual_sign, sigma_mm, sigma_z_mm, blob_gate, blob_gate_3d, erode_mm,
-    opening_mm, pixel_quantile, min_lesion_mm2, min_lesion_mm3, min_body_fraction, slice_fdr
+    opening_mm, pixel_quantile, min_lesion_mm2, min_lesion_mm3, min_body_fraction, slice_fdr, slice_norm, seg_weight
         Scoring and localisation: see :class:`aeanomaly.scoring.ScoringParams`.
     model_kind : {"dae", "dae+seg"}
         ``dae``: the heatmap is the smoothed reconstruction residual. ``dae+seg`` (self-supervised, DRAEM
         style; :mod:`aeanomaly.model.selfsup`): after the autoencoder, a small U-Net that sees each slice
         and its reconstruction is trained on normal slices with synthetic anomalies (blended patches of
         other normal slices, intensity and texture changes, foreign-patch interpolation, smooth blobs)
-        to segment them; the heatmap is its per-pixel anomaly probability.
+        to segment them; the heatmap is its per-pixel anomaly probability, or with ``seg_weight`` < 1 that
+        probability fused with the residual heatmap.
     seg_epochs, seg_filters
         Training epochs and base filters of that segmentation network.
 
@@ -183,6 +186,7 @@ class AnomalyDetector:
         min_lesion_mm3: float | None = SCORING_DEFAULTS["min_lesion_mm3"],
         min_body_fraction: float = SCORING_DEFAULTS["min_body_fraction"],
         slice_fdr: float | None = SCORING_DEFAULTS["slice_fdr"], slice_norm: str = SCORING_DEFAULTS["slice_norm"],
+        seg_weight: float = SCORING_DEFAULTS["seg_weight"],
         model_kind: str = FIT_DEFAULTS["model_kind"], seg_epochs: int = FIT_DEFAULTS["seg_epochs"],
         seg_filters: int = FIT_DEFAULTS["seg_filters"],
     ):
@@ -225,6 +229,7 @@ class AnomalyDetector:
         self.min_body_fraction = min_body_fraction
         self.slice_fdr = slice_fdr
         self.slice_norm = slice_norm
+        self.seg_weight = seg_weight
         self.model_kind = model_kind
         self.seg_epochs = seg_epochs
         self.seg_filters = seg_filters
@@ -420,27 +425,31 @@ class AnomalyDetector:
             self._inference_cache = cache = (self.model_, precision, fn)
         return cache[2]
 
-    def analyse(self, scan: Scan | str | os.PathLike, *, precision: str | None = None,
-                normalise: bool = True) -> Analysis:
-        """Residual heatmap and slice / scan scores of one scan on the model grid (no calibration needed):
-        :meth:`prepare`, :meth:`reconstruct` and :meth:`analyse_prepared` (``normalise``: see there)."""
+    def analyse(self, scan: Scan | str | os.PathLike, *, precision: str | None = None, normalise: bool = True,
+                heatmap: str = "auto", residual_scale: float | None = None) -> Analysis:
+        """Heatmap and slice / scan scores of one scan on the model grid (no calibration needed, except for
+        a fused heatmap): :meth:`prepare`, :meth:`reconstruct` and :meth:`analyse_prepared` (``normalise``,
+        ``heatmap``, ``residual_scale``: see there)."""
         scan = scan if isinstance(scan, Scan) else load_scan(scan)
-        return self._analyse(scan, self.prepare(scan), precision=precision, normalise=normalise)
+        return self._analyse(scan, self.prepare(scan), precision=precision, normalise=normalise, heatmap=heatmap,
+                             residual_scale=residual_scale)
 
-    def _analyse(self, scan: Scan, prep: PreparedScan, *, precision: str | None = None,
-                 normalise: bool = True) -> Analysis:
+    def _analyse(self, scan: Scan, prep: PreparedScan, *, precision: str | None = None, normalise: bool = True,
+                 heatmap: str = "auto", residual_scale: float | None = None) -> Analysis:
         keep = self._scored_slices(prep)
         recon = np.zeros(prep.x.shape[:3], np.float32)
         if keep.any():
             recon[keep] = self.reconstruct(prep.x[keep], precision=precision)
-        return self.analyse_prepared(prep, recon, is_hu=scan.is_hu, normalise=normalise)
+        return self.analyse_prepared(prep, recon, is_hu=scan.is_hu, normalise=normalise, heatmap=heatmap,
+                                     residual_scale=residual_scale)
 
     def _scored_slices(self, prep: PreparedScan) -> np.ndarray:
         """Slices with enough body; when there are none, the slices with any body."""
         return prep.keep if prep.keep.any() else prep.body.reshape(len(prep.body), -1).any(axis=1)
 
     def analyse_prepared(self, prep: PreparedScan, reconstruction: np.ndarray, *, is_hu: bool = True,
-                         normalise: bool = True) -> Analysis:
+                         normalise: bool = True, heatmap: str = "auto",
+                         residual_scale: float | None = None) -> Analysis:
         """:func:`aeanomaly.scoring.analyse` of a prepared scan and a reconstruction of it, in the
         detector's scoring region (the lungs, the body, or a U-Net head's organs).
 
@@ -452,7 +461,15 @@ class AnomalyDetector:
         When the calibration holds a region-size reference (``slice_norm="area"``), the slice scores
         (and the scan score aggregated from them) are the normalised ones the calibrators take, unless
         ``normalise`` is False (the raw scores, which calibration itself starts from).
+
+        ``heatmap``: ``auto``, the detector's own (a ``dae+seg`` segmenter's probability, fused with the
+        residual when ``seg_weight`` < 1); ``residual``, the residual heatmap whatever the model kind, with
+        raw slice scores where the detector's own heatmap is another (the calibration's reference belongs to
+        that one). ``residual_scale``: the residual's scale in a fused heatmap (default: the calibration's,
+        which :meth:`fit` and :meth:`recalibrate` fix).
         """
+        if heatmap not in ("auto", "residual"):
+            raise ConfigError(f"heatmap must be 'auto' or 'residual', got {heatmap!r}")
         params = self.scoring_params()
         window = HUWindow.parse(self.window)
         notes = []
@@ -473,10 +490,12 @@ class AnomalyDetector:
         sign = resolved_sign(params.residual_sign, roi, unet)
         reconstruction = np.asarray(reconstruction, np.float32)
         out = analyse(image, reconstruction, region, keep, prep.spacing, params, sign, note="; ".join(notes))
-        if getattr(self, "seg_model_", None) is not None:
-            out = self._with_anomaly_probability(out, prep, reconstruction, params)
         cal = getattr(self, "calibration_", None)
-        if normalise and cal is not None and cal.reference is not None:
+        own = getattr(self, "seg_model_", None) is None
+        if not own and heatmap == "auto":
+            scale = residual_scale if residual_scale is not None else getattr(cal, "residual_scale", None)
+            out = self._with_anomaly_probability(out, prep, reconstruction, params, scale)
+        if normalise and cal is not None and cal.reference is not None and (own or heatmap == "auto"):
             out.slice_scores = cal.normalised(out.slice_scores, out.mask)
             out.scan_score = scan_score(out.slice_scores, params.scan_aggregation)
         out.prepared = prep
@@ -484,15 +503,22 @@ class AnomalyDetector:
         return out
 
     def _with_anomaly_probability(self, out: Analysis, prep: PreparedScan, reconstruction: np.ndarray,
-                                  params: ScoringParams) -> Analysis:
-        """``out`` with the segmenter's anomaly probability as the heatmap (in the same mask), and the
-        slice and scan scores recomputed from it."""
-        from .model.selfsup import anomaly_probability
+                                  params: ScoringParams, residual_scale: float | None) -> Analysis:
+        """``out`` with the segmenter's anomaly probability as the heatmap (in the same mask), fused with
+        ``out``'s residual heatmap at ``residual_scale`` when ``seg_weight`` < 1, and the slice and scan scores
+        recomputed from it."""
+        from .model.selfsup import anomaly_probability, fused_heatmap
 
+        weight = float(params.seg_weight)
+        if weight < 1.0 and residual_scale is None:
+            raise ConfigError(f"seg_weight {weight:g} fuses the residual at the scale of the calibration normals, "
+                              "and this calibration has none (fitted with seg_weight 1): recalibrate first")
         scored = out.mask.reshape(len(out.mask), -1).any(axis=1)
         prob = np.zeros(out.heatmap.shape, np.float32)
         if scored.any():
             prob[scored] = anomaly_probability(self.seg_model_, prep.x[scored], reconstruction[scored])
+        if weight < 1.0:
+            prob = fused_heatmap(prob, out.heatmap, weight, residual_scale)
         out.heatmap = np.where(out.mask, prob, np.float32(0.0))
         out.slice_scores = slice_scores(out.heatmap, out.mask, params.slice_score if params.slice_score != "mae" else "p99")
         out.scan_score = scan_score(out.slice_scores, params.scan_aggregation)
@@ -558,15 +584,34 @@ class AnomalyDetector:
         self.train_state_ = {k: state.get(k) for k in ("epoch", "best", "stopped_early", "resumed_from",
                                                        "n_train_slices", "n_val_slices")}
         self.split_ = {side: [str(paths[i]) for i in getattr(split, side)] for side in ("train", "val", "calib")}
-        stats, cal_skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False),
-                                          [paths[i] for i in split.calib], strict=strict, verbose=verbose,
-                                          blob_gate_3d=self.blob_gate_3d)
-        params = self.scoring_params()
-        self.calibration_ = Calibration.fit(stats, target_fpr=self.target_fpr, method=self.calib_method,
-                                            pixel_quantile=self.pixel_quantile, precision=precision,
-                                            slice_norm=params.slice_norm, scan_aggregation=params.scan_aggregation)
+        self.calibration_, cal_skipped = self._calibrated([paths[i] for i in split.calib], method=self.calib_method,
+                                                          target_fpr=self.target_fpr, precision=precision,
+                                                          strict=strict, verbose=verbose)
         self.skipped_ = skipped + cal_skipped
         return self
+
+    def _calibrated(self, paths: list, *, method: str, target_fpr: float, precision: str, strict: bool,
+                    verbose: int, note: str = "fit", log=()) -> tuple[Calibration, list[dict]]:
+        """A :class:`Calibration` fitted on normal ``paths`` and the skipped ones; the detector is unchanged.
+
+        A fused heatmap (a segmenter and ``seg_weight`` < 1) needs the residual's scale first: one pass
+        over the same scans with the residual heatmap alone gives its pixel threshold, the scale of the
+        pass that calibrates."""
+        params = self.scoring_params()
+        scale = None
+        if getattr(self, "seg_model_", None) is not None and params.seg_weight < 1.0:
+            residual, _ = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False,
+                                                              heatmap="residual"),
+                                       paths, strict=strict, verbose=verbose, blob_gate_3d=self.blob_gate_3d,
+                                       desc="residual scale")
+            scale = max(pixel_threshold(residual.tails, residual.n_pixels, params.pixel_quantile), MIN_RESIDUAL_SCALE)
+        stats, skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False,
+                                                             residual_scale=scale),
+                                      paths, strict=strict, verbose=verbose, blob_gate_3d=self.blob_gate_3d)
+        cal = Calibration.fit(stats, target_fpr=target_fpr, method=method, pixel_quantile=params.pixel_quantile,
+                              precision=precision, note=note, log=log, slice_norm=params.slice_norm,
+                              scan_aggregation=params.scan_aggregation, residual_scale=scale)
+        return cal, skipped
 
     def fine_tune(self, paths: Iterable[str | os.PathLike], *, epochs: int = 5, learning_rate: float | None = None,
                   work_dir: str | os.PathLike | None = None, strict: bool = False, verbose: int = 1,
@@ -672,13 +717,9 @@ class AnomalyDetector:
             raise ConfigError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
         if not 0.0 < alpha < 1.0:
             raise ConfigError(f"target_fpr must be in (0, 1), got {target_fpr!r}")
-        stats, skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False), list(paths),
-                                      strict=strict, verbose=verbose, blob_gate_3d=self.blob_gate_3d)
-        params = self.scoring_params()
-        self.calibration_ = Calibration.fit(stats, target_fpr=alpha, method=method, pixel_quantile=self.pixel_quantile,
-                                            precision=precision, note=note, log=self.calibration_.log,
-                                            slice_norm=params.slice_norm, scan_aggregation=params.scan_aggregation)
-        self.skipped_ = skipped
+        self.calibration_, self.skipped_ = self._calibrated(list(paths), method=method, target_fpr=alpha,
+                                                            precision=precision, strict=strict, verbose=verbose,
+                                                            note=note, log=self.calibration_.log)
         return self
 
     def set_threshold(self, threshold: float | None = None, *, target_fpr: float | None = None,
@@ -829,10 +870,11 @@ class AnomalyDetector:
         """Load a fitted detector from a bundle directory."""
         parts = _bundle.load_parts(path)
         info = parts["info"]
-        try:  # bundles written before the norm / slice_norm / sigma_z_mm / blob_gate(_3d) options: GroupNorm
-            # models, raw slice scores, no smoothing across slices, the residual as it is
+        try:  # bundles written before the norm / slice_norm / sigma_z_mm / blob_gate(_3d) / seg_weight options:
+            # GroupNorm models, raw slice scores, no smoothing across slices, the residual as it is, a segmenter's
+            # probability alone
             det = cls(**{"norm": "group", "slice_norm": "none", "sigma_z_mm": 0.0, "blob_gate": 0.0,
-                         "blob_gate_3d": 0.0,
+                         "blob_gate_3d": 0.0, "seg_weight": 1.0,
                          **info["params"]})
             window = HUWindow.parse(det.window)
         except (TypeError, ConfigError) as err:

@@ -77,15 +77,16 @@ def build_store(prepare: Callable, paths: list, ids: list[int], split: dict, spe
 
 
 def normal_stats(analyse: Callable, paths: list, *, strict: bool, verbose: int,
-                 blob_gate_3d: float = 0.0) -> tuple[NormalStats, list[dict]]:
+                 blob_gate_3d: float = 0.0, desc: str = "calibrate") -> tuple[NormalStats, list[dict]]:
     """Score held-out normal scans with ``analyse`` (scan → :class:`~aeanomaly.scoring.Analysis`) and
     gather what calibration needs (:class:`~aeanomaly.calibrate.NormalStats`). With the scoring's
     ``blob_gate_3d`` > 0, warns when the scans mix volumes and single slices (:func:`mixed_depth_warning`).
+    ``desc`` names the pass in the progress bar.
 
     Returns the statistics and the skipped scans; ScanError when no scan could be used.
     """
     stats, skipped = NormalStats(), []
-    for path in tqdm(paths, desc="calibrate", unit="scan", disable=verbose == 0):
+    for path in tqdm(paths, desc=desc, unit="scan", disable=verbose == 0):
         scan = _load(path, strict, skipped)
         if scan is None:
             continue

@@ -79,6 +79,12 @@ class ScoringParams:
         calibration normals' slices of the same scoring-region size, so that the lung apex and base,
         where the small lungs' edges raise every residual, are not flagged for where they lie.
         Takes effect at calibration.
+    seg_weight : float
+        In [0, 1]; used only by a detector that holds a ``dae+seg`` segmenter. Its heatmap is
+        ``seg_weight`` × the segmenter's anomaly probability + (1 − ``seg_weight``) × the residual heatmap
+        over its pixel threshold on the calibration normals, clipped to [0, 1]
+        (:func:`aeanomaly.model.selfsup.fused_heatmap`). 1: the probability alone. Takes effect at
+        calibration, which fixes that residual scale.
     """
 
     roi: str = "auto"
@@ -99,6 +105,7 @@ class ScoringParams:
     min_body_fraction: float = 0.05
     slice_fdr: float | None = None
     slice_norm: str = "area"
+    seg_weight: float = 1.0
 
     def validated(self) -> "ScoringParams":
         """Self, after checking every value (ConfigError naming the parameter)."""
@@ -119,6 +126,9 @@ class ScoringParams:
             raise ConfigError(f"min_body_fraction must be in [0, 1), got {self.min_body_fraction!r}")
         if self.slice_fdr is not None and not 0.0 < float(self.slice_fdr) < 1.0:
             raise ConfigError(f"slice_fdr must be in (0, 1), got {self.slice_fdr!r}")
+        w = self.seg_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= float(w) <= 1.0:
+            raise ConfigError(f"seg_weight must be a number in [0, 1], got {w!r}")
         return self
 
     @classmethod

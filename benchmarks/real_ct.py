@@ -303,8 +303,9 @@ def test_b(methods, cal, cases) -> dict:
 
 
 def choose_seg(chosen: dict) -> str | None:
-    """The self-supervised map (alone or fused) with the higher in-volume tune merit (tuning kinds)."""
-    names = [n for n in ("dae+seg", "dae+seg(fused)") if n in chosen]
+    """The self-supervised map (alone or fused at one of the weights) with the highest in-volume tune merit
+    (tuning kinds)."""
+    names = [n for n in ("dae+seg", *RM.FUSED) if n in chosen]
     return max(names, key=lambda n: chosen[n]["merit"]) if names else None
 
 

@@ -6,9 +6,11 @@ gives the image, the reconstruction and the scoring mask; every method's heatmap
 same prepared scan and mask, so methods differ only in the map:
 
 * ``dae`` — the product's residual heatmap (``Analysis.heatmap``) as it is configured.
-* ``dae+seg`` / ``dae+seg(fused)`` — the self-supervised segmenter's probability
-  (:func:`aeanomaly.model.selfsup.anomaly_probability`), alone or fused half-and-half with the residual
-  (scale fixed on the calibration normals).
+* ``dae+seg`` / ``dae+seg(fused W)`` — the self-supervised segmenter's probability
+  (:func:`aeanomaly.model.selfsup.anomaly_probability`), alone or fused with the residual
+  (:func:`aeanomaly.model.selfsup.fused_heatmap`: ``W`` × probability + (1 − ``W``) × the residual over its
+  pixel threshold on the calibration normals), for each ``W`` of :data:`FUSED_WEIGHTS`; ``dae+seg(fused)``
+  is ``W`` = 0.5 (the name of earlier runs). What the product's ``seg_weight`` computes.
 * ``pca`` — the product's scoring of a PCA reconstruction (``AnomalyDetector.analyse_prepared``).
 * ``intensity`` — the product's scoring of a zero reconstruction: the (positive) windowed intensity.
 * ``log`` / ``hessian`` — non-learned bright-blob filters in the lungs, multi-scale (σ 1–6 mm, at least 0.7 px):
@@ -28,6 +30,18 @@ import numpy as np
 from scipy import ndimage as ndi
 
 BLOB_SIGMAS_MM = (1.0, 1.75, 3.0, 4.5, 6.0)
+#: Weights of the probability in the fused maps, each a method of its own (the tune split compares them).
+FUSED_WEIGHTS = (0.75, 0.5, 0.25)
+
+
+def fused_name(weight: float) -> str:
+    """The method name of the fused map of ``weight`` (0.5 keeps the name of runs before the others)."""
+    return "dae+seg(fused)" if weight == 0.5 else f"dae+seg(fused {weight:g})"
+
+
+#: Every fused map's method name, in the order of :data:`FUSED_WEIGHTS`.
+FUSED = tuple(fused_name(w) for w in FUSED_WEIGHTS)
+
 #: Scales below this (in model pixels) are raised to it: sub-pixel derivative kernels are noise.
 MIN_SIGMA_PX = 0.7
 
@@ -64,7 +78,7 @@ class Methods:
         # ({"sigma_mm": ..., "sigma_z_mm": ..., "blob_gate": ...}: real_ct_volume.apply)
         self.sigma: dict[str, dict] = {}
         self.references: dict = {}  # per method, its calibration's region-size reference (slice_norm "area")
-        self.names = names or ["dae", *(("dae+seg", "dae+seg(fused)") if seg_model is not None else ()),
+        self.names = names or ["dae", *(("dae+seg", *FUSED) if seg_model is not None else ()),
                                *(("pca",) if pca is not None else ()), "intensity", "log", "hessian"]
 
     def maps(self, scan) -> tuple:
@@ -87,8 +101,10 @@ class Methods:
             maps["dae+seg"] = np.where(m, prob, 0).astype(np.float32)
             times["dae+seg"] = times["dae"] + time.perf_counter() - t
             if self.residual_scale is not None:
-                maps["dae+seg(fused)"] = np.where(m, fused_heatmap(prob, a.heatmap, 0.5, self.residual_scale), 0)
-                times["dae+seg(fused)"] = times["dae+seg"]
+                for w in FUSED_WEIGHTS:
+                    if fused_name(w) in self.names:
+                        maps[fused_name(w)] = np.where(m, fused_heatmap(prob, a.heatmap, w, self.residual_scale), 0)
+                        times[fused_name(w)] = times["dae+seg"]
         if self.pca is not None:
             t = time.perf_counter()
             rec = np.zeros(a.image.shape, np.float32)

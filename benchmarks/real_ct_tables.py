@@ -29,7 +29,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 #: The methods made from the autoencoder (their rows depend on its training; the baselines' do not).
-DAE_FAMILY = ("dae", "dae+seg", "dae+seg(fused)")
+DAE_FAMILY = ("dae", "dae+seg", "dae+seg(fused)", "dae+seg(fused 0.75)", "dae+seg(fused 0.25)")  # real_ct_maps.FUSED
 #: (header, summary key, format) of the main table; a column shows only when some row has a value.
 COLUMNS = [
     ("noise (std @ grid)", "noise", None),

@@ -41,9 +41,9 @@ BLOB_GATE_3D_CHOICES = (0.0, 1.0, 2.0)
 SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
 #: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
 #: probability are not smoothed, so σ does not apply to them).
-SIGMA_METHODS = ("dae", "dae+seg(fused)", "pca", "intensity")
+SIGMA_METHODS = ("dae", *RM.FUSED, "pca", "intensity")
 #: Maps made from the dae's heatmap: they take the dae's σ, not one of their own.
-FOLLOWS_DAE = ("dae+seg(fused)",)
+FOLLOWS_DAE = RM.FUSED
 LESIONS_PER_VOLUME = 4
 #: Lesion centres at least this far apart along z (the largest lesions are 30 mm).
 LESION_GAP_MM = 36.0

@@ -145,6 +145,14 @@ def test_calibration_operating_point_round_trip_and_changes(rng):
     assert manual.scan.threshold_ == 0.5 and cal.scan.threshold_ != 0.5 and manual.scan.manual_
     with pytest.raises(ConfigError, match="malformed"):
         Calibration.from_dict({"scan": {}})
+    # a fused heatmap's residual scale is kept through every change; calibration.json of before: None
+    fused = Calibration.fit(stats, target_fpr=0.1, pixel_quantile=0.99, residual_scale=0.03)
+    assert Calibration.from_dict(fused.to_dict()).residual_scale == 0.03
+    assert fused.with_target_fpr(0.2).residual_scale == fused.with_threshold(0.5).residual_scale == 0.03
+    old = {k: v for k, v in cal.to_dict().items() if k != "residual_scale"}
+    assert cal.residual_scale is None and Calibration.from_dict(old).residual_scale is None
+    with pytest.raises(ConfigError, match="residual_scale"):
+        Calibration.fit(stats, target_fpr=0.1, residual_scale=0.0)
 
 
 @pytest.mark.parametrize("method", ["empirical", "gamma"])

@@ -50,6 +50,46 @@ def test_bundle_round_trip_and_recalibration(seg_det, phantom_test, tmp_path):
         AnomalyDetector.load(tmp_path / "b")
 
 
+def test_the_fused_heatmap_weighs_the_probability_and_the_residual_at_the_calibration_scale(seg_det, phantom_test,
+                                                                                            tmp_path):
+    path = find_scans(phantom_test / "abnormal")[0]
+    assert seg_det.seg_weight == 1.0 and seg_det.calibration_.residual_scale is None  # the probability alone
+    prob = seg_det.analyse(path, normalise=False)
+    resid = seg_det.analyse(path, normalise=False, heatmap="residual")
+    assert resid.heatmap.max() > 1.0 or not np.allclose(resid.heatmap, prob.heatmap)  # two different maps
+    seg_det.save(tmp_path / "b")
+    det = AnomalyDetector.load(tmp_path / "b").set_params(seg_weight=0.25)
+    with pytest.raises(ConfigError, match="recalibrate"):  # no residual scale in this calibration yet
+        det.analyse(path)
+    calib = det.calibration_sources_
+    det.recalibrate(calib, method="empirical")
+    # the scale: the pixel threshold (pixel_quantile of every in-region pixel) of the calibration normals'
+    # residual heatmaps
+    pooled = np.concatenate([(lambda a: a.heatmap[a.mask])(det.analyse(p, normalise=False, heatmap="residual"))
+                             for p in calib])
+    m = int(np.ceil((1 - det.pixel_quantile) * pooled.size))
+    scale = det.calibration_.residual_scale
+    assert scale == pytest.approx(np.sort(pooled)[::-1][m - 1], rel=1e-6) and scale > 0
+    fused = det.analyse(path, normalise=False)
+    want = np.where(prob.mask, 0.25 * prob.heatmap + 0.75 * np.clip(resid.heatmap / scale, 0, 1), 0)
+    np.testing.assert_allclose(fused.heatmap, want, atol=1e-6)
+    assert 0 <= fused.heatmap.min() and fused.heatmap.max() <= 1
+    # the weight and the scale travel with the bundle; bundles written before the option: probability alone
+    det.save(tmp_path / "fused")
+    back = AnomalyDetector.load(tmp_path / "fused")
+    assert back.seg_weight == 0.25 and back.calibration_.residual_scale == pytest.approx(scale)
+    r = back.score_scan(path)
+    assert r.scan_score == pytest.approx(det.score_scan(path).scan_score, abs=1e-6)
+    info = json.loads((tmp_path / "fused" / "bundle.json").read_text())
+    info["params"].pop("seg_weight")
+    (tmp_path / "fused" / "bundle.json").write_text(json.dumps(info))
+    assert AnomalyDetector.load(tmp_path / "fused").seg_weight == 1.0
+    with pytest.raises(ConfigError, match="seg_weight"):
+        det.set_params(seg_weight=1.5).analyse(path)
+    with pytest.raises(ConfigError, match="heatmap"):
+        seg_det.analyse(path, heatmap="probability")
+
+
 @pytest.mark.slow
 def test_cli_fit_info_score_evaluate_with_dae_seg(phantom_train, phantom_test, tmp_path):
     run = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
@@ -59,11 +99,15 @@ def test_cli_fit_info_score_evaluate_with_dae_seg(phantom_train, phantom_test, t
         shutil.copy(p, normals / p.name)
     r = run("fit", "--normal-dir", normals, "--out", tmp_path / "bundle", "--model", "dae+seg", "--size", 32,
             "--depth", 2, "--base-filters", 4, "--latent-dim", 8, "--epochs", 1, "--seg-epochs", 1,
-            "--calib-fraction", 0.4, "--target-fpr", 0.2, "--quiet")
+            "--seg-weight", 0.5, "--calib-fraction", 0.4, "--target-fpr", 0.2, "--quiet")
     assert r.exit_code == 0, r.output
-    assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["params"]["model_kind"] == "dae+seg"
+    params = json.loads((tmp_path / "bundle" / "bundle.json").read_text())["params"]
+    assert params["model_kind"] == "dae+seg" and params["seg_weight"] == 0.5
+    scale = json.loads((tmp_path / "bundle" / "calibration.json").read_text())["residual_scale"]
+    assert scale > 0
     r = run("info", tmp_path / "bundle")
     assert "dae+seg" in r.output and "segmenter" in r.output
+    assert f"0.5 × its probability + 0.5 × the residual / {scale:.4g}" in r.output
     r = run("score", tmp_path / "bundle", phantom_test / "abnormal", "--out", tmp_path / "res", "--quiet")
     assert r.exit_code == 0, r.output
     r = run("evaluate", tmp_path / "bundle", "--normal-dir", phantom_test / "normal", "--abnormal-dir",

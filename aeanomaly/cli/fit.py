@@ -58,6 +58,9 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--seg-epochs", default=F["seg_epochs"], show_default=True, type=click.IntRange(1),
               help=f"Training epochs of the dae+seg segmenter (each at least {SEG_MIN_STEPS_PER_EPOCH} steps of "
                    "freshly corrupted batches).")
+@click.option("--seg-weight", default=1.0, show_default=True, type=click.FloatRange(0, 1),  # = ScoringParams.seg_weight (tested)
+              help="dae+seg only: heatmap = this weight × the segmenter's probability + the rest × the residual "
+                   "heatmap over its pixel threshold on the calibration normals; 1: the probability alone.")
 @click.option("--noise-std", default=T["noise_std"], show_default=True, type=click.FloatRange(0),
               help="Std of the dae's denoising noise, in units of the [0, 1] windowed image (0: a plain "
                    "autoencoder with skips, which copies anomalies; --model ae always trains without noise).")
@@ -119,8 +122,8 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @deprecated_alias("--latent", "--latent-dim", "latent_dim", type=click.IntRange(1))
 @deprecated_alias("--fpr", "--target-fpr", "target_fpr", type=float)
 @handles_errors
-def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, noise_std, noise_resolution, depth,
-        base_filters, latent_dim, latent_kind, loss, norm, epochs, batch_size, learning_rate, patience, no_augment,
+def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, seg_weight, noise_std, noise_resolution,
+        depth, base_filters, latent_dim, latent_kind, loss, norm, epochs, batch_size, learning_rate, patience, no_augment,
         augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, sigma_z_mm, blob_gate,
         blob_gate_3d, seed, precision, strategy,
         resume, overwrite, strict, quiet):
@@ -135,6 +138,9 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
     if out.exists() and not overwrite:
         raise BundleError("already exists; pass --overwrite to replace it", out)
     check_open_unit("--target-fpr", target_fpr)
+    if seg_weight != 1.0 and model_kind != "dae+seg":
+        raise ConfigError(f"--seg-weight {seg_weight:g} weighs a segmenter's probability, which only --model dae+seg "
+                          f"trains (this is --model {model_kind})")
     augment = False if no_augment else parse_augment(augment_spec)
     from ..preprocess import REGION_WINDOWS, HUWindow
     from ..splits import split_scans
@@ -152,7 +158,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
     det = AnomalyDetector(
         window=window or REGION_WINDOWS[region], size=size, channels=channels, depth=depth, base_filters=base_filters,
         latent=latent_kind, latent_dim=latent_dim, skip=model_kind != "ae",
-        model_kind="dae+seg" if model_kind == "dae+seg" else "dae", seg_epochs=seg_epochs,
+        model_kind="dae+seg" if model_kind == "dae+seg" else "dae", seg_epochs=seg_epochs, seg_weight=seg_weight,
         noise_std=noise_std if model_kind != "ae" else 0.0, noise_resolution=noise_resolution, norm=norm, loss=loss,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, augment=augment,
         val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method,

@@ -34,7 +34,12 @@ def info(bundle):
         kind = p.get("model_kind", "dae") if p["skip"] else "ae"
         what = "denoising AE with skips" if p["skip"] else "bottleneck AE"
         if kind == "dae+seg":
-            what += f" + self-supervised anomaly segmenter ({p.get('seg_epochs')} epochs): heatmap = its probability"
+            w = float(p.get("seg_weight", 1.0))  # bundles written before the option: the probability alone
+            scale = calib.get("residual_scale")
+            heat = ("its probability" if w >= 1.0 else
+                    f"{w:g} × its probability + {1 - w:g} × the residual / {scale:.4g} (clipped to 1)" if scale else
+                    f"{w:g} × its probability + {1 - w:g} × the residual, without a residual scale: recalibrate")
+            what += f" + self-supervised anomaly segmenter ({p.get('seg_epochs')} epochs): heatmap = {heat}"
         click.echo(f"model         {kind}: {what}, depth {p['depth']}, "
                    f"base filters {p['base_filters']}, latent {p['latent']} {p['latent_dim']}")
         click.echo(f"training      {tr.get('epoch')} epochs, best val loss {tr.get('best')}, "

@@ -132,9 +132,11 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     d = json.loads(out.read_text())
     assert d["quick"] is True and d["complete"] is True and d["machine"]["cpu_count"] and "load_note" in d
     v, vb = d["variants"]  # the fit's float32, then the same model recalibrated in bfloat16
-    methods = {"dae", "dae+seg", "dae+seg(fused)", "pca", "intensity", "log", "hessian"}
+    fused = set(RM.FUSED)  # one fused map per weight of the probability
+    assert "dae+seg(fused)" in fused and len(fused) == len(RM.FUSED_WEIGHTS) >= 3
+    methods = {"dae", "dae+seg", *fused, "pca", "intensity", "log", "hessian"}
     assert v["precision"] == "float32" and vb["precision"] == "bfloat16"
-    assert set(vb["test_a"]) == set(vb["normals"]) == {"dae", "dae+seg", "dae+seg(fused)"}  # only the dae's maps change
+    assert set(vb["test_a"]) == set(vb["normals"]) == {"dae", "dae+seg", *fused}  # only the dae's maps change
     assert vb["tune"]["chosen"] == v["tune"]["chosen"] and vb["fit"]["recalibrate_s"] > 0
     assert {(r["method"], r["precision"]) for r in d["summary"]} >= {("dae", "float32"), ("dae", "bfloat16")}
     assert set(v["test_a"]) == methods
@@ -148,7 +150,7 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     tb = v["test_b"]["test"]["methods"]["dae"]
     assert set(tb["per_kind"]) <= set(RL.KINDS) and tb["per_kind"]
     assert set(v["test_b"]["tune"]["methods"]["dae"]["per_kind"]) <= set(RL.TUNING_KINDS)
-    assert v["chosen_seg"] in ("dae+seg", "dae+seg(fused)")
+    assert v["chosen_seg"] in {"dae+seg", *fused}
     # in-volume Test B: every method, lesion slices against the same scan's clean slices
     assert set(v["test_b_volume"]) == methods
     bv = v["test_b_volume"]["dae"]

@@ -190,8 +190,18 @@ def test_fit_offers_the_slice_norm_default_of_scoring(cli):
     assert next(o for o in fit.params if o.name == "sigma_z_mm").default == ScoringParams().sigma_z_mm
     assert next(o for o in fit.params if o.name == "blob_gate").default == ScoringParams().blob_gate
     assert next(o for o in fit.params if o.name == "blob_gate_3d").default == ScoringParams().blob_gate_3d
+    assert next(o for o in fit.params if o.name == "seg_weight").default == ScoringParams().seg_weight
     r = cli("fit", "--help")
     assert "--slice-norm [area|none]" in r.output
+
+
+def test_seg_weight_is_refused_without_a_segmenter_before_any_work(cli, one_error_line, phantom_train, tmp_path):
+    r = cli("fit", "--normal-dir", phantom_train / "normal", "--out", tmp_path / "b", "--seg-weight", "0.5")
+    one_error_line(r, "--seg-weight 0.5", "--model dae+seg")
+    assert "tensorflow" not in r.output.lower() and list(tmp_path.iterdir()) == []
+    r = cli("fit", "--normal-dir", phantom_train / "normal", "--out", tmp_path / "b", "--model", "dae+seg",
+            "--seg-weight", "1.5")
+    assert r.exit_code == 2 and "--seg-weight" in r.output
 
 
 def test_fit_offers_the_training_defaults_of_the_denoising_noise(cli):
