@@ -29,9 +29,10 @@ Protocol (data: :mod:`real_ct_data`; methods and metrics: :mod:`real_ct_maps`; t
 * **Settings chosen on a tune split**: each method's heatmap σ and slice score are chosen on the
   *tuning kinds* injected into the *other* fold's LIDC volume, scored by the *other* fold's model
   (:func:`real_ct_volume.choose`), never on the patient under test.
-* **Methods**: ``dae`` (the product as configured), ``dae+seg`` (model kind of
-  :mod:`aeanomaly.model.selfsup`, composed here from its public functions until ``fit`` offers it),
-  baselines ``pca``, ``intensity``, ``log``, ``hessian`` on the same prepared scans and masks.
+* **Methods**: ``dae`` (the product as configured), ``dae+seg`` (the segmenter of model kind ``dae+seg``,
+  :mod:`aeanomaly.model.selfsup`, trained here from its public functions beside the same DAE) and its
+  fusions with the residual at each weight of ``real_ct_maps.FUSED_WEIGHTS`` (what ``fit --seg-weight``
+  computes), baselines ``pca``, ``intensity``, ``log``, ``hessian`` on the same prepared scans and masks.
 * **Variants**: model grid (``--sizes``) × channels (``--channels``: 1 or 3 = 2.5-D).
 """
 

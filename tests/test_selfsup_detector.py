@@ -23,11 +23,11 @@ def seg_det(phantom_train):
     return AnomalyDetector(**TINY_SEG).fit(find_scans(phantom_train / "normal")[:10], verbose=0)
 
 
-def test_the_heatmap_is_the_segmenters_probability(seg_det, phantom_test):
+def test_the_heatmap_is_made_from_the_segmenters_probability(seg_det, phantom_test):
     assert seg_det.seg_model_ is not None and seg_det.seg_history_["loss"]
     r = seg_det.score_scan(find_scans(phantom_test / "abnormal")[0])
     a = seg_det.analyse(find_scans(phantom_test / "abnormal")[0])
-    assert 0.0 <= r.heatmap.min() and r.heatmap.max() <= 1.0  # a probability, not a residual
+    assert 0.0 <= r.heatmap.min() and r.heatmap.max() <= 1.0  # a probability (fused with the clipped residual)
     assert (r.heatmap[~a.mask] == 0).all() and np.isfinite(r.scan_score) and r.label in ("normal", "abnormal")
     np.testing.assert_array_equal(a.heatmap, r.heatmap)
     with pytest.raises(ConfigError, match="model_kind"):
@@ -53,39 +53,41 @@ def test_bundle_round_trip_and_recalibration(seg_det, phantom_test, tmp_path):
 def test_the_fused_heatmap_weighs_the_probability_and_the_residual_at_the_calibration_scale(seg_det, phantom_test,
                                                                                             tmp_path):
     path = find_scans(phantom_test / "abnormal")[0]
-    assert seg_det.seg_weight == 1.0 and seg_det.calibration_.residual_scale is None  # the probability alone
-    prob = seg_det.analyse(path, normalise=False)
-    resid = seg_det.analyse(path, normalise=False, heatmap="residual")
-    assert resid.heatmap.max() > 1.0 or not np.allclose(resid.heatmap, prob.heatmap)  # two different maps
-    seg_det.save(tmp_path / "b")
-    det = AnomalyDetector.load(tmp_path / "b").set_params(seg_weight=0.25)
-    with pytest.raises(ConfigError, match="recalibrate"):  # no residual scale in this calibration yet
-        det.analyse(path)
-    calib = det.calibration_sources_
-    det.recalibrate(calib, method="empirical")
-    # the scale: the pixel threshold (pixel_quantile of every in-region pixel) of the calibration normals'
-    # residual heatmaps
-    pooled = np.concatenate([(lambda a: a.heatmap[a.mask])(det.analyse(p, normalise=False, heatmap="residual"))
+    w, calib = seg_det.seg_weight, seg_det.calibration_sources_
+    assert w == 0.25  # the default: the real-CT tune split's choice
+    # the scale fit fixed: the pixel threshold (pixel_quantile of every in-region pixel) of the calibration
+    # normals' residual heatmaps
+    pooled = np.concatenate([(lambda a: a.heatmap[a.mask])(seg_det.analyse(p, normalise=False, heatmap="residual"))
                              for p in calib])
-    m = int(np.ceil((1 - det.pixel_quantile) * pooled.size))
-    scale = det.calibration_.residual_scale
+    m = int(np.ceil((1 - seg_det.pixel_quantile) * pooled.size))
+    scale = seg_det.calibration_.residual_scale
     assert scale == pytest.approx(np.sort(pooled)[::-1][m - 1], rel=1e-6) and scale > 0
-    fused = det.analyse(path, normalise=False)
-    want = np.where(prob.mask, 0.25 * prob.heatmap + 0.75 * np.clip(resid.heatmap / scale, 0, 1), 0)
+    seg_det.save(tmp_path / "b")
+    alone = AnomalyDetector.load(tmp_path / "b").set_params(seg_weight=1.0)  # the probability alone
+    prob = alone.analyse(path, normalise=False)
+    resid = seg_det.analyse(path, normalise=False, heatmap="residual")
+    fused = seg_det.analyse(path, normalise=False)
+    want = np.where(prob.mask, w * prob.heatmap + (1 - w) * np.clip(resid.heatmap / scale, 0, 1), 0)
     np.testing.assert_allclose(fused.heatmap, want, atol=1e-6)
-    assert 0 <= fused.heatmap.min() and fused.heatmap.max() <= 1
+    assert 0 <= fused.heatmap.min() and fused.heatmap.max() <= 1 and not np.allclose(prob.heatmap, fused.heatmap)
+    # a calibration at weight 1 fixes no scale: fusing then asks for a recalibration, which fixes it
+    alone.recalibrate(calib, method="empirical")
+    assert alone.calibration_.residual_scale is None
+    with pytest.raises(ConfigError, match="recalibrate"):
+        alone.set_params(seg_weight=0.5).analyse(path)
+    alone.recalibrate(calib, method="empirical")
+    assert alone.calibration_.residual_scale == pytest.approx(scale, rel=1e-6)
     # the weight and the scale travel with the bundle; bundles written before the option: probability alone
-    det.save(tmp_path / "fused")
-    back = AnomalyDetector.load(tmp_path / "fused")
-    assert back.seg_weight == 0.25 and back.calibration_.residual_scale == pytest.approx(scale)
-    r = back.score_scan(path)
-    assert r.scan_score == pytest.approx(det.score_scan(path).scan_score, abs=1e-6)
-    info = json.loads((tmp_path / "fused" / "bundle.json").read_text())
+    alone.save(tmp_path / "half")
+    back = AnomalyDetector.load(tmp_path / "half")
+    assert back.seg_weight == 0.5 and back.calibration_.residual_scale == pytest.approx(scale)
+    assert back.score_scan(path).scan_score == pytest.approx(alone.score_scan(path).scan_score, abs=1e-6)
+    info = json.loads((tmp_path / "half" / "bundle.json").read_text())
     info["params"].pop("seg_weight")
-    (tmp_path / "fused" / "bundle.json").write_text(json.dumps(info))
-    assert AnomalyDetector.load(tmp_path / "fused").seg_weight == 1.0
+    (tmp_path / "half" / "bundle.json").write_text(json.dumps(info))
+    assert AnomalyDetector.load(tmp_path / "half").seg_weight == 1.0
     with pytest.raises(ConfigError, match="seg_weight"):
-        det.set_params(seg_weight=1.5).analyse(path)
+        back.set_params(seg_weight=1.5).analyse(path)
     with pytest.raises(ConfigError, match="heatmap"):
         seg_det.analyse(path, heatmap="probability")
 

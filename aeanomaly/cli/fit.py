@@ -58,9 +58,10 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--seg-epochs", default=F["seg_epochs"], show_default=True, type=click.IntRange(1),
               help=f"Training epochs of the dae+seg segmenter (each at least {SEG_MIN_STEPS_PER_EPOCH} steps of "
                    "freshly corrupted batches).")
-@click.option("--seg-weight", default=1.0, show_default=True, type=click.FloatRange(0, 1),  # = ScoringParams.seg_weight (tested)
+@click.option("--seg-weight", default=0.25, show_default=True, type=click.FloatRange(0, 1),  # = ScoringParams.seg_weight (tested)
               help="dae+seg only: heatmap = this weight × the segmenter's probability + the rest × the residual "
-                   "heatmap over its pixel threshold on the calibration normals; 1: the probability alone.")
+                   "heatmap over its pixel threshold on the calibration normals (0.25: the real-CT tune split's "
+                   "choice); 1: the probability alone.")
 @click.option("--noise-std", default=T["noise_std"], show_default=True, type=click.FloatRange(0),
               help="Std of the dae's denoising noise, in units of the [0, 1] windowed image (0: a plain "
                    "autoencoder with skips, which copies anomalies; --model ae always trains without noise).")
@@ -138,7 +139,8 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
     if out.exists() and not overwrite:
         raise BundleError("already exists; pass --overwrite to replace it", out)
     check_open_unit("--target-fpr", target_fpr)
-    if seg_weight != 1.0 and model_kind != "dae+seg":
+    given = click.get_current_context().get_parameter_source("seg_weight") != click.core.ParameterSource.DEFAULT
+    if given and model_kind != "dae+seg":
         raise ConfigError(f"--seg-weight {seg_weight:g} weighs a segmenter's probability, which only --model dae+seg "
                           f"trains (this is --model {model_kind})")
     augment = False if no_augment else parse_augment(augment_spec)
