@@ -602,8 +602,8 @@ class AnomalyDetector:
         if getattr(self, "seg_model_", None) is not None and params.seg_weight < 1.0:
             residual, _ = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False,
                                                               heatmap="residual"),
-                                       paths, strict=strict, verbose=verbose, blob_gate_3d=self.blob_gate_3d,
-                                       desc="residual scale")
+                                       paths, strict=strict, verbose=verbose, desc="residual scale")
+            # (no blob_gate_3d: the calibrating pass below warns about mixed depths, once)
             scale = max(pixel_threshold(residual.tails, residual.n_pixels, params.pixel_quantile), MIN_RESIDUAL_SCALE)
         stats, skipped = normal_stats(lambda s: self.analyse(s, precision=precision, normalise=False,
                                                              residual_scale=scale),
