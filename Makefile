@@ -70,6 +70,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/lesion_size.py
 	$(BIN)/python benchmarks/fit.py
 	$(BIN)/python benchmarks/speed.py
+	$(BIN)/python benchmarks/heatmap_write.py
 	$(BIN)/python benchmarks/precision.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/tables.py

@@ -249,9 +249,23 @@ def scale(d: dict) -> str:
     return scale_bench.table(d) if hasattr(scale_bench, "table") else json.dumps(d.get("summary", {}), indent=1)
 
 
+def heatmap_write(d: dict) -> str:
+    """The NIfTI heatmap write, float32 against int16 counts, per heatmap kind (heatmap_write.json)."""
+    cfg = d.get("config", {})
+    z, y, x = cfg.get("scan_shape_zyx", ["?", "?", "?"])
+    rows = [[name, f"{r['nonzero_fraction']:.0%}", f(r["seconds"]["float32"], 3), f(r["seconds"]["int16"], 3),
+             f(r["int16_over_float32_time"], 2), f"{r['bytes']['float32'] / 2**20:.1f}", f"{r['bytes']['int16'] / 2**20:.1f}",
+             f(r["int16_over_float32_bytes"], 2), f(r["max_diff_steps"], 3)]
+            for name, r in d.get("heatmaps", {}).items()]
+    head = (f"Heatmap write of a {x}×{y}×{z} scan from the {cfg.get('size_px')} px grid, median of "
+            f"{cfg.get('repeats')} in one process:\n\n")
+    return head + table(["heatmap", "nonzero", "float32 (s)", "int16 (s)", "time ×", "float32 (MiB)", "int16 (MiB)",
+                         "bytes ×", "read back (steps)"], rows)
+
+
 def main() -> int:
     for name, fn in (("real_ct", real_ct), ("real_ct_1ch", real_ct), ("real_ct_256", real_ct), ("real_ct_seg", real_ct), ("real_ct_area", real_ct), ("real_ct_tuned", real_ct), ("real_ct_noise128", real_ct), ("real_ct_defaults", real_ct), ("real_ct_256_defaults", real_ct), ("real_ct_256_3ch", real_ct), ("real_ct_fpr_check", real_ct), ("real_ct_noise", real_ct_noise),
-                     ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("fit_memory_scale", fit), ("speed", speed), ("precision", precision), ("scale", scale)):
+                     ("quality", quality), ("lesion_size", lesion_size), ("fit", fit), ("fit_memory_scale", fit), ("speed", speed), ("heatmap_write", heatmap_write), ("precision", precision), ("scale", scale)):
         p = RESULTS / f"{name}.json"
         if p.is_file():
             print(f"<!-- {name}: from {p.relative_to(RESULTS.parent.parent)} -->\n")

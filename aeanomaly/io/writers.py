@@ -132,11 +132,12 @@ def int16_slope(max_abs: float) -> float | None:
 
 
 def _counts(part: np.ndarray, slope: float) -> np.ndarray:
-    """int16 ``round(part / slope)`` clipped to ±QUANT_MAX, computed in threads by z-chunks."""
-    inv = np.float32(1.0 / slope)
+    """int16 ``round(part / slope)`` clipped to ±QUANT_MAX, computed in threads by z-chunks. A division,
+    not a product with ``1 / slope``: one float32 rounding, not two, keeps the bound of :func:`int16_slope`."""
+    step = np.float32(slope)
 
     def quantise(p, out):
-        f = np.multiply(p, inv, dtype=np.float32)
+        f = np.divide(p, step, dtype=np.float32)
         np.rint(f, out=f)
         np.clip(f, -QUANT_MAX, QUANT_MAX, out=f)
         out[...] = f

@@ -82,3 +82,20 @@ def test_fit_table_of_a_memory_only_run_has_no_throughput_table():
     md = tables.fit(d)
     assert md.startswith("`aeanomaly fit --epochs 1 --quiet` on 10, 100 and 400 normal chest phantoms")
     assert "bare training step" not in md and "| 400 | 4000 | 120.0 | 1350 |" in md
+
+
+def test_heatmap_write_benchmark_compares_float32_and_int16_and_its_table_shows_it(tmp_path):
+    import json
+
+    import heatmap_write
+
+    heatmap_write.main(["--slices", "6", "--repeats", "1", "--out", str(tmp_path / "hw")])
+    d = json.loads((tmp_path / "hw.json").read_text())
+    assert d["complete"] is True and set(d["heatmaps"]) == {"dense", "sparse"}
+    for r in d["heatmaps"].values():
+        assert r["seconds"]["float32"] > 0 and r["seconds"]["int16"] > 0
+        assert r["bytes"]["int16"] < r["bytes"]["float32"]  # half the bytes before compression, fewer after
+        assert r["max_diff_steps"] < 0.502  # the writer's promised tolerance
+    assert d["heatmaps"]["dense"]["nonzero_fraction"] > d["heatmaps"]["sparse"]["nonzero_fraction"]
+    md = tables.heatmap_write(d)
+    assert "512×512×6 scan" in md and "| dense |" in md and "| sparse |" in md
