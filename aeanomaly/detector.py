@@ -470,6 +470,8 @@ class AnomalyDetector:
         """
         if heatmap not in ("auto", "residual"):
             raise ConfigError(f"heatmap must be 'auto' or 'residual', got {heatmap!r}")
+        if residual_scale is not None and not (np.isfinite(residual_scale) and residual_scale > 0):
+            raise ConfigError(f"residual_scale must be a positive number, got {residual_scale!r}")
         params = self.scoring_params()
         window = HUWindow.parse(self.window)
         notes = []
@@ -491,11 +493,11 @@ class AnomalyDetector:
         reconstruction = np.asarray(reconstruction, np.float32)
         out = analyse(image, reconstruction, region, keep, prep.spacing, params, sign, note="; ".join(notes))
         cal = getattr(self, "calibration_", None)
-        own = getattr(self, "seg_model_", None) is None
-        if not own and heatmap == "auto":
+        residual_is_own = getattr(self, "seg_model_", None) is None  # no segmenter: the residual is the heatmap
+        if not residual_is_own and heatmap == "auto":
             scale = residual_scale if residual_scale is not None else getattr(cal, "residual_scale", None)
             out = self._with_anomaly_probability(out, prep, reconstruction, params, scale)
-        if normalise and cal is not None and cal.reference is not None and (own or heatmap == "auto"):
+        if normalise and cal is not None and cal.reference is not None and (residual_is_own or heatmap == "auto"):
             out.slice_scores = cal.normalised(out.slice_scores, out.mask)
             out.scan_score = scan_score(out.slice_scores, params.scan_aggregation)
         out.prepared = prep

@@ -90,6 +90,8 @@ def test_the_fused_heatmap_weighs_the_probability_and_the_residual_at_the_calibr
         back.set_params(seg_weight=1.5).analyse(path)
     with pytest.raises(ConfigError, match="heatmap"):
         seg_det.analyse(path, heatmap="probability")
+    with pytest.raises(ConfigError, match="residual_scale"):
+        seg_det.analyse(path, residual_scale=0.0)
 
 
 @pytest.mark.slow
