@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import real_ct_maps as RM
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -29,7 +31,7 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 
 #: The methods made from the autoencoder (their rows depend on its training; the baselines' do not).
-DAE_FAMILY = ("dae", "dae+seg", "dae+seg(fused)", "dae+seg(fused 0.75)", "dae+seg(fused 0.25)")  # real_ct_maps.FUSED
+DAE_FAMILY = ("dae", "dae+seg", *RM.FUSED)
 #: (header, summary key, format) of the main table; a column shows only when some row has a value.
 COLUMNS = [
     ("noise (std @ grid)", "noise", None),
