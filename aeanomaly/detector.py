@@ -517,7 +517,7 @@ class AnomalyDetector:
                               "and this calibration has none (fitted with seg_weight 1): recalibrate first")
         scored = out.mask.reshape(len(out.mask), -1).any(axis=1)
         prob = np.zeros(out.heatmap.shape, np.float32)
-        if scored.any():
+        if scored.any() and weight > 0.0:  # at weight 0 the probability counts for nothing: not computed
             prob[scored] = anomaly_probability(self.seg_model_, prep.x[scored], reconstruction[scored])
         if weight < 1.0:
             prob = fused_heatmap(prob, out.heatmap, weight, residual_scale)

@@ -86,6 +86,8 @@ def test_the_fused_heatmap_weighs_the_probability_and_the_residual_at_the_calibr
     info["params"].pop("seg_weight")
     (tmp_path / "half" / "bundle.json").write_text(json.dumps(info))
     assert AnomalyDetector.load(tmp_path / "half").seg_weight == 1.0
+    zero = back.set_params(seg_weight=0.0).analyse(path, normalise=False)  # the scaled residual alone
+    np.testing.assert_allclose(zero.heatmap, np.where(resid.mask, np.clip(resid.heatmap / scale, 0, 1), 0), atol=1e-6)
     with pytest.raises(ConfigError, match="seg_weight"):
         back.set_params(seg_weight=1.5).analyse(path)
     with pytest.raises(ConfigError, match="heatmap"):
