@@ -232,6 +232,25 @@ def test_save_slabs_like_input_with_a_slope_stores_int16_counts(tmp_path, seed):
     assert counts.stat().st_size < floats.stat().st_size
 
 
+def test_int16_counts_are_rounded_per_value_and_clip_instead_of_wrapping(tmp_path):
+    """Counts are round(v / slope) for every voxel of every slice (each slice is quantised through a
+    one-slice buffer), and a value beyond ±QUANT_MAX steps is stored as ±QUANT_MAX, never wrapped to the
+    other sign."""
+    from aeanomaly.io import Scan
+    from aeanomaly.io.writers import QUANT_MAX, save_slabs_like_input
+
+    rng = np.random.default_rng(3)
+    vol = rng.normal(0.0, 1.0, (7, 6, 5)).astype(np.float32)
+    vol[2, 3, 1], vol[5, 0, 4] = 50.0, -50.0  # beyond the range of the slope below
+    slope = 2.0 / QUANT_MAX
+    scan = Scan(hu=vol, spacing=(2.0, 1.0, 1.0), affine=internal_affine((2.0, 1.0, 1.0)), source="v.npy", meta={})
+    out = save_slabs_like_input(tmp_path / "c.nii.gz", lambda lo, hi: vol[lo:hi], scan, slab_slices=3, slope=slope)
+    counts = np.asarray(nib.load(out).dataobj.get_unscaled()).transpose(2, 1, 0)
+    expected = np.clip(np.rint(np.divide(vol, np.float32(slope), dtype=np.float32)), -QUANT_MAX, QUANT_MAX)
+    np.testing.assert_array_equal(counts, expected.astype(np.int16))
+    assert counts[2, 3, 1] == QUANT_MAX and counts[5, 0, 4] == -QUANT_MAX
+
+
 def test_int16_slope_edge_cases():
     from aeanomaly.io.writers import int16_slope
 
