@@ -406,6 +406,9 @@ def main(argv=None) -> int:
                     help="the exponents of the blob gate across slices (blob_gate_3d) the tune split chooses from "
                          "(default 0 only; the README's runs offered "
                          f"{' '.join(f'{b:g}' for b in RV.BLOB_GATE_3D_CHOICES)})")
+    ap.add_argument("--slice-norms", nargs="+", default=None, choices=RV.SLICE_NORM_CHOICES,
+                    help="the slice normalisations (slice_norm) the tune split chooses from, per method, at its "
+                         "chosen settings (default area only, fit's default)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -429,6 +432,7 @@ def main(argv=None) -> int:
            "blob_gates": args.blob_gates if args.blob_gates is not None else list(RV.BLOB_GATE_CHOICES[::2] if q
                                                                                  else RV.BLOB_GATE_CHOICES),
            "blob_gates_3d": args.blob_gates_3d if args.blob_gates_3d is not None else [0.0],
+           "slice_norms": list(dict.fromkeys(args.slice_norms or ["area"])),
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
            "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"],
@@ -473,13 +477,18 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     table = RV.tune_table(methods, f["vol_tune"], cfg["sigmas"], cfg["sigma_zs"], cfg["blob_gates"],
                                           cfg["blob_gates_3d"])
+                    norm_table = None
+                    if cfg["slice_norms"] != ["area"]:
+                        # the normalisation at the settings this fold's table chooses, on the same lesions
+                        RV.apply(methods, RV.choose(table))
+                        norm_table = RV.tune_slice_norm(methods, calib_scans, f["vol_tune"], cfg["slice_norms"])
                     info["tune_s"] = round(time.perf_counter() - t0, 1)
-                    fitted[fold] = (det, methods, calib_scans, info, table)
+                    fitted[fold] = (det, methods, calib_scans, info, table, norm_table)
                 for fold, f in folds.items():
-                    det, methods, calib_scans, info, _ = fitted[fold]
+                    det, methods, calib_scans, info, *_ = fitted[fold]
                     # settings from the other fold's patient and model (a one-fold run: its own, flagged)
                     src = next((o for o in folds if o != fold), fold)
-                    chosen = RV.choose(fitted[src][4])
+                    chosen = RV.with_slice_norm(RV.choose(fitted[src][4]), fitted[src][5])
                     RV.apply(methods, chosen)
                     for precision in cfg["precisions"]:
                         if precision != cfg["precisions"][0]:
@@ -498,7 +507,7 @@ def main(argv=None) -> int:
                              "precision": det.precision_, "slice_norm": det.slice_norm, "fit": info,
                              "scoring": det.scoring_params().to_dict(),
                              "tune": {"source": src, "same_patient": src == fold, "chosen": chosen,
-                                      "table": fitted[src][4]},
+                                      "table": fitted[src][4], "slice_norm_table": fitted[src][5]},
                              "region_area": ta.pop("_region_area"), "test_a": ta,
                              "normals": test_normals(methods, cal, f["sets"].test),
                              "test_b": {"tune": tb_tune, "test": test_b(methods, cal, f["test_cases"])},
@@ -540,7 +549,7 @@ def _print_variant(v):
     for name, r in v["test_a"].items():
         bv = v["test_b_volume"].get(name, {})
         c = v["tune"]["chosen"].get(name, {})
-        print(f"  {name:15s} σ {c.get('sigma_mm')} z {c.get('sigma_z_mm')} b {c.get('blob_gate')} v {c.get('blob_gate_3d')} {c.get('slice_score')}  sliceAUROC {_f(r['slice']['auroc'])} "
+        print(f"  {name:15s} σ {c.get('sigma_mm')} z {c.get('sigma_z_mm')} b {c.get('blob_gate')} v {c.get('blob_gate_3d')} {c.get('slice_score')} {c.get('slice_norm')}  sliceAUROC {_f(r['slice']['auroc'])} "
               f"(like size {_f(r['slice_area_matched']['auroc'])})  pixAUPRC {_f(r['pixel_auprc'])}  "
               f"nodules {r.get('nodules_hit', '-')}/{r.get('n_nodules', '-')}  false {r.get('false_lesions', '-')}  "
               f"B-volume held-out {_f((bv.get('held_out_kinds') or {}).get('auroc'))} "

@@ -78,6 +78,8 @@ class Methods:
         # ({"sigma_mm": ..., "sigma_z_mm": ..., "blob_gate": ...}: real_ct_volume.apply)
         self.sigma: dict[str, dict] = {}
         self.references: dict = {}  # per method, its calibration's region-size reference (slice_norm "area")
+        # per method other than the dae, the slice normalisation chosen on the tune split (else the detector's)
+        self.slice_norm: dict[str, str] = {}
         self.names = names or ["dae", *(("dae+seg", *FUSED) if seg_model is not None else ()),
                                *(("pca",) if pca is not None else ()), "intensity", "log", "hessian"]
 
@@ -130,6 +132,7 @@ class Methods:
         out = Methods(self.det, seg_model=self.seg, pca=self.pca if "pca" in names else None,
                       names=[n for n in self.names if n in names])
         out.residual_scale, out.slice_score, out.sigma = self.residual_scale, dict(self.slice_score), dict(self.sigma)
+        out.slice_norm = dict(self.slice_norm)
         return out
 
     def _heatmap(self, name, prep, reconstruction, is_hu) -> np.ndarray:
@@ -172,7 +175,8 @@ class Methods:
         return self.residual_scale
 
     def calibrate(self, scans) -> dict:
-        """Per method: the product's ``Calibration`` fitted on normal ``scans`` (each one scan)."""
+        """Per method: the product's ``Calibration`` fitted on normal ``scans`` (each one scan), with the
+        method's slice normalisation (:attr:`slice_norm`, else the detector's ``slice_norm``)."""
         from aeanomaly.calibrate import Calibration, NormalStats
 
         self.references = {}  # the normal statistics must hold raw slice scores, on a second call too
@@ -184,7 +188,8 @@ class Methods:
                 if np.isfinite(agg):
                     stats[n].add(f"calib{i}", agg, s, h, a.mask)
         cal = {n: Calibration.fit(st, target_fpr=self.det.target_fpr, pixel_quantile=self.det.pixel_quantile,
-                                  slice_norm=self.det.slice_norm, scan_aggregation=self.det.scan_aggregation)
+                                  slice_norm=self.slice_norm.get(n, self.det.slice_norm),
+                                  scan_aggregation=self.det.scan_aggregation)
                for n, st in stats.items() if len(st) >= 2}
         self.references = {n: c.reference for n, c in cal.items() if c.reference is not None}
         return cal

@@ -39,6 +39,10 @@ BLOB_GATE_CHOICES = (0.0, 1.0, 2.0)
 #: unless asked (``--blob-gates-3d``).
 BLOB_GATE_3D_CHOICES = (0.0, 1.0, 2.0)
 SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
+#: The detector's ``slice_norm``: slice scores standardised against the calibration normals' slices of
+#: the same scoring-region size (``area``, fit's default), or raw (``none``). A run offers only ``area``
+#: unless asked (``--slice-norms``).
+SLICE_NORM_CHOICES = ("area", "none")
 #: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
 #: probability are not smoothed, so σ does not apply to them).
 SIGMA_METHODS = ("dae", *RM.FUSED, "pca", "intensity")
@@ -225,11 +229,61 @@ def choose(table: dict) -> dict:
     return out
 
 
+def tune_slice_norm(methods, calib_scans, cases, norms=SLICE_NORM_CHOICES) -> dict:
+    """Per method, at the settings applied to ``methods`` (:func:`apply`): the slice AUROC over the lesion
+    ``cases`` with each slice normalisation of ``norms``, ``{name: {norm: auroc}}``.
+
+    The methods are calibrated on ``calib_scans`` with ``area`` (the region-size references) and the
+    cases' slice scores taken through the references (``area``) and raw (``none``); the slice AUROC is
+    the tune merit's part that the normalisation changes (the pixel AUPRC is the same for both). The
+    detector's ``slice_norm`` is restored afterwards.
+    """
+    det = methods.det
+    saved, saved_methods = det.slice_norm, dict(methods.slice_norm)
+    pooled = _Pooled()
+    try:
+        det.set_params(slice_norm="area")
+        methods.slice_norm = {}
+        methods.calibrate(calib_scans)
+        for c in cases:
+            a, maps, _ = methods.maps(c["scan"])
+            for name, heat in maps.items():
+                for norm in norms:
+                    s, _ = methods.scores(a, heat, name, raw=norm == "none")
+                    pooled.add_slices((name, norm), c["y"], s, c["size"], c["kind"])
+    finally:
+        det.set_params(slice_norm=saved)
+        methods.slice_norm = saved_methods
+        methods.references = {}
+    out: dict = {}
+    for (name, norm) in pooled.y:
+        y, s, _, _ = pooled.slices((name, norm))
+        out.setdefault(name, {})[norm] = RM.auroc_pm(y[y >= 0], s[y >= 0])["auroc"]
+    return out
+
+
+def with_slice_norm(chosen: dict, table: dict | None) -> dict:
+    """``chosen`` (:func:`choose`) with each method's ``slice_norm``: the normalisation of the highest slice
+    AUROC in ``table`` (:func:`tune_slice_norm`), ``area`` (fit's default) on a tie or without a table.
+    :func:`tune_table`'s merit holds the raw slice AUROC (``none``), so the merit becomes that of the chosen
+    normalisation."""
+    out = {}
+    for name, c in chosen.items():
+        aucs = {k: v for k, v in ((table or {}).get(name) or {}).items() if v is not None}
+        norm = max(aucs, key=lambda k: (aucs[k], k == "area")) if aucs else "area"
+        gain = aucs[norm] - aucs.get("none", aucs[norm]) if aucs else 0.0
+        out[name] = {**c, "slice_norm": norm, "merit": round(c["merit"] + gain, 4)}
+    return out
+
+
 def apply(methods, chosen: dict) -> None:
-    """Set the chosen σ, σ_z and blob gates (the dae's on the detector itself: the product as configured)
-    and slice scores."""
+    """Set the chosen σ, σ_z and blob gates (the dae's on the detector itself: the product as configured),
+    slice scores and slice normalisations (the dae's on the detector)."""
     for name, c in chosen.items():
         methods.slice_score[name] = c["slice_score"]
+    methods.slice_norm = {n: c["slice_norm"] for n, c in chosen.items() if c.get("slice_norm") and n != "dae"}
+    if chosen.get("dae", {}).get("slice_norm"):
+        methods.det.set_params(slice_norm=chosen["dae"]["slice_norm"])
 
     def params(c):  # JSON of runs before an option lacks it: 0, as those runs scored
         return {"sigma_mm": c["sigma_mm"], **{k: c.get(k) or 0.0 for k in SMOOTHING}}

@@ -121,12 +121,30 @@ def test_choose_takes_the_best_setting_and_the_fused_map_follows_the_dae():
         assert RV.setting_key(s["sigma_mm"], s["slice_score"], s["sigma_z_mm"], s["blob_gate"], s["blob_gate_3d"]) == key
 
 
+def test_with_slice_norm_takes_the_better_normalisation_and_area_on_a_tie():
+    """Each method gets the slice normalisation of the higher tune slice AUROC; a tie or no table keeps
+    fit's default (area); the merit (tune_table's holds the raw slice AUROC) becomes the chosen one's."""
+    chosen = {"dae": {"sigma_mm": 6.0, "slice_score": "p99", "merit": 1.2},
+              "pca": {"sigma_mm": 3.0, "slice_score": "topk", "merit": 1.0},
+              "log": {"sigma_mm": None, "slice_score": "p99", "merit": 0.7},
+              "hessian": {"sigma_mm": None, "slice_score": "p99", "merit": 0.8}}
+    table = {"dae": {"area": 0.9, "none": 0.8}, "pca": {"area": 0.7, "none": 0.75}, "log": {"area": 0.6, "none": 0.6}}
+    c = RV.with_slice_norm(chosen, table)
+    assert (c["dae"]["slice_norm"], c["dae"]["merit"]) == ("area", pytest.approx(1.3))
+    assert (c["pca"]["slice_norm"], c["pca"]["merit"]) == ("none", pytest.approx(1.0))
+    assert (c["log"]["slice_norm"], c["log"]["merit"]) == ("area", pytest.approx(0.7))
+    assert (c["hessian"]["slice_norm"], c["hessian"]["merit"]) == ("area", 0.8)  # not in the table
+    assert all(v["slice_norm"] == "area" and v["merit"] == chosen[k]["merit"]
+               for k, v in RV.with_slice_norm(chosen, None).items())
+    assert c["dae"]["sigma_mm"] == 6.0 and c["pca"]["slice_score"] == "topk"  # the other settings stay
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     out = tmp_path / "real_ct_quick.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_ct.py"), "--quick", "--out", str(out),
-                           "--precisions", "float32", "bfloat16"],
+                           "--precisions", "float32", "bfloat16", "--slice-norms", "area", "none"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())
@@ -166,6 +184,11 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     assert v["scoring"]["blob_gate"] == v["tune"]["chosen"]["dae"]["blob_gate"]
     assert {RV.parse_setting(k)["blob_gate_3d"] for k in v["tune"]["table"]["dae"]} == set(d["settings"]["blob_gates_3d"])
     assert v["scoring"]["blob_gate_3d"] == v["tune"]["chosen"]["dae"]["blob_gate_3d"]
+    # the slice normalisation, chosen per method at its settings; the dae's is the detector's
+    assert set(v["tune"]["slice_norm_table"]) == methods
+    assert all(set(r) == {"area", "none"} for r in v["tune"]["slice_norm_table"].values())
+    assert {c["slice_norm"] for c in v["tune"]["chosen"].values()} <= set(RV.SLICE_NORM_CHOICES)
+    assert v["scoring"]["slice_norm"] == v["slice_norm"] == v["tune"]["chosen"]["dae"]["slice_norm"]
     assert 0 <= v["region_area"]["slice"]["auroc"] <= 1 and "slice_area_matched" in v["test_a"]["dae"]
     from aeanomaly.config import TRAIN_DEFAULTS
 
