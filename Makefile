@@ -38,7 +38,7 @@ demo: $(STAMP)
 	$(BIN)/aeanomaly make-phantoms --out $(DEMO)/test --normal 12 --abnormal 12 --seed 2 --lesion-mm 15 40
 	$(BIN)/aeanomaly fit --normal-dir $(DEMO)/train/normal --out $(DEMO)/bundle --size 64 --epochs 12 \
 		--calib-fraction 0.42 --val-fraction 0.1 --seed 0 \
-		--noise-std 0.2 --noise-resolution 16 --sigma-mm 6 --blob-gate 0
+		--noise-std 0.2 --noise-resolution 16 --sigma-mm 6 --blob-gate 0 --slice-norm area
 	$(BIN)/aeanomaly info $(DEMO)/bundle
 	$(BIN)/aeanomaly score $(DEMO)/bundle $(DEMO)/test/normal $(DEMO)/test/abnormal --out $(DEMO)/results
 	$(BIN)/aeanomaly evaluate $(DEMO)/bundle --normal-dir $(DEMO)/test/normal --abnormal-dir $(DEMO)/test/abnormal \

@@ -54,6 +54,7 @@ import real_ct_lesions as RL  # noqa: E402
 import real_ct_maps as RM  # noqa: E402
 import real_ct_volume as RV  # noqa: E402
 from aeanomaly.config import FIT_DEFAULTS, TRAIN_DEFAULTS  # noqa: E402  (stdlib only: no TensorFlow at import)
+from aeanomaly.scoring import ScoringParams  # noqa: E402  (numpy and scipy: no TensorFlow at import)
 from real_ct_tables import DAE_FAMILY  # noqa: E402
 
 #: Synthetic anomaly radii for the self-supervised training, as a fraction of the model grid's side:
@@ -408,7 +409,7 @@ def main(argv=None) -> int:
                          f"{' '.join(f'{b:g}' for b in RV.BLOB_GATE_3D_CHOICES)})")
     ap.add_argument("--slice-norms", nargs="+", default=None, choices=RV.SLICE_NORM_CHOICES,
                     help="the slice normalisations (slice_norm) the tune split chooses from, per method, at its "
-                         "chosen settings (default area only, fit's default)")
+                         "chosen settings (default both; one: every method uses it)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -432,7 +433,7 @@ def main(argv=None) -> int:
            "blob_gates": args.blob_gates if args.blob_gates is not None else list(RV.BLOB_GATE_CHOICES[::2] if q
                                                                                  else RV.BLOB_GATE_CHOICES),
            "blob_gates_3d": args.blob_gates_3d if args.blob_gates_3d is not None else [0.0],
-           "slice_norms": list(dict.fromkeys(args.slice_norms or ["area"])),
+           "slice_norms": list(dict.fromkeys(args.slice_norms or RV.SLICE_NORM_CHOICES)),
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
            "noises": args.noises or [f"{TRAIN_DEFAULTS['noise_std']:g}@{TRAIN_DEFAULTS['noise_resolution']}"],
@@ -478,7 +479,7 @@ def main(argv=None) -> int:
                     table = RV.tune_table(methods, f["vol_tune"], cfg["sigmas"], cfg["sigma_zs"], cfg["blob_gates"],
                                           cfg["blob_gates_3d"])
                     norm_table = None
-                    if cfg["slice_norms"] != ["area"]:
+                    if len(cfg["slice_norms"]) > 1:
                         # the normalisation at the settings this fold's table chooses, on the same lesions
                         RV.apply(methods, RV.choose(table))
                         norm_table = RV.tune_slice_norm(methods, calib_scans, f["vol_tune"], cfg["slice_norms"])
@@ -488,7 +489,10 @@ def main(argv=None) -> int:
                     det, methods, calib_scans, info, *_ = fitted[fold]
                     # settings from the other fold's patient and model (a one-fold run: its own, flagged)
                     src = next((o for o in folds if o != fold), fold)
-                    chosen = RV.with_slice_norm(RV.choose(fitted[src][4]), fitted[src][5])
+                    # a tie (or a single normalisation asked for) keeps fit's default (or that one)
+                    chosen = RV.with_slice_norm(RV.choose(fitted[src][4]), fitted[src][5],
+                                                ScoringParams().slice_norm if len(cfg["slice_norms"]) > 1
+                                                else cfg["slice_norms"][0])
                     RV.apply(methods, chosen)
                     for precision in cfg["precisions"]:
                         if precision != cfg["precisions"][0]:

@@ -40,8 +40,8 @@ BLOB_GATE_CHOICES = (0.0, 1.0, 2.0)
 BLOB_GATE_3D_CHOICES = (0.0, 1.0, 2.0)
 SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
 #: The detector's ``slice_norm``: slice scores standardised against the calibration normals' slices of
-#: the same scoring-region size (``area``, fit's default), or raw (``none``). A run offers only ``area``
-#: unless asked (``--slice-norms``).
+#: the same scoring-region size (``area``), or raw (``none``, fit's default since the tune split chose it
+#: in four folds of six). A run offers both unless told otherwise (``--slice-norms``).
 SLICE_NORM_CHOICES = ("area", "none")
 #: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
 #: probability are not smoothed, so σ does not apply to them).
@@ -262,15 +262,15 @@ def tune_slice_norm(methods, calib_scans, cases, norms=SLICE_NORM_CHOICES) -> di
     return out
 
 
-def with_slice_norm(chosen: dict, table: dict | None) -> dict:
+def with_slice_norm(chosen: dict, table: dict | None, default: str = "area") -> dict:
     """``chosen`` (:func:`choose`) with each method's ``slice_norm``: the normalisation of the highest slice
-    AUROC in ``table`` (:func:`tune_slice_norm`), ``area`` (fit's default) on a tie or without a table.
+    AUROC in ``table`` (:func:`tune_slice_norm`), ``default`` on a tie or without a table.
     :func:`tune_table`'s merit holds the raw slice AUROC (``none``), so the merit becomes that of the chosen
     normalisation."""
     out = {}
     for name, c in chosen.items():
         aucs = {k: v for k, v in ((table or {}).get(name) or {}).items() if v is not None}
-        norm = max(aucs, key=lambda k: (aucs[k], k == "area")) if aucs else "area"
+        norm = max(aucs, key=lambda k: (aucs[k], k == default)) if aucs else default
         gain = aucs[norm] - aucs.get("none", aucs[norm]) if aucs else 0.0
         out[name] = {**c, "slice_norm": norm, "merit": round(c["merit"] + gain, 4)}
     return out

@@ -72,7 +72,8 @@ PHANTOM_SPACING = (6.0, 5.5, 5.5)
 # nodules; these lesions are plateaus wider than them).
 TINY = dict(size=64, depth=3, base_filters=8, latent_dim=16, epochs=8, batch_size=8, learning_rate=3e-3, patience=10,
             val_fraction=0.15, calib_fraction=0.4, target_fpr=0.2, seed=0, norm="group", noise_std=0.2,
-            noise_resolution=16, sigma_mm=6.0, blob_gate=0.0, precision="float32")  # the same arithmetic on every machine
+            noise_resolution=16, sigma_mm=6.0, blob_gate=0.0, slice_norm="area",  # the demo's phantom settings
+            precision="float32")  # the same arithmetic on every machine
 
 
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:

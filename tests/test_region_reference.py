@@ -84,6 +84,9 @@ def test_fitted_detector_scores_against_its_reference(fitted_bundle, phantom_tes
     from aeanomaly.detector import AnomalyDetector
     from aeanomaly.scoring import scan_score
 
+    # fit's default is raw scores (the real-CT tune split's choice with the blob gate); the tiny phantom
+    # bundle, fitted as the demo is (no gate), holds the reference
+    assert AnomalyDetector().slice_norm == "none"
     det = AnomalyDetector.load(fitted_bundle)
     assert det.slice_norm == "area" and det.calibration_.reference is not None
     from click.testing import CliRunner

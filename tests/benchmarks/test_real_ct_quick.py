@@ -121,9 +121,9 @@ def test_choose_takes_the_best_setting_and_the_fused_map_follows_the_dae():
         assert RV.setting_key(s["sigma_mm"], s["slice_score"], s["sigma_z_mm"], s["blob_gate"], s["blob_gate_3d"]) == key
 
 
-def test_with_slice_norm_takes_the_better_normalisation_and_area_on_a_tie():
+def test_with_slice_norm_takes_the_better_normalisation_and_the_default_on_a_tie():
     """Each method gets the slice normalisation of the higher tune slice AUROC; a tie or no table keeps
-    fit's default (area); the merit (tune_table's holds the raw slice AUROC) becomes the chosen one's."""
+    the default given; the merit (tune_table's holds the raw slice AUROC) becomes the chosen one's."""
     chosen = {"dae": {"sigma_mm": 6.0, "slice_score": "p99", "merit": 1.2},
               "pca": {"sigma_mm": 3.0, "slice_score": "topk", "merit": 1.0},
               "log": {"sigma_mm": None, "slice_score": "p99", "merit": 0.7},
@@ -136,6 +136,9 @@ def test_with_slice_norm_takes_the_better_normalisation_and_area_on_a_tie():
     assert (c["hessian"]["slice_norm"], c["hessian"]["merit"]) == ("area", 0.8)  # not in the table
     assert all(v["slice_norm"] == "area" and v["merit"] == chosen[k]["merit"]
                for k, v in RV.with_slice_norm(chosen, None).items())
+    c = RV.with_slice_norm(chosen, table, default="none")
+    assert c["log"]["slice_norm"] == "none" and c["hessian"]["slice_norm"] == "none"  # the tie and the missing row
+    assert c["dae"]["slice_norm"] == "area" and c["pca"]["slice_norm"] == "none"  # the better one either way
     assert c["dae"]["sigma_mm"] == 6.0 and c["pca"]["slice_score"] == "topk"  # the other settings stay
 
 
