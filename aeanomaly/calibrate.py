@@ -404,11 +404,16 @@ class RegionSizeReference:
     keeps each bin's median score and scale (1.4826 × the median absolute deviation); ``transform``
     interpolates both linearly in log area (constant beyond the outer bins' centres). NaN scores and
     empty regions give NaN.
+
+    With ``pooled_spread`` every bin takes one scale, that of all slices' deviations from their own bin's
+    median (interpolated as ``transform`` does): the location still follows the region size, the spread
+    does not rest on the few slices of one bin (``slice_norm="location"``).
     """
 
-    def __init__(self, n_bins: int = 4, min_per_bin: int = 6):
+    def __init__(self, n_bins: int = 4, min_per_bin: int = 6, pooled_spread: bool = False):
         self.n_bins = n_bins
         self.min_per_bin = min_per_bin
+        self.pooled_spread = pooled_spread
 
     def fit(self, scores, areas) -> "RegionSizeReference":
         s, a = np.asarray(scores, float).ravel(), np.asarray(areas, float).ravel()
@@ -432,6 +437,10 @@ class RegionSizeReference:
             med.append(m)
             scale.append(max(float(np.median(np.abs(v - m))) * 1.4826, 1e-3 * spread))
         self.log_area_, self.median_, self.scale_ = np.array(cen), np.array(med), np.array(scale)
+        if self.pooled_spread:
+            dev = s - np.interp(la, self.log_area_, self.median_)
+            pooled = max(float(np.median(np.abs(dev - np.median(dev)))) * 1.4826, 1e-3 * spread)
+            self.scale_ = np.full(len(cen), pooled)
         self.n_slices_ = int(s.size)
         return self
 
@@ -446,11 +455,12 @@ class RegionSizeReference:
 
     def to_dict(self) -> dict:
         return {"n_bins": int(self.n_bins), "min_per_bin": int(self.min_per_bin), "n_slices": self.n_slices_,
+                "pooled_spread": bool(self.pooled_spread),
                 "log_area": self.log_area_.tolist(), "median": self.median_.tolist(), "scale": self.scale_.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RegionSizeReference":
-        ref = cls(int(d["n_bins"]), int(d["min_per_bin"]))
+        ref = cls(int(d["n_bins"]), int(d["min_per_bin"]), bool(d.get("pooled_spread", False)))
         ref.log_area_, ref.median_, ref.scale_ = (np.asarray(d[k], float) for k in ("log_area", "median", "scale"))
         if not (ref.log_area_.size == ref.median_.size == ref.scale_.size > 0) or (ref.scale_ <= 0).any():
             raise ConfigError("the region-size reference is malformed")
@@ -557,7 +567,8 @@ class Calibration:
             scan_aggregation: str = ScoringParams.scan_aggregation,
             residual_scale: float | None = None) -> "Calibration":
         """Fit on the statistics of held-out normal scans (at least 2 scorable ones). With
-        ``slice_norm="area"`` a :class:`RegionSizeReference` is fitted on their slices first and the scan
+        ``slice_norm="area"`` (``"location"``: with one pooled spread) a :class:`RegionSizeReference` is
+        fitted on their slices first and the scan
         scores are aggregated again (``scan_aggregation``, the scoring default unless given: it must be the
         detector's) from the normalised slice scores. ``residual_scale``: the one ``stats`` were scored
         with, kept (see the class)."""
@@ -566,8 +577,8 @@ class Calibration:
         scores = np.asarray(stats.scan_scores, float)
         slice_values = np.asarray(stats.slice_scores, float)
         reference = None
-        if slice_norm == "area":
-            reference = RegionSizeReference().fit(np.concatenate([v for v, _ in stats.per_scan]),
+        if slice_norm in ("area", "location"):
+            reference = RegionSizeReference(pooled_spread=slice_norm == "location").fit(np.concatenate([v for v, _ in stats.per_scan]),
                                                   np.concatenate([a for _, a in stats.per_scan]))
             per = [reference.transform(v, a) for v, a in stats.per_scan]
             scores = np.array([scan_score(v, scan_aggregation) for v in per])

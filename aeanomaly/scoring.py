@@ -26,7 +26,7 @@ SCAN_AGGREGATIONS = ("max", "top3", "top5", "mean")
 RESIDUAL_SIGNS = ("abs", "positive", "negative")
 #: How slice scores are compared before calibration: raw, or against normal slices of the same
 #: scoring-region size (:class:`aeanomaly.calibrate.RegionSizeReference`).
-SLICE_NORMS = ("none", "area")
+SLICE_NORMS = ("none", "area", "location")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,9 @@ class ScoringParams:
         ``area``: slice scores (and the scan score aggregated from them) are standardised against the
         calibration normals' slices of the same scoring-region size, so that the lung apex and base,
         where the small lungs' edges raise every residual, are not flagged for where they lie.
-        ``none`` (the default, the real-CT tune split's choice with the blob gate): raw slice scores.
+        ``location``: the same reference's median at the slice's region size is subtracted, and all sizes
+        share one spread (the pooled deviations from those medians). ``none`` (the default, the real-CT tune
+        split's choice with the blob gate): raw slice scores.
         Takes effect at calibration.
     seg_weight : float
         In [0, 1]; used only by a detector that holds a ``dae+seg`` segmenter. Its heatmap is

@@ -40,9 +40,10 @@ BLOB_GATE_CHOICES = (0.0, 1.0, 2.0)
 BLOB_GATE_3D_CHOICES = (0.0, 1.0, 2.0)
 SLICE_SCORE_CHOICES = ("p99", "p999", "topk")
 #: The detector's ``slice_norm``: slice scores standardised against the calibration normals' slices of
-#: the same scoring-region size (``area``), or raw (``none``, fit's default since the tune split chose it
-#: in four folds of six). A run offers both unless told otherwise (``--slice-norms``).
-SLICE_NORM_CHOICES = ("area", "none")
+#: the same scoring-region size (``area``), their median there subtracted with one spread for all sizes
+#: (``location``), or raw (``none``, fit's default since the tune split chose it over ``area`` in four
+#: folds of six). A run offers all unless told otherwise (``--slice-norms``).
+SLICE_NORM_CHOICES = ("area", "location", "none")
 #: The maps the detector smooths with its ``sigma_mm`` (the blob filters and the segmenter's
 #: probability are not smoothed, so σ does not apply to them).
 SIGMA_METHODS = ("dae", *RM.FUSED, "pca", "intensity")
@@ -233,22 +234,23 @@ def tune_slice_norm(methods, calib_scans, cases, norms=SLICE_NORM_CHOICES) -> di
     """Per method, at the settings applied to ``methods`` (:func:`apply`): the slice AUROC over the lesion
     ``cases`` with each slice normalisation of ``norms``, ``{name: {norm: auroc}}``.
 
-    The methods are calibrated on ``calib_scans`` with ``area`` (the region-size references) and the
-    cases' slice scores taken through the references (``area``) and raw (``none``); the slice AUROC is
-    the tune merit's part that the normalisation changes (the pixel AUPRC is the same for both). The
-    detector's ``slice_norm`` is restored afterwards.
+    For each normalisation but ``none`` the methods are calibrated on ``calib_scans`` with it (their
+    region-size references), and the cases' slice scores are taken through those references, or raw
+    (``none``); the slice AUROC is the tune merit's part that the normalisation changes (the pixel AUPRC
+    is the same for all). The detector's ``slice_norm`` is restored afterwards.
     """
     det = methods.det
     saved, saved_methods = det.slice_norm, dict(methods.slice_norm)
     pooled = _Pooled()
+    cases_maps = [(c, *methods.maps(c["scan"])[:2]) for c in cases]
     try:
-        det.set_params(slice_norm="area")
         methods.slice_norm = {}
-        methods.calibrate(calib_scans)
-        for c in cases:
-            a, maps, _ = methods.maps(c["scan"])
-            for name, heat in maps.items():
-                for norm in norms:
+        for norm in norms:
+            det.set_params(slice_norm=norm)
+            if norm != "none":
+                methods.calibrate(calib_scans)
+            for c, a, maps in cases_maps:
+                for name, heat in maps.items():
                     s, _ = methods.scores(a, heat, name, raw=norm == "none")
                     pooled.add_slices((name, norm), c["y"], s, c["size"], c["kind"])
     finally:

@@ -44,6 +44,25 @@ def test_reference_uses_fewer_bins_with_few_slices_and_round_trips(rng):
         RegionSizeReference().transform([1.0], [10.0])
 
 
+def test_pooled_spread_keeps_the_bins_medians_and_gives_every_size_one_scale(rng):
+    """slice_norm "location": the medians follow the region size as with "area", the scale is one, that of
+    all slices' deviations from their bin's median; it round-trips and Calibration.fit builds it."""
+    s, a = _normal_slices(rng)
+    s = s + np.where(a < 1000, rng.normal(0, 0.05, s.size), 0.0)  # small regions: a much wider spread
+    per_bin, pooled = RegionSizeReference().fit(s, a), RegionSizeReference(pooled_spread=True).fit(s, a)
+    np.testing.assert_allclose(pooled.median_, per_bin.median_)
+    assert np.ptp(per_bin.scale_) > 0 and np.ptp(pooled.scale_) == 0
+    dev = s - np.interp(np.log(a), pooled.log_area_, pooled.median_)
+    assert pooled.scale_[0] == pytest.approx(1.4826 * np.median(np.abs(dev - np.median(dev))))
+    np.testing.assert_allclose(pooled.transform(s, a), dev / pooled.scale_[0])
+    back = RegionSizeReference.from_dict(json.loads(json.dumps(pooled.to_dict())))
+    assert back.pooled_spread and RegionSizeReference.from_dict({**per_bin.to_dict(), "pooled_spread": None}).pooled_spread is False
+    np.testing.assert_allclose(back.transform(s, a), pooled.transform(s, a))
+    # a wide-spread small slice counts for more than with its own bin's wider spread
+    z_bin, z_pool = per_bin.transform([s.max()], [a[np.argmax(s)]]), pooled.transform([s.max()], [a[np.argmax(s)]])
+    assert z_pool[0] > z_bin[0]
+
+
 def _stats(rng, n_scans=12):
     st = NormalStats()
     for i in range(n_scans):
@@ -74,6 +93,10 @@ def test_calibration_with_area_norm_calibrates_normalised_scores_and_keeps_the_r
     assert cal.with_target_fpr(0.2).reference is cal.reference
     assert cal.with_threshold(1.0).reference is cal.reference
     assert Calibration.from_dict(json.loads(json.dumps(raw.to_dict()))).reference is None
+    loc = Calibration.fit(st, target_fpr=0.1, method="empirical", slice_norm="location", scan_aggregation="top3")
+    assert loc.reference.pooled_spread and np.ptp(loc.reference.scale_) == 0
+    np.testing.assert_allclose(loc.reference.median_, cal.reference.median_)
+    assert Calibration.from_dict(json.loads(json.dumps(loc.to_dict()))).reference.pooled_spread
     with pytest.raises(ConfigError):
         Calibration.fit(st, target_fpr=0.1, slice_norm="position")
 

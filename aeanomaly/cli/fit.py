@@ -90,10 +90,11 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
               help="Scan-level false-positive rate the threshold is calibrated for.")
 @click.option("--calib-method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default=F["calib_method"],
               show_default=True)
-@click.option("--slice-norm", type=click.Choice(["area", "none"]), default="none", show_default=True,  # = ScoringParams.slice_norm (tested)
+@click.option("--slice-norm", type=click.Choice(["area", "location", "none"]), default="none", show_default=True,  # = ScoringParams.slice_norm (tested)
               help="area: slice scores are compared with the calibration normals' slices of the same scoring-region "
-                   "size (the small lungs of the apex and base are not flagged for where they lie); none: raw "
-                   "(the real-CT benchmark's choice with the blob gate).")
+                   "size (the small lungs of the apex and base are not flagged for where they lie); location: "
+                   "their median at that size subtracted, one spread for all sizes; none: raw (the real-CT "
+                   "benchmark's choice with the blob gate).")
 @click.option("--sigma-mm", default=6.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.sigma_mm (tested)
               help="In-plane Gaussian σ of the heatmap in mm (6 mm with the blob gate at 128 px on a chest: the "
                    "real-CT tune split's choice; 3 mm without it).")

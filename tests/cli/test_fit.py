@@ -192,7 +192,7 @@ def test_fit_offers_the_slice_norm_default_of_scoring(cli):
     assert next(o for o in fit.params if o.name == "blob_gate_3d").default == ScoringParams().blob_gate_3d
     assert next(o for o in fit.params if o.name == "seg_weight").default == ScoringParams().seg_weight
     r = cli("fit", "--help")
-    assert "--slice-norm [area|none]" in r.output
+    assert "--slice-norm [area|location|none]" in r.output
 
 
 def test_seg_weight_is_refused_without_a_segmenter_before_any_work(cli, one_error_line, phantom_train, tmp_path):
