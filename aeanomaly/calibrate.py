@@ -568,9 +568,8 @@ class Calibration:
             residual_scale: float | None = None) -> "Calibration":
         """Fit on the statistics of held-out normal scans (at least 2 scorable ones). With
         ``slice_norm="area"`` (``"location"``: with one pooled spread) a :class:`RegionSizeReference` is
-        fitted on their slices first and the scan
-        scores are aggregated again (``scan_aggregation``, the scoring default unless given: it must be the
-        detector's) from the normalised slice scores. ``residual_scale``: the one ``stats`` were scored
+        fitted on their slices first and the scan scores are aggregated again (``scan_aggregation``, the
+        scoring default unless given: it must be the detector's) from the normalised slice scores. ``residual_scale``: the one ``stats`` were scored
         with, kept (see the class)."""
         if slice_norm not in SLICE_NORMS:
             raise ConfigError(f"slice_norm must be one of {', '.join(SLICE_NORMS)}, got {slice_norm!r}")
@@ -578,8 +577,8 @@ class Calibration:
         slice_values = np.asarray(stats.slice_scores, float)
         reference = None
         if slice_norm in ("area", "location"):
-            reference = RegionSizeReference(pooled_spread=slice_norm == "location").fit(np.concatenate([v for v, _ in stats.per_scan]),
-                                                  np.concatenate([a for _, a in stats.per_scan]))
+            reference = RegionSizeReference(pooled_spread=slice_norm == "location").fit(
+                np.concatenate([v for v, _ in stats.per_scan]), np.concatenate([a for _, a in stats.per_scan]))
             per = [reference.transform(v, a) for v, a in stats.per_scan]
             scores = np.array([scan_score(v, scan_aggregation) for v in per])
             slice_values = np.concatenate(per)
