@@ -393,6 +393,12 @@ def pixel_threshold(tails, n_pixels: int, quantile: float) -> float:
     return float(tail[min(m, tail.size) - 1])
 
 
+def check_residual_scale(value) -> None:
+    """A fused heatmap's residual scale must be a positive finite number, or None (nothing fused)."""
+    if value is not None and not (np.isfinite(value) and value > 0):
+        raise ConfigError(f"residual_scale must be a positive number or None, got {value!r}")
+
+
 class RegionSizeReference:
     """What normal slices score at each size of their scoring region, so that a slice is compared with
     normal slices of its own kind: ``(score − median(area)) / scale(area)``.
@@ -538,8 +544,7 @@ class Calibration:
                  residual_scale: float | None = None):
         if precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if residual_scale is not None and not (np.isfinite(residual_scale) and residual_scale > 0):
-            raise ConfigError(f"residual_scale must be a positive number or None, got {residual_scale!r}")
+        check_residual_scale(residual_scale)
         self.scan = scan
         self.slice = slice
         self.pixel_threshold = float(pixel_threshold)

@@ -27,7 +27,8 @@ from typing import Iterable
 import numpy as np
 
 from . import bundle as _bundle
-from .calibrate import CHOICES as CALIB_METHODS, PRECISIONS, Calibration, benjamini_hochberg, pixel_threshold
+from .calibrate import (CHOICES as CALIB_METHODS, PRECISIONS, Calibration, benjamini_hochberg, check_residual_scale,
+                        pixel_threshold)
 from .config import BFLOAT16_HARDWARE, FIT_DEFAULTS, TRAIN_DEFAULTS, TrainConfig
 from .errors import AeAnomalyError, ConfigError, NotFittedError
 from .fitting import build_store, normal_stats
@@ -470,8 +471,7 @@ class AnomalyDetector:
         """
         if heatmap not in ("auto", "residual"):
             raise ConfigError(f"heatmap must be 'auto' or 'residual', got {heatmap!r}")
-        if residual_scale is not None and not (np.isfinite(residual_scale) and residual_scale > 0):
-            raise ConfigError(f"residual_scale must be a positive number, got {residual_scale!r}")
+        check_residual_scale(residual_scale)
         params = self.scoring_params()
         window = HUWindow.parse(self.window)
         notes = []

@@ -107,8 +107,9 @@ class ScoringParams:
     min_lesion_mm3: float | None = None
     min_body_fraction: float = 0.05
     slice_fdr: float | None = None
-    # none: what the real-CT tune split chose in four of six folds of three seeds, with every held-out part
-    # as good or better (README "Detection on real CT", the slice normalisation); area before
+    # none: what the real-CT tune split chose over area in four of six folds of three seeds, with every held-out
+    # part as good or better; with location offered too the folds split 2/2/2, so it stayed (README
+    # "Detection on real CT", the slice normalisation); area before
     slice_norm: str = "none"
     # 0.25: what the real-CT tune split chose among 1, 0.75, 0.5 and 0.25 in all four folds of two seeds
     # (README "The self-supervised segmenter with the blob gate"); 1 before the option

@@ -409,7 +409,7 @@ def main(argv=None) -> int:
                          f"{' '.join(f'{b:g}' for b in RV.BLOB_GATE_3D_CHOICES)})")
     ap.add_argument("--slice-norms", nargs="+", default=None, choices=RV.SLICE_NORM_CHOICES,
                     help="the slice normalisations (slice_norm) the tune split chooses from, per method, at its "
-                         "chosen settings (default both; one: every method uses it)")
+                         "chosen settings (default all of them; one: every method uses it)")
     ap.add_argument("--folds", nargs="+", default=None, help="LIDC patients to test (default both)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
