@@ -252,6 +252,64 @@ def check_bundle(bundle: str | os.PathLike) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Scoring settings: fit sets them, calibrate changes them
+# ---------------------------------------------------------------------------------------------
+
+#: The scoring settings of a bundle that ``fit`` sets and ``calibrate`` can change: option →
+#: (parameter, click type, fit's default, help). Each changes the scores, so a change recalibrates.
+#: The defaults repeat :class:`aeanomaly.scoring.ScoringParams`' (tested) so that ``--help`` does not
+#: import the scoring stack.
+SCORING_OPTIONS = {
+    "--slice-norm": ("slice_norm", click.Choice(["area", "location", "none"]), "none",
+                     "area: slice scores are compared with the calibration normals' slices of the same scoring-region "
+                     "size (the small lungs of the apex and base are not flagged for where they lie); location: "
+                     "their median at that size subtracted, one spread for all sizes; none: raw (the real-CT "
+                     "benchmark's choice with the blob gate)."),
+    "--sigma-mm": ("sigma_mm", click.FloatRange(0), 6.0,
+                   "In-plane Gaussian σ of the heatmap in mm (6 mm with the blob gate at 128 px on a chest: the "
+                   "real-CT tune split's choice; 3 mm without it)."),
+    "--sigma-z-mm": ("sigma_z_mm", click.FloatRange(0), 0.0,
+                     "Gaussian σ in mm of an average of the heatmap over neighbouring slices of a volume (a lesion "
+                     "persists there, a vessel cut across moves); 0: each slice its own."),
+    "--blob-gate": ("blob_gate", click.FloatRange(0), 2.0,
+                    "Weight the residual by its own blobness to this power before smoothing: blob-shaped residual "
+                    "(a nodule) keeps its height, tube- and edge-shaped residual (vessels, fissures) loses it; 0: off "
+                    "(lesions much wider than 25 mm)."),
+    "--blob-gate-3d": ("blob_gate_3d", click.FloatRange(0), 0.0,
+                       "Weight the residual further by its blobness across slices (3-D Hessian) to this power: a "
+                       "vessel cut across, round on its slice but a tube along the next ones, loses its height. "
+                       "Volumes of 3 slices or more only (single slices keep the in-plane gate), so normals and "
+                       "scans must all be volumes; 0: off (README 'Detection on real CT')."),
+    "--seg-weight": ("seg_weight", click.FloatRange(0, 1), 0.25,
+                     "dae+seg only: heatmap = this weight × the segmenter's probability + the rest × the residual "
+                     "heatmap over its pixel threshold on the calibration normals (0.25: the real-CT tune split's "
+                     "choice); 1: the probability alone."),
+}
+
+
+def scoring_options(fit: bool) -> Callable:
+    """The options of :data:`SCORING_OPTIONS`: with fit's defaults (``fit``), or with none, for a
+    command that changes a fitted bundle's settings (an option not given keeps the bundle's)."""
+
+    def decorate(fn: Callable) -> Callable:
+        for flag, (dest, kind, default, text) in reversed(SCORING_OPTIONS.items()):
+            if fit:
+                fn = click.option(flag, dest, type=kind, default=default, show_default=True, help=text)(fn)
+            else:
+                fn = click.option(flag, dest, type=kind, default=None, help=f"{text} Default: the bundle's.")(fn)
+        return fn
+
+    return decorate
+
+
+def check_seg_weight(seg_weight: float | None, model_kind: str) -> None:
+    """``--seg-weight`` weighs a segmenter's probability: refused for a model without one."""
+    if seg_weight is not None and model_kind != "dae+seg":
+        raise ConfigError(f"--seg-weight {seg_weight:g} weighs a segmenter's probability, which only --model dae+seg "
+                          f"trains (this is --model {model_kind})")
+
+
+# ---------------------------------------------------------------------------------------------
 # TensorFlow, quietly
 # ---------------------------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ import click
 
 from ..config import BFLOAT16_HARDWARE, FIT_DEFAULTS as F, SEG_MIN_STEPS_PER_EPOCH, TRAIN_DEFAULTS as T
 from ..errors import AeAnomalyError, BundleError, ConfigError
-from .common import (check_open_unit, check_writable, collect_scans, deprecated_alias, handles_errors,
-                     method_in_force, quiet_warnings, say, start_tensorflow, warn)
+from .common import (check_open_unit, check_seg_weight, check_writable, collect_scans, deprecated_alias,
+                     handles_errors, method_in_force, quiet_warnings, say, scoring_options, start_tensorflow, warn)
 
 #: Region → default HU window preset (the same table as ``aeanomaly.preprocess.REGION_WINDOWS``,
 #: repeated here only as choices so that ``--help`` does not import the preprocessing stack).
@@ -58,10 +58,6 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @click.option("--seg-epochs", default=F["seg_epochs"], show_default=True, type=click.IntRange(1),
               help=f"Training epochs of the dae+seg segmenter (each at least {SEG_MIN_STEPS_PER_EPOCH} steps of "
                    "freshly corrupted batches).")
-@click.option("--seg-weight", default=0.25, show_default=True, type=click.FloatRange(0, 1),  # = ScoringParams.seg_weight (tested)
-              help="dae+seg only: heatmap = this weight × the segmenter's probability + the rest × the residual "
-                   "heatmap over its pixel threshold on the calibration normals (0.25: the real-CT tune split's "
-                   "choice); 1: the probability alone.")
 @click.option("--noise-std", default=T["noise_std"], show_default=True, type=click.FloatRange(0),
               help="Std of the dae's denoising noise, in units of the [0, 1] windowed image (0: a plain "
                    "autoencoder with skips, which copies anomalies; --model ae always trains without noise).")
@@ -90,26 +86,7 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
               help="Scan-level false-positive rate the threshold is calibrated for.")
 @click.option("--calib-method", type=click.Choice(["auto", "empirical", "gamma", "lognormal", "kde"]), default=F["calib_method"],
               show_default=True)
-@click.option("--slice-norm", type=click.Choice(["area", "location", "none"]), default="none", show_default=True,  # = ScoringParams.slice_norm (tested)
-              help="area: slice scores are compared with the calibration normals' slices of the same scoring-region "
-                   "size (the small lungs of the apex and base are not flagged for where they lie); location: "
-                   "their median at that size subtracted, one spread for all sizes; none: raw (the real-CT "
-                   "benchmark's choice with the blob gate).")
-@click.option("--sigma-mm", default=6.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.sigma_mm (tested)
-              help="In-plane Gaussian σ of the heatmap in mm (6 mm with the blob gate at 128 px on a chest: the "
-                   "real-CT tune split's choice; 3 mm without it).")
-@click.option("--sigma-z-mm", default=0.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.sigma_z_mm (tested)
-              help="Gaussian σ in mm of an average of the heatmap over neighbouring slices of a volume (a lesion "
-                   "persists there, a vessel cut across moves); 0: each slice its own.")
-@click.option("--blob-gate", default=2.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.blob_gate (tested)
-              help="Weight the residual by its own blobness to this power before smoothing: blob-shaped residual "
-                   "(a nodule) keeps its height, tube- and edge-shaped residual (vessels, fissures) loses it; 0: off "
-                   "(lesions much wider than 25 mm).")
-@click.option("--blob-gate-3d", default=0.0, show_default=True, type=click.FloatRange(0),  # = ScoringParams.blob_gate_3d (tested)
-              help="Weight the residual further by its blobness across slices (3-D Hessian) to this power: a vessel "
-                   "cut across, round on its slice but a tube along the next ones, loses its height. Volumes of "
-                   "3 slices or more only (single slices keep the in-plane gate), so normals and scans must all be "
-                   "volumes; 0: off (README 'Detection on real CT').")
+@scoring_options(fit=True)
 @click.option("--seed", default=T["seed"], show_default=True, type=int)
 @click.option("--precision", type=click.Choice(["auto", "float32", "bfloat16"]), default=F["precision"],
               show_default=True,
@@ -142,9 +119,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         raise BundleError("already exists; pass --overwrite to replace it", out)
     check_open_unit("--target-fpr", target_fpr)
     given = click.get_current_context().get_parameter_source("seg_weight") != click.core.ParameterSource.DEFAULT
-    if given and model_kind != "dae+seg":
-        raise ConfigError(f"--seg-weight {seg_weight:g} weighs a segmenter's probability, which only --model dae+seg "
-                          f"trains (this is --model {model_kind})")
+    check_seg_weight(seg_weight if given else None, model_kind)
     augment = False if no_augment else parse_augment(augment_spec)
     from ..preprocess import REGION_WINDOWS, HUWindow
     from ..splits import split_scans

@@ -86,3 +86,59 @@ def test_bfloat16_without_native_support_is_refused_and_old_bundles_score_in_flo
     assert len([w for w in rec if "runs in float32" in str(w.message)]) == 1  # once per detector
     np.testing.assert_array_equal(got, det.reconstruct(x, precision="float32"))
     np.testing.assert_array_equal(got, again)
+
+
+def test_calibrate_changes_scoring_settings_on_the_bundles_own_scans(cli, fitted_bundle, phantom_test, tmp_path):
+    """`--slice-norm none --sigma-mm 4` on a bundle fitted with area and 6 mm: bundle.json and calibration.json
+    are rewritten together, on the bundle's own calibration scans, and scoring follows the new settings."""
+    from aeanomaly.detector import AnomalyDetector
+
+    b = tmp_path / "b"
+    shutil.copytree(fitted_bundle, b)
+    before = json.loads((b / "calibration.json").read_text())
+    assert json.loads((b / "bundle.json").read_text())["params"]["slice_norm"] == "area"
+    r = cli("calibrate", b, "--slice-norm", "none", "--sigma-mm", "4")
+    assert r.exit_code == 0, r.output
+    assert "slice_norm area → none" in r.output and "sigma_mm 6.0 → 4.0" in r.output
+    params = json.loads((b / "bundle.json").read_text())["params"]
+    assert params["slice_norm"] == "none" and params["sigma_mm"] == 4.0 and params["blob_gate"] == 0.0
+    cal = json.loads((b / "calibration.json").read_text())
+    assert cal["calibration_scans"] == before["calibration_scans"]
+    assert cal["log"][-1]["slice_norm"] == "none" and "slice_norm area → none" in cal["log"][-1]["what"]
+    assert cal["scan"]["threshold"] != before["scan"]["threshold"]
+    assert sorted(p.name for p in b.iterdir()) == sorted(p.name for p in fitted_bundle.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary or old copy left beside it
+
+    det = AnomalyDetector.load(b)
+    assert det.sigma_mm == 4.0 and det.calibration_.reference is None
+    scan = sorted((phantom_test / "abnormal").glob("*.nii.gz"))[0]
+    got = det.analyse(scan)
+    np.testing.assert_array_equal(got.slice_scores, det.analyse(scan, normalise=False).slice_scores)
+    old = AnomalyDetector.load(fitted_bundle)
+    assert not np.allclose(got.heatmap, old.analyse(scan).heatmap)  # σ 4 mm, not 6
+    # the same in Python: set_params + recalibrate on the same scans gives the same calibration
+    old.set_params(slice_norm="none", sigma_mm=4.0).recalibrate(before["calibration_scans"])
+    assert old.calibration_.scan.threshold_ == det.calibration_.scan.threshold_
+
+    # the same settings again: nothing to do, nothing rewritten
+    stamp = (b / "bundle.json").stat().st_mtime_ns
+    r = cli("calibrate", b, "--slice-norm", "none", "--quiet")
+    assert r.exit_code == 0 and r.output.strip() == "" and (b / "bundle.json").stat().st_mtime_ns == stamp
+
+
+def test_scoring_changes_are_checked_before_any_work(cli, one_error_line, fitted_bundle, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(fitted_bundle, b)
+    files = {p.name: p.read_bytes() for p in b.iterdir() if p.is_file()}
+    r = cli("calibrate", b, "--seg-weight", "0.5")
+    one_error_line(r, "--seg-weight 0.5", "--model dae+seg")
+    assert "tensorflow" not in r.output.lower()
+    r = cli("calibrate", b)
+    one_error_line(r, "--normal-dir", "--slice-norm", "--blob-gate")
+    assert cli("calibrate", b, "--sigma-mm", "-1").exit_code == 2
+    cal = json.loads((b / "calibration.json").read_text())
+    cal["calibration_scans"] = [str(tmp_path / "gone.nii.gz"), *cal["calibration_scans"][1:]]
+    (b / "calibration.json").write_text(json.dumps(cal))
+    files["calibration.json"] = (b / "calibration.json").read_bytes()
+    one_error_line(cli("calibrate", b, "--blob-gate", "1"), "1 of its", "gone.nii.gz", "--normal-dir")
+    assert {p.name: p.read_bytes() for p in b.iterdir() if p.is_file()} == files
