@@ -34,10 +34,11 @@ from .errors import AeAnomalyError, ConfigError, NotFittedError
 from .fitting import build_store, normal_stats
 from .hybrid import head_outputs, organ_label_map
 from .io import Scan, load_scan
+from .io.writers import int16_quantiser
 from .localize import Lesion, find_lesions
 from .masks import LUNG_THRESHOLD_HU, resolved_roi, scoring_region
-from .parallel import map_slices
-from .preprocess import HUWindow, PreparedScan, from_model_grid, model_to_input_yx, prepare_volume
+from .preprocess import (HUWindow, PreparedScan, from_model_grid, from_model_grid_each, model_to_input_yx,
+                         prepare_volume)
 from .scoring import Analysis, ScoringParams, analyse, resolved_sign, scan_score, slice_scores
 from .splits import split_scans
 
@@ -95,13 +96,14 @@ class ScanResult:
     organ_labels: np.ndarray | None = field(default=None, repr=False)
     note: str = ""
 
-    def heatmap_in_input_grid(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    def heatmap_in_input_grid(self, lo: int = 0, hi: int | None = None, slope: float | None = None) -> np.ndarray:
         """Heatmap ``(z, y, x)`` resampled to the input's internal slice grid (float32); slices
-        ``lo:hi`` only when given (what a streamed heatmap write asks for). Each chunk's threads
-        resample into the result itself (no assembling copy)."""
-        g, part = self.prepared.grid, self.heatmap[lo:hi]
-        out = np.empty((len(part), g.ny, g.nx), np.float32)
-        return map_slices(lambda h, out: from_model_grid(h, g, out=out), part, out=out)
+        ``lo:hi`` only when given (what a streamed heatmap write asks for). With ``slope``, int16 counts
+        ``round(v / slope)`` instead (:func:`aeanomaly.io.writers.int16_quantiser`: what ``score``
+        writes), each slice quantised as soon as it is resampled, without the float32 slab."""
+        each = None if slope is None else int16_quantiser(slope)
+        return from_model_grid_each(self.heatmap[lo:hi], self.prepared.grid, each=each,
+                                        dtype=np.float32 if slope is None else np.int16)
 
     def lesion_labels_in_input_grid(self) -> np.ndarray:
         """Lesion label volume ``(z, y, x)`` on the input grid (nearest label by majority)."""

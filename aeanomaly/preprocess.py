@@ -282,6 +282,36 @@ def from_model_grid(stack: np.ndarray, grid: GridSpec, out: np.ndarray | None = 
     return np.ascontiguousarray(full[crop], dtype=np.float32)
 
 
+#: Slices :func:`from_model_grid_each` resamples at a time into its buffer before ``each`` stores them
+#: (4: 0.5× the time of resampling a 64-slice slab and then quantising it, 128 → 512 px; 1 and 16 slower).
+EACH_SLICES = 4
+
+
+def from_model_grid_each(stack: np.ndarray, grid: GridSpec, each=None, dtype=np.float32) -> np.ndarray:
+    """:func:`from_model_grid` of ``(z, size, size)`` in threads: ``(z, ny, nx)`` of ``dtype``. With
+    ``each(resampled, out)``, each thread resamples :data:`EACH_SLICES` slices at a time into a small
+    float32 buffer and ``each`` stores every slice of it (``resampled``, which ``each`` may overwrite)
+    into its slice of the result (``out``), e.g. quantised: the float32 volume is never written, and
+    the buffer stays in cache. The same values as :func:`from_model_grid` within float32 rounding
+    (the products are taken over each group's nonzero box)."""
+    arr = np.asarray(stack, dtype=np.float32)
+    out = np.empty((len(arr), grid.ny, grid.nx), dtype)
+    if each is None:  # each thread's chunk in one call: faster than slice by slice when nothing follows
+        return map_slices(lambda h, out: from_model_grid(h, grid, out=out), arr, out=out)
+    n = EACH_SLICES
+
+    def chunk(h, out):
+        buf = np.empty((n, grid.ny, grid.nx), np.float32)
+        for k in range(0, len(h), n):
+            m = min(n, len(h) - k)
+            from_model_grid(h[k : k + m], grid, out=buf[:m])
+            for j in range(m):
+                each(buf[j], out[k + j])
+        return out
+
+    return map_slices(chunk, arr, out=out)
+
+
 def model_to_input_yx(y: float, x: float, grid: GridSpec) -> tuple[float, float]:
     """A model-grid pixel position ``(y, x)`` (pixel centres at integers) as a position on the
     input slice grid ``(ny, nx)``: undoes the resampling to ``size`` and the square padding."""

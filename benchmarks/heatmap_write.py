@@ -5,9 +5,9 @@
 Public API only. The 512×512×N chest phantom of ``speed.py`` is loaded with ``aeanomaly.io.load_scan`` and
 prepared with ``aeanomaly.preprocess.prepare_volume`` at the model grid; two heatmaps on that grid are
 written back to the input grid with ``aeanomaly.io.writers.save_slabs_like_input`` (resampled slab by slab
-with ``aeanomaly.preprocess.from_model_grid``, as ``ScanResult.heatmap_in_input_grid`` does), once as
-float32 and once as int16 counts (``int16_slope``, what ``score`` writes), alternately, median of
-``--repeats`` after a warm-up:
+with ``aeanomaly.preprocess.from_model_grid_each``, as ``ScanResult.heatmap_in_input_grid`` does), once as
+float32 and once as int16 counts (``int16_slope``; each few slices quantised with ``int16_quantiser`` as
+soon as they are resampled, what ``score`` writes), alternately, median of ``--repeats`` after a warm-up:
 
 * ``dense``: smooth positive values in every body pixel of the scoring region, as a residual heatmap
   without the blob gate looks in the lungs (every pixel a different value for gzip);
@@ -55,25 +55,24 @@ def write_pair(heat: np.ndarray, prep, scan, work: Path, repeats: int) -> dict:
     read-back difference in steps."""
     import nibabel as nib
 
-    from aeanomaly.io.writers import int16_slope, save_slabs_like_input
-    from aeanomaly.parallel import map_slices
-    from aeanomaly.preprocess import from_model_grid
+    from aeanomaly.io.writers import int16_quantiser, int16_slope, save_slabs_like_input
+    from aeanomaly.preprocess import from_model_grid_each
 
     g = prep.grid
-
-    def slab(lo, hi):
-        part = heat[lo:hi]
-        return map_slices(lambda h, out: from_model_grid(h, g, out=out), part,
-                          out=np.empty((len(part), g.ny, g.nx), np.float32))
-
     slope = int16_slope(float(np.max(np.abs(heat), initial=0.0)))
     kinds = {"float32": None, "int16": slope}
+
+    def slab(s):  # ScanResult.heatmap_in_input_grid(lo, hi, slope=s), without a ScanResult
+        each = None if s is None else int16_quantiser(s)
+        return lambda lo, hi: from_model_grid_each(heat[lo:hi], g, each=each,
+                                                   dtype=np.float32 if s is None else np.int16)
+
     times: dict = {k: [] for k in kinds}
     paths = {k: work / f"heat_{k}.nii.gz" for k in kinds}
     for r in range(repeats + 1):
         for k, s in kinds.items():
             t0 = time.perf_counter()
-            save_slabs_like_input(paths[k], slab, scan, slope=s)
+            save_slabs_like_input(paths[k], slab(s), scan, slope=s)
             if r:
                 times[k].append(time.perf_counter() - t0)
     a = np.asarray(nib.load(paths["float32"]).dataobj, np.float64)

@@ -147,7 +147,8 @@ def write_scan_outputs(res, name: str, out: str | os.PathLike, *, heatmaps: str 
             # of the finest step for this scan's largest value (resampling to the input grid is a
             # weighted mean, which never exceeds it): within 1/65534 of it, half the bytes to compress
             slope = int16_slope(float(np.max(np.abs(res.heatmap), initial=0.0)))
-            save_slabs_like_input(target, res.heatmap_in_input_grid, res.scan, slope=slope)
+            save_slabs_like_input(target, lambda lo, hi: res.heatmap_in_input_grid(lo, hi, slope=slope), res.scan,
+                                  slope=slope)
         else:
             write_heatmap(target, res.heatmap_in_input_grid(), res.scan, fmt=heatmaps)
     pngs: list[Path] = []

@@ -131,25 +131,36 @@ def int16_slope(max_abs: float) -> float | None:
     return slope if slope > 0 else None
 
 
-def _counts(part: np.ndarray, slope: float) -> np.ndarray:
-    """int16 ``round(part / slope)`` clipped to ±QUANT_MAX, computed in threads by z-chunks. A division,
-    not a product with ``1 / slope``: one float32 rounding, not two, keeps the bound of :func:`int16_slope`.
-
-    Each thread works one slice at a time through a one-slice float32 buffer, so the four passes
-    (divide, round, clip, cast) run over data in cache instead of streaming the chunk through memory
-    four times: about half the time of whole-chunk passes (``benchmarks/heatmap_write.py``)."""
+def int16_quantiser(slope: float) -> Callable[[np.ndarray, np.ndarray], None]:
+    """``quantise(values, out)``: ``out[...] = round(values / slope)`` clipped to ±QUANT_MAX, as int16,
+    for one float32 slice, overwriting ``values`` on the way (divide, round and clip run in place in
+    it, so over a slice they stay in cache). A division, not a product with ``1 / slope``: one float32
+    rounding, not two, keeps the bound of :func:`int16_slope`."""
     step = np.float32(slope)
 
-    def quantise(p, out):
+    def quantise(values: np.ndarray, out: np.ndarray) -> None:
+        np.divide(values, step, out=values, dtype=np.float32)
+        np.rint(values, out=values)
+        np.clip(values, -QUANT_MAX, QUANT_MAX, out=values)
+        out[...] = values
+
+    return quantise
+
+
+def _counts(part: np.ndarray, slope: float) -> np.ndarray:
+    """int16 counts of :func:`int16_quantiser` for a float32 ``(z, y, x)`` chunk, in threads by
+    z-chunks, one slice at a time through a one-slice buffer per thread (the four passes over data in
+    cache instead of streaming the chunk through memory four times: about half the time)."""
+    quantise = int16_quantiser(slope)
+
+    def chunk(p, out):
         buf = np.empty(p.shape[1:], np.float32)
         for src, dst in zip(p, out):
-            np.divide(src, step, out=buf, dtype=np.float32)
-            np.rint(buf, out=buf)
-            np.clip(buf, -QUANT_MAX, QUANT_MAX, out=buf)
-            dst[...] = buf
+            buf[...] = src
+            quantise(buf, dst)
         return out
 
-    return map_slices(quantise, part, out=np.empty(part.shape, np.int16))
+    return map_slices(chunk, part, out=np.empty(part.shape, np.int16))
 
 
 def _slab_header(affine: np.ndarray, shape: tuple, dtype, slope: float | None) -> nib.Nifti1Header:
@@ -175,19 +186,23 @@ def save_slabs_like_input(path: str | os.PathLike, slab: Callable[[int, int], np
 
     With ``slope`` (see :func:`int16_slope`) the file holds int16 counts ``round(v / slope)`` and
     ``scl_slope = slope`` instead of ``dtype``: readers get the values back within ``slope / 2``, zeros
-    exactly, and there are half the bytes to compress. The counts are computed in threads.
+    exactly, and there are half the bytes to compress. The counts are computed in threads; a ``slab``
+    that returns int16 already gives the counts itself (those of :func:`int16_quantiser`, e.g. from
+    :func:`aeanomaly.preprocess.from_model_grid_each`), written as they are.
     """
     nz, ny, nx = scan.hu.shape
     back = input_orientation(scan)
 
     def part(lo: int, hi: int) -> np.ndarray:
-        p = np.asarray(slab(lo, hi), dtype=np.float32 if slope is not None else dtype)
+        p = np.asarray(slab(lo, hi))
+        counted = slope is not None and p.dtype == np.int16
+        p = p if counted else p.astype(np.float32 if slope is not None else dtype, copy=False)
         if p.shape != (hi - lo, ny, nx):
             raise ValueError(f"slab({lo}, {hi}) returned shape {p.shape}, expected {(hi - lo, ny, nx)}")
         return p
 
     def stored(a: np.ndarray) -> np.ndarray:
-        return a if slope is None else _counts(a, slope)
+        return a if slope is None or a.dtype == np.int16 else _counts(a, slope)
 
     if back is not None and int(back[2][0]) != 2:  # slices are not the file's third axis: assembled
         data, affine = to_input_geometry(part(0, nz), scan)

@@ -251,6 +251,27 @@ def test_int16_counts_are_rounded_per_value_and_clip_instead_of_wrapping(tmp_pat
     assert counts[2, 3, 1] == QUANT_MAX and counts[5, 0, 4] == -QUANT_MAX
 
 
+def test_int16_slabs_are_written_as_the_counts_they_are(tmp_path):
+    """A slab that returns int16 with a slope gives the counts itself (what ``score`` writes: each few
+    slices quantised as soon as they are resampled): the file holds them unchanged, with the slope;
+    float32 slabs with the same slope are quantised by the writer to the same counts."""
+    from aeanomaly.io import Scan
+    from aeanomaly.io.writers import _counts, int16_slope, save_slabs_like_input
+
+    rng = np.random.default_rng(4)
+    vol = np.where(rng.random((9, 6, 5)) < 0.5, 0.0, rng.gamma(2.0, 0.1, (9, 6, 5))).astype(np.float32)
+    slope = int16_slope(float(vol.max()))
+    counts = _counts(vol, slope)
+    scan = Scan(hu=vol, spacing=(2.0, 1.0, 1.0), affine=internal_affine((2.0, 1.0, 1.0)), source="v.npy", meta={})
+    given = save_slabs_like_input(tmp_path / "i.nii.gz", lambda lo, hi: counts[lo:hi], scan, slab_slices=4,
+                                  slope=slope)
+    made = save_slabs_like_input(tmp_path / "f.nii.gz", lambda lo, hi: vol[lo:hi], scan, slab_slices=4, slope=slope)
+    a, b = nib.load(given), nib.load(made)
+    np.testing.assert_array_equal(np.asarray(a.dataobj.get_unscaled()).transpose(2, 1, 0), counts)
+    np.testing.assert_array_equal(np.asarray(a.dataobj.get_unscaled()), np.asarray(b.dataobj.get_unscaled()))
+    assert a.dataobj.slope == pytest.approx(slope) and a.get_data_dtype() == np.int16
+
+
 def test_int16_slope_edge_cases():
     from aeanomaly.io.writers import int16_slope
 
