@@ -334,7 +334,7 @@ def summary(variants: list[dict]) -> list[dict]:
                                       "slice_auroc_matched": [], "region_area_auroc": [], "bv_tune": [], "bv_held": [],
                                       "bv_held8": [], "bv_held8_pm95": [], "bv_pixel_auprc": [], "bv_lesions_hit": 0,
                                       "bv_lesions": 0, "sigma_mm": [], "sigma_z_mm": [], "blob_gate": [], "blob_gate_3d": [],
-                                      "slice_score": [],
+                                      "erode_mm": [], "slice_score": [],
                                       "tune_merit": [],
                                       "fpr_p_excess": [], "fpr_p_shift": []})
             d["folds"] += 1
@@ -372,10 +372,12 @@ def summary(variants: list[dict]) -> list[dict]:
             d["sigma_z_mm"].append(c.get("sigma_z_mm"))
             d["blob_gate"].append(c.get("blob_gate"))
             d["blob_gate_3d"].append(c.get("blob_gate_3d"))
+            d["erode_mm"].append(c.get("erode_mm"))
             d["slice_score"].append(c.get("slice_score"))
             d["tune_merit"].append(c.get("merit"))  # the chosen setting's tune merit (other fold's volume)
     mean = lambda xs: float(np.mean([x for x in xs if x is not None])) if any(x is not None for x in xs) else None  # noqa: E731
-    settings = ("sigma_mm", "sigma_z_mm", "blob_gate", "blob_gate_3d", "slice_score", "fpr_p_excess", "fpr_p_shift")  # per fold (not averaged)
+    settings = ("sigma_mm", "sigma_z_mm", "blob_gate", "blob_gate_3d", "erode_mm", "slice_score", "fpr_p_excess",
+                "fpr_p_shift")  # per fold (not averaged)
     out = []
     for d in rows.values():
         out.append({k: (v if k in settings else mean(v) if isinstance(v, list) else v) for k, v in d.items()})
@@ -407,6 +409,10 @@ def main(argv=None) -> int:
                     help="the exponents of the blob gate across slices (blob_gate_3d) the tune split chooses from "
                          "(default 0 only; the README's runs offered "
                          f"{' '.join(f'{b:g}' for b in RV.BLOB_GATE_3D_CHOICES)})")
+    ap.add_argument("--erodes", type=float, nargs="+", default=None, metavar="MM",
+                    help="the erosions of the scoring region (erode_mm) the tune split chooses from (default "
+                         f"{RV.UNTAGGED['erode_mm']:g} only, fit's; "
+                         f"e.g. {' '.join(f'{e:g}' for e in RV.ERODE_CHOICES_MM)})")
     ap.add_argument("--slice-norms", nargs="+", default=None, choices=RV.SLICE_NORM_CHOICES,
                     help="the slice normalisations (slice_norm) the tune split chooses from, per method, at its "
                          "chosen settings (default all of them; one: every method uses it)")
@@ -433,6 +439,7 @@ def main(argv=None) -> int:
            "blob_gates": args.blob_gates if args.blob_gates is not None else list(RV.BLOB_GATE_CHOICES[::2] if q
                                                                                  else RV.BLOB_GATE_CHOICES),
            "blob_gates_3d": args.blob_gates_3d if args.blob_gates_3d is not None else [0.0],
+           "erodes": args.erodes if args.erodes is not None else [RV.UNTAGGED["erode_mm"]],
            "slice_norms": list(dict.fromkeys(args.slice_norms or RV.SLICE_NORM_CHOICES)),
            "folds": args.folds or (["LIDC-IDRI-0001"] if q else list(RD.LIDC_PATIENTS)),
            "norms": args.norms or [TRAIN_DEFAULTS["norm"]],
@@ -477,7 +484,7 @@ def main(argv=None) -> int:
                                                                   parse_noise(noise), cfg["precisions"][0])
                     t0 = time.perf_counter()
                     table = RV.tune_table(methods, f["vol_tune"], cfg["sigmas"], cfg["sigma_zs"], cfg["blob_gates"],
-                                          cfg["blob_gates_3d"])
+                                          cfg["blob_gates_3d"], cfg["erodes"])
                     norm_table = None
                     if len(cfg["slice_norms"]) > 1:
                         # the normalisation at the settings this fold's table chooses, on the same lesions
@@ -553,7 +560,7 @@ def _print_variant(v):
     for name, r in v["test_a"].items():
         bv = v["test_b_volume"].get(name, {})
         c = v["tune"]["chosen"].get(name, {})
-        print(f"  {name:15s} σ {c.get('sigma_mm')} z {c.get('sigma_z_mm')} b {c.get('blob_gate')} v {c.get('blob_gate_3d')} {c.get('slice_score')} {c.get('slice_norm')}  sliceAUROC {_f(r['slice']['auroc'])} "
+        print(f"  {name:15s} σ {c.get('sigma_mm')} z {c.get('sigma_z_mm')} b {c.get('blob_gate')} v {c.get('blob_gate_3d')} e {c.get('erode_mm')} {c.get('slice_score')} {c.get('slice_norm')}  sliceAUROC {_f(r['slice']['auroc'])} "
               f"(like size {_f(r['slice_area_matched']['auroc'])})  pixAUPRC {_f(r['pixel_auprc'])}  "
               f"nodules {r.get('nodules_hit', '-')}/{r.get('n_nodules', '-')}  false {r.get('false_lesions', '-')}  "
               f"B-volume held-out {_f((bv.get('held_out_kinds') or {}).get('auroc'))} "

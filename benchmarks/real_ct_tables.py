@@ -59,19 +59,21 @@ COLUMNS = [
 
 
 def _settings(r) -> str | None:
-    """Per fold ``σ / score`` (mm), with ``, z σ_z`` (across slices, mm), ``, b p`` (blob gate) and ``, v q``
-    (blob gate across slices) when set; ``– / score`` for a map the detector does not make."""
+    """Per fold ``σ / score`` (mm), with ``, z σ_z`` (across slices, mm), ``, b p`` (blob gate), ``, v q``
+    (blob gate across slices) when set and ``, e E`` (erosion, mm) when not fit's 6 mm; ``– / score`` for a
+    map the detector does not make."""
     sig, sc = r.get("sigma_mm"), r.get("slice_score")
     if not sig and not sc:
         return None
     zs = r.get("sigma_z_mm") or [None] * len(sig or [])
     bs = r.get("blob_gate") or [None] * len(sig or [])
     vs = r.get("blob_gate_3d") or [None] * len(sig or [])
+    es = r.get("erode_mm") or [None] * len(sig or [])
 
-    def smooth(a, z, b, v):
+    def smooth(a, z, b, v, e):
         return "–" if a is None else f"{a:g}" + (f", z {z:g}" if z else "") + (f", b {b:g}" if b else "") + (
-            f", v {v:g}" if v else "")
-    return ", ".join(f"{smooth(a, z, b, v)} / {c}" for a, z, b, v, c in zip(sig or [], zs, bs, vs, sc or []))
+            f", v {v:g}" if v else "") + (f", e {e:g}" if e is not None and e != 6.0 else "")
+    return ", ".join(f"{smooth(a, z, b, v, e)} / {c}" for a, z, b, v, e, c in zip(sig or [], zs, bs, vs, es, sc or []))
 
 
 def _fpr_check(r) -> str | None:

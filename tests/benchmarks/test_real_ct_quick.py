@@ -89,36 +89,45 @@ def test_choose_takes_the_best_setting_and_the_fused_map_follows_the_dae():
                             "3.0/p999": {"slice_auroc": 0.6, "pixel_auprc": 0.1}},
          "hessian": {"-/topk": {"slice_auroc": 0.7, "pixel_auprc": 0.0}, "-/p99": {"slice_auroc": None, "pixel_auprc": 0.2}}}
     c = RV.choose(t)
-    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 0.0, "blob_gate": 0.0, "blob_gate_3d": 0.0, "slice_score": "p99",
-                        "merit": 0.9}
+    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 0.0, "blob_gate": 0.0, "blob_gate_3d": 0.0, "erode_mm": 6.0,
+                        "slice_score": "p99", "merit": 0.9}
     assert c["dae+seg(fused)"]["sigma_mm"] == 3.0 and c["dae+seg(fused)"]["slice_score"] == "p999"
     assert c["hessian"]["sigma_mm"] is None and c["hessian"]["slice_score"] == "topk"
     # smoothing across slices is one more setting; the fused map follows the dae's σ and σ_z together
     t["dae"]["3.0+z2.5/topk"] = {"slice_auroc": 0.85, "pixel_auprc": 0.1}
     t["dae+seg(fused)"]["3.0+z2.5/p99"] = {"slice_auroc": 0.5, "pixel_auprc": 0.1}
     c = RV.choose(t)
-    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 2.5, "blob_gate": 0.0, "blob_gate_3d": 0.0, "slice_score": "topk",
-                        "merit": 0.95}
+    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 2.5, "blob_gate": 0.0, "blob_gate_3d": 0.0, "erode_mm": 6.0,
+                        "slice_score": "topk", "merit": 0.95}
     assert c["dae+seg(fused)"] == {"sigma_mm": 3.0, "sigma_z_mm": 2.5, "blob_gate": 0.0, "blob_gate_3d": 0.0,
-                                   "slice_score": "p99", "merit": 0.6}
+                                   "erode_mm": 6.0, "slice_score": "p99", "merit": 0.6}
     # and the blob gate, alone or with σ_z
     t["dae"]["3.0+b2.0/p99"] = {"slice_auroc": 0.9, "pixel_auprc": 0.3}
     t["dae+seg(fused)"]["3.0+b2.0/topk"] = {"slice_auroc": 0.4, "pixel_auprc": 0.1}
     c = RV.choose(t)
-    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 0.0, "blob_gate": 2.0, "blob_gate_3d": 0.0, "slice_score": "p99",
-                        "merit": 1.2}
+    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 0.0, "blob_gate": 2.0, "blob_gate_3d": 0.0, "erode_mm": 6.0,
+                        "slice_score": "p99", "merit": 1.2}
     assert c["dae+seg(fused)"]["blob_gate"] == 2.0 and c["dae+seg(fused)"]["slice_score"] == "topk"
     # and the blob gate across slices beside it: the fused map follows all of the dae's smoothing
     t["dae"]["3.0+b2.0+v1.0/p999"] = {"slice_auroc": 0.95, "pixel_auprc": 0.35}
     t["dae+seg(fused)"]["3.0+b2.0+v1.0/p99"] = {"slice_auroc": 0.3, "pixel_auprc": 0.1}
     c = RV.choose(t)
-    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 0.0, "blob_gate": 2.0, "blob_gate_3d": 1.0,
+    assert c["dae"] == {"sigma_mm": 3.0, "sigma_z_mm": 0.0, "blob_gate": 2.0, "blob_gate_3d": 1.0, "erode_mm": 6.0,
                         "slice_score": "p999", "merit": 1.3}
     assert c["dae+seg(fused)"]["blob_gate_3d"] == 1.0 and c["dae+seg(fused)"]["slice_score"] == "p99"
+    # and the erosion of the scoring region: untagged keys are fit's 6 mm (runs before the option scored so)
+    t["dae"]["6.0+b2.0+e3.0/p99"] = {"slice_auroc": 0.97, "pixel_auprc": 0.4}
+    t["dae+seg(fused)"]["6.0+b2.0+e3.0/topk"] = {"slice_auroc": 0.3, "pixel_auprc": 0.1}
+    t["dae+seg(fused)"]["6.0+b2.0/p99"] = {"slice_auroc": 0.9, "pixel_auprc": 0.1}
+    c = RV.choose(t)
+    assert c["dae"] == {"sigma_mm": 6.0, "sigma_z_mm": 0.0, "blob_gate": 2.0, "blob_gate_3d": 0.0, "erode_mm": 3.0,
+                        "slice_score": "p99", "merit": 1.37}
+    assert c["dae+seg(fused)"]["erode_mm"] == 3.0 and c["dae+seg(fused)"]["slice_score"] == "topk"
+    assert RV.smoothing_of({"sigma_z_mm": 2.5, "blob_gate": None}) == (2.5, 0.0, 0.0, 6.0)
     for key in ("1.5/p99", "3.0+z2.5/topk", "-/p999", "6.0+b1.0/p999", "3.0+z2.5+b2.0/p99", "6.0+b2.0+v1.0/topk",
-                "6.0+v2.0/p99"):
+                "6.0+v2.0/p99", "6.0+b2.0+e3.0/p99", "3.0+e0.0/topk"):
         s = RV.parse_setting(key)
-        assert RV.setting_key(s["sigma_mm"], s["slice_score"], s["sigma_z_mm"], s["blob_gate"], s["blob_gate_3d"]) == key
+        assert RV.setting_key(s["sigma_mm"], s["slice_score"], *RV.smoothing_of(s)) == key
 
 
 def test_with_slice_norm_takes_the_better_normalisation_and_the_default_on_a_tie():
@@ -147,7 +156,7 @@ def test_with_slice_norm_takes_the_better_normalisation_and_the_default_on_a_tie
 def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     out = tmp_path / "real_ct_quick.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "real_ct.py"), "--quick", "--out", str(out),
-                           "--precisions", "float32", "bfloat16", "--slice-norms", "area", "none"],
+                           "--precisions", "float32", "bfloat16", "--slice-norms", "area", "none", "--erodes", "6", "3"],
                           capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = json.loads(out.read_text())
@@ -187,6 +196,8 @@ def test_quick_benchmark_runs_and_writes_every_table(tmp_path):
     assert v["scoring"]["blob_gate"] == v["tune"]["chosen"]["dae"]["blob_gate"]
     assert {RV.parse_setting(k)["blob_gate_3d"] for k in v["tune"]["table"]["dae"]} == set(d["settings"]["blob_gates_3d"])
     assert v["scoring"]["blob_gate_3d"] == v["tune"]["chosen"]["dae"]["blob_gate_3d"]
+    assert {RV.parse_setting(k)["erode_mm"] for k in v["tune"]["table"]["dae"]} == set(d["settings"]["erodes"]) == {6, 3}
+    assert v["scoring"]["erode_mm"] == v["tune"]["chosen"]["dae"]["erode_mm"]
     # the slice normalisation, chosen per method at its settings; the dae's is the detector's
     assert set(v["tune"]["slice_norm_table"]) == methods
     assert all(set(r) == {"area", "none"} for r in v["tune"]["slice_norm_table"].values())
