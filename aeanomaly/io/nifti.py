@@ -44,6 +44,11 @@ def _fill(fh, buf: np.ndarray) -> int:
     return got
 
 
+def _truncated(p: Path, got: int, nbytes: int, gz: bool) -> ScanError:
+    return ScanError(f"corrupt or truncated NIfTI file: {'decompressed ' if gz else ''}data ends after "
+                     f"{got:,} of the {nbytes:,} bytes its header declares", p)
+
+
 def _raw_data(p: Path, offset: int, nbytes: int, gz: bool) -> np.ndarray:
     """Exactly ``nbytes`` bytes of voxel data from ``offset`` (decompressed for ``.gz``), as uint8."""
     with reading(p, "NIfTI"):
@@ -53,9 +58,39 @@ def _raw_data(p: Path, offset: int, nbytes: int, gz: bool) -> np.ndarray:
             fh.seek(offset)
             got = _fill(fh, buf)
     if got < nbytes:
-        raise ScanError(f"corrupt or truncated NIfTI file: {'decompressed ' if gz else ''}data ends after "
-                        f"{got:,} of the {nbytes:,} bytes its header declares", p)
+        raise _truncated(p, got, nbytes, gz)
     return buf
+
+
+def _float_data(p: Path, offset: int, n: int, dtype: np.dtype, gz: bool, slope: float, inter: float) -> np.ndarray:
+    """The ``n`` voxels of ``dtype`` from ``offset`` as flat float32, scaled by ``slope`` and ``inter``:
+    read :data:`_CHUNK` bytes at a time into one small buffer, each chunk converted and scaled while it
+    is in cache. The same values as converting the whole raw buffer (the same float32 operations per
+    voxel), in about half the time of reading it all and then converting it (no second pass over the
+    raw bytes, which are never held whole: the float32 volume is the only large allocation)."""
+    size = dtype.itemsize
+    nbytes = n * size
+    out = np.empty(n, np.float32)  # untouched pages: memory grows only as data arrives
+    buf = np.empty(max(size, _CHUNK - _CHUNK % size), np.uint8)
+    f_slope, f_inter = np.float32(slope), np.float32(inter)
+    got = 0
+    with reading(p, "NIfTI"):
+        opener = igzip.open if gz else open  # ISA-L: the same bytes as zlib, about 3× faster
+        with opener(p, "rb") as fh:
+            fh.seek(offset)
+            while got < nbytes:
+                want = min(buf.size, nbytes - got)
+                k = _fill(fh, buf[:want])
+                if k < want:
+                    raise _truncated(p, got + k, nbytes, gz)
+                part = out[got // size : (got + want) // size]
+                part[...] = buf[:want].view(dtype)
+                if slope != 1.0:
+                    part *= f_slope
+                if inter != 0.0:
+                    part += f_inter
+                got += want
+    return out
 
 
 def _read(path: str | os.PathLike, as_label: bool):
@@ -87,20 +122,15 @@ def _read(path: str | os.PathLike, as_label: bool):
     else:
         nbytes = check_declared_size(header_shape, dtype.itemsize, p, available=size - offset, kind="NIfTI")
     n = nbytes // dtype.itemsize
-    raw = _raw_data(p, offset, nbytes, gz)
-    with reading(p, "NIfTI"):
-        arr = raw.view(dtype)[:n].reshape(header_shape, order="F")
-        if not dtype.isnative:
-            arr = arr.astype(dtype.newbyteorder("="))
-        if as_label:
+    if as_label:
+        raw = _raw_data(p, offset, nbytes, gz)
+        with reading(p, "NIfTI"):
+            arr = raw.view(dtype)[:n].reshape(header_shape, order="F")
+            if not dtype.isnative:
+                arr = arr.astype(dtype.newbyteorder("="))
             data = arr if (slope, inter) == (1.0, 0.0) else arr * slope + inter
-        else:
-            data = arr.astype(np.float32)
-            del arr, raw
-            if slope != 1.0:
-                data *= np.float32(slope)
-            if inter != 0.0:
-                data += np.float32(inter)
+    else:
+        data = _float_data(p, offset, n, dtype, gz, slope, inter).reshape(header_shape, order="F")
     affine = check_affine(affine, p)
     return np.reshape(data, shape), affine, header_shape, img.get_data_dtype()
 

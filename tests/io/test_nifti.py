@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -175,3 +177,33 @@ def test_internal_affine_matches_a_plain_lps_file(tmp_path, rng):
     scan = load_scan(_save(tmp_path / "lps.nii.gz", data, aff))
     np.testing.assert_allclose(scan.affine, aff)
     np.testing.assert_array_equal(scan.hu, data.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("dtype", ["<i2", ">i2", "<u1", "<i4", ">f4", "<f8"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_voxels_are_read_chunk_by_chunk_as_nibabel_scales_them(tmp_path, rng, monkeypatch, dtype, gz):
+    """Voxels are converted to float32 a small chunk at a time as they are read (decompressed): every
+    value is nibabel's own scaled value in float32 (integers and floats, either byte order, slope and
+    intercept), including a last chunk that is only partly full; a file cut short inside a chunk is one
+    clear error naming how far its data go."""
+    from aeanomaly.io import nifti
+
+    monkeypatch.setattr(nifti, "_CHUNK", 1000)  # many chunks, none a multiple of the volume
+    data = rng.normal(0, 60, SHAPE).astype(dtype)
+    img = nib.Nifti1Image(data, np.diag([*SPACING, 1.0]))
+    img.header.set_data_dtype(np.dtype(dtype))
+    img.header.set_slope_inter(1.5, -20.0)
+    path = tmp_path / ("v.nii.gz" if gz else "v.nii")
+    nib.save(img, str(path))
+    back = nib.load(str(path))
+    expected = (np.asarray(back.dataobj.get_unscaled()).astype(np.float32) * np.float32(1.5)) + np.float32(-20.0)
+    scan = load_scan(path)
+    assert scan.hu.dtype == np.float32
+    np.testing.assert_array_equal(to_input_geometry(scan.hu, scan)[0], expected)
+
+    # a .nii.gz whose data end inside the third chunk (a plain .nii that short is refused by its size)
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(raw[: int(back.dataobj.offset) + 2500]))
+    with pytest.raises(ScanError, match="decompressed data ends after 2,500 of the"):
+        load_scan(short)
