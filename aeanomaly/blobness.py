@@ -44,6 +44,14 @@ def inplane_hessian_eigenvalues(volume: np.ndarray, sigma_px: tuple[float, float
     return mean - half, mean + half
 
 
+def blobness_reach_px(spacing: Sequence[float], scales_mm: Sequence[float] = BLOB_SCALES_MM) -> int:
+    """How many pixels in-plane :func:`residual_blobness` looks beyond a pixel: the radius of its widest
+    Gaussian derivative kernel (scipy's, truncated at 4 σ). Its value at a pixel depends only on the
+    residual (and mask) that near, and on the image border within that distance."""
+    _, sy, sx = check_spacing(spacing)
+    return max(int(4.0 * max(s_mm / d, MIN_BLOB_SIGMA_PX) + 0.5) for s_mm in scales_mm for d in (sy, sx))
+
+
 def residual_blobness(residual: np.ndarray, mask: np.ndarray | None = None, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                       scales_mm: Sequence[float] = BLOB_SCALES_MM) -> np.ndarray:
     """How blob-shaped a residual map is at each pixel, in [0, 1], per slice.

@@ -16,9 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import as_volume, check_spacing, mask_like
-from .blobness import gates_across_slices, residual_blobness, residual_blobness_3d
+from .blobness import blobness_reach_px, gates_across_slices, residual_blobness, residual_blobness_3d
 from .errors import ConfigError
-from .masks import ROIS, disk_erode
+from .masks import ROIS, disk_erode, true_extent
 from .parallel import map_slices
 
 SLICE_SCORES = ("mae", "p99", "p999", "topk")
@@ -237,10 +237,22 @@ def analyse(image: np.ndarray, reconstruction: np.ndarray, region: np.ndarray, k
             return h
         return h, slice_scores(r if params.slice_score == "mae" else h, m, params.slice_score)
 
+    # The gate and the heatmap of a chunk are computed in the box of its mask, widened by the gate's
+    # reach: outside the mask both are 0, and inside the box they are what the whole slices give (the
+    # heatmap's normalised convolution pads with zeros, which is what lies outside the mask; the gate's
+    # kernels reach no further than the widening, or to the image border, which the box then shares).
+    reach = blobness_reach_px(sp) if params.blob_gate > 0 else 0
+
     def chunk(x, x_hat, reg, k):  # all per slice: z-chunks run in threads
         r, m = residual(x, x_hat, reg, k)
-        out = heat_and_scores(gated(r, m), m)
-        return (m, out) if later else (m, *out)
+        (y0, y1), (x0, x1) = true_extent(m, (0, 2)), true_extent(m, (0, 1))
+        box = (slice(None), slice(max(y0 - reach, 0), y1 + reach), slice(max(x0 - reach, 0), x1 + reach))
+        heat = np.zeros(r.shape, np.float32)
+        if y1 == y0:  # no mask in the chunk: no heatmap, no slice scores
+            return (m, heat) if later else (m, heat, np.full(len(r), np.nan))
+        out = heat_and_scores(gated(r[box], m[box]), m[box])
+        heat[box] = out if later else out[0]
+        return (m, heat) if later else (m, heat, out[1])
 
     arrays = (np.asarray(image, np.float32), np.asarray(reconstruction, np.float32), np.asarray(region, bool),
               np.asarray(keep, bool))

@@ -172,3 +172,39 @@ def test_blob_gate_3d_weights_volumes_and_leaves_single_slices_to_the_in_plane_g
     np.testing.assert_allclose(two.heatmap, r[11:13] * residual_blobness(r[11:13], None, SPACING), atol=1e-6)
     with pytest.raises(ConfigError, match="blob_gate_3d"):
         ScoringParams(blob_gate_3d=-1.0).validated()
+
+
+@pytest.mark.parametrize("blob_gate, sigma_z_mm", [(2.0, 0.0), (0.0, 0.0), (2.0, 2.5)])
+def test_analyse_in_the_masks_box_equals_the_whole_slices(blob_gate, sigma_z_mm):
+    """analyse computes the gate and the heatmap of each chunk inside the box of its mask (widened by the
+    gate's reach) only: the heatmap and slice scores are exactly those of the whole slices, for a region
+    in the middle of the slice, one against the image border, slices with no region, and a chunk with no
+    region at all; p99 and mae."""
+    from aeanomaly.masks import disk_erode
+
+    rng = np.random.default_rng(11)
+    z, n = 40, 64
+    image = rng.gamma(2.0, 0.05, (z, n, n)).astype(np.float32)
+    recon = (image * rng.uniform(0.7, 1.0, image.shape)).astype(np.float32)
+    yy, xx = np.mgrid[:n, :n]
+    region = np.zeros((z, n, n), bool)
+    region[3:12] = np.hypot(yy - 30, xx - 34) < 12  # in the middle
+    region[14:20] = (yy > 40) & (xx < 25)  # against the lower and left borders
+    region[20] = np.hypot(yy - 10, xx - 50) < 4  # small, near the upper border
+    keep = np.ones(z, bool)
+    keep[5] = False  # a slice not scored (slices 21-39 have no region: a chunk of its own)
+    sp = (2.5, 1.6, 1.6)
+    for score in ("p99", "mae"):
+        params = ScoringParams(sigma_mm=6.0, erode_mm=3.0, blob_gate=blob_gate, sigma_z_mm=sigma_z_mm,
+                               slice_score=score)
+        got = analyse(image, recon, region, keep, sp, params, "positive")
+        r = residual_map(image, recon, "positive")
+        m = disk_erode(region, 2) & keep[:, None, None]
+        gated = r * residual_blobness(r, m, sp) ** np.float32(blob_gate) if blob_gate else r
+        heat = residual_heatmap(gated, mask=m, sigma_mm=6.0, spacing=sp)
+        if sigma_z_mm:
+            heat = z_smoothed_heatmap(heat, m, sigma_z_mm, sp)
+        np.testing.assert_array_equal(got.mask, m)
+        np.testing.assert_array_equal(got.heatmap, heat)
+        np.testing.assert_array_equal(got.slice_scores, slice_scores(gated if score == "mae" else heat, m, score))
+        assert np.isnan(got.slice_scores[21:]).all() and np.isfinite(got.slice_scores[[3, 14, 20]]).all()
