@@ -271,6 +271,9 @@ SCORING_OPTIONS = {
     "--sigma-z-mm": ("sigma_z_mm", click.FloatRange(0), 0.0,
                      "Gaussian σ in mm of an average of the heatmap over neighbouring slices of a volume (a lesion "
                      "persists there, a vessel cut across moves); 0: each slice its own."),
+    "--erode-mm": ("erode_mm", click.FloatRange(0), 6.0,
+                   "The scoring region is shrunk by this much (mm) before residuals count, against the "
+                   "partial-volume edge of the lungs; less keeps more of a lesion against the pleura."),
     "--blob-gate": ("blob_gate", click.FloatRange(0), 2.0,
                     "Weight the residual by its own blobness to this power before smoothing: blob-shaped residual "
                     "(a nodule) keeps its height, tube- and edge-shaped residual (vessels, fissures) loses it; 0: off "

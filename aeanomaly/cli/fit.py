@@ -104,8 +104,8 @@ def conformal_shortfall(n_calibration: int, target_fpr: float) -> int:
 @handles_errors
 def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs, seg_weight, noise_std, noise_resolution,
         depth, base_filters, latent_dim, latent_kind, loss, norm, epochs, batch_size, learning_rate, patience, no_augment,
-        augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, sigma_z_mm, blob_gate,
-        blob_gate_3d, seed, precision, strategy,
+        augment_spec, val_fraction, calib_fraction, target_fpr, calib_method, slice_norm, sigma_mm, sigma_z_mm, erode_mm,
+        blob_gate, blob_gate_3d, seed, precision, strategy,
         resume, overwrite, strict, quiet):
     """Train the autoencoder on normal scans, calibrate on held-out normals, write a bundle.
 
@@ -141,7 +141,7 @@ def fit(normal_dir, out, region, window, size, channels, model_kind, seg_epochs,
         noise_std=noise_std if model_kind != "ae" else 0.0, noise_resolution=noise_resolution, norm=norm, loss=loss,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience, augment=augment,
         val_fraction=val_fraction, calib_fraction=calib_fraction, target_fpr=target_fpr, calib_method=calib_method,
-        slice_norm=slice_norm, sigma_mm=sigma_mm, sigma_z_mm=sigma_z_mm, blob_gate=blob_gate,
+        slice_norm=slice_norm, sigma_mm=sigma_mm, sigma_z_mm=sigma_z_mm, erode_mm=erode_mm, blob_gate=blob_gate,
         blob_gate_3d=blob_gate_3d, seed=seed, precision=precision,
     )
     work = out.with_name(out.name + ".partial")

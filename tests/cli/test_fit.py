@@ -99,7 +99,7 @@ def test_fit_precision_bfloat16_old_spellings_and_calibration_warning(cli, phant
     r = cli("fit", "--normal-dir", phantom_train / "normal", "--out", out, "--size", "32", "--depth", "2",
             "--base-filters", "4", "--latent", "8", "--epochs", "1", "--fpr", "0.05", "--precision", "bfloat16",
             "--noise-std", "0.3", "--noise-resolution", "8", "--sigma-mm", "4.5", "--sigma-z-mm", "2.5", "--blob-gate", "2",
-            "--blob-gate-3d", "1", "--quiet")
+            "--blob-gate-3d", "1", "--erode-mm", "3", "--quiet")
     assert r.exit_code == 0, r.output
     assert "warning: --latent is deprecated; use --latent-dim" in r.stderr
     assert "warning: --fpr is deprecated; use --target-fpr" in r.stderr
@@ -109,6 +109,7 @@ def test_fit_precision_bfloat16_old_spellings_and_calibration_warning(cli, phant
     assert params["latent_dim"] == 8 and cal["target_fpr"] == 0.05
     assert params["noise_std"] == 0.3 and params["noise_resolution"] == 8 and params["sigma_mm"] == 4.5
     assert params["sigma_z_mm"] == 2.5 and params["blob_gate"] == 2.0 and params["blob_gate_3d"] == 1.0
+    assert params["erode_mm"] == 3.0
     assert cal["scan"]["threshold"] is not None
     # 20 scans x 0.3 = 6 calibration scans: the conformal guarantee at 0.05 needs 19 — said even with --quiet
     warn = [ln for ln in r.stderr.splitlines() if "conformal guarantee" in ln]
@@ -191,6 +192,7 @@ def test_fit_offers_the_slice_norm_default_of_scoring(cli):
     assert next(o for o in fit.params if o.name == "blob_gate").default == ScoringParams().blob_gate
     assert next(o for o in fit.params if o.name == "blob_gate_3d").default == ScoringParams().blob_gate_3d
     assert next(o for o in fit.params if o.name == "seg_weight").default == ScoringParams().seg_weight
+    assert next(o for o in fit.params if o.name == "erode_mm").default == ScoringParams().erode_mm
     r = cli("fit", "--help")
     assert "--slice-norm [area|location|none]" in r.output
 
