@@ -412,7 +412,7 @@ def main(argv=None) -> int:
     ap.add_argument("--erodes", type=float, nargs="+", default=None, metavar="MM",
                     help="the erosions of the scoring region (erode_mm) the tune split chooses from (default "
                          f"{RV.UNTAGGED['erode_mm']:g} only, fit's; "
-                         f"e.g. {' '.join(f'{e:g}' for e in RV.ERODE_CHOICES_MM)})")
+                         f"the README's runs offered {' '.join(f'{e:g}' for e in RV.ERODE_CHOICES_MM)})")
     ap.add_argument("--slice-norms", nargs="+", default=None, choices=RV.SLICE_NORM_CHOICES,
                     help="the slice normalisations (slice_norm) the tune split chooses from, per method, at its "
                          "chosen settings (default all of them; one: every method uses it)")
