@@ -37,8 +37,8 @@ from .io import Scan, load_scan
 from .io.writers import int16_quantiser
 from .localize import Lesion, find_lesions
 from .masks import LUNG_THRESHOLD_HU, resolved_roi, scoring_region
-from .preprocess import (HUWindow, PreparedScan, from_model_grid, from_model_grid_each, model_to_input_yx,
-                         prepare_volume)
+from .preprocess import (GridSpec, HUWindow, PreparedScan, from_model_grid, from_model_grid_each,
+                         model_to_input_yx, prepare_volume)
 from .scoring import Analysis, ScoringParams, analyse, resolved_sign, scan_score, slice_scores
 from .splits import split_scans
 
@@ -59,6 +59,15 @@ INFER_BATCH_PIXELS = 16 * 256 * 256
 #: What :meth:`AnomalyDetector.iter_scores` reports per scan instead of raising: an unreadable or
 #: invalid scan (every error of this package), a file that vanished or cannot be read, too little memory.
 SCAN_ERRORS: tuple[type[BaseException], ...] = (AeAnomalyError, OSError, MemoryError)
+
+
+def heatmap_to_input_grid(heatmap: np.ndarray, grid: GridSpec, slope: float | None = None) -> np.ndarray:
+    """A model-grid heatmap ``(z, size, size)`` resampled to the input slice grid of ``grid``: float32, or
+    with ``slope`` the int16 counts ``round(v / slope)`` that ``score`` writes
+    (:func:`aeanomaly.io.writers.int16_quantiser`), each slice quantised as soon as it is resampled,
+    without a float32 slab (:func:`aeanomaly.preprocess.from_model_grid_each`)."""
+    each = None if slope is None else int16_quantiser(slope)
+    return from_model_grid_each(heatmap, grid, each=each, dtype=np.float32 if slope is None else np.int16)
 
 
 @dataclass
@@ -101,9 +110,7 @@ class ScanResult:
         ``lo:hi`` only when given (what a streamed heatmap write asks for). With ``slope``, int16 counts
         ``round(v / slope)`` instead (:func:`aeanomaly.io.writers.int16_quantiser`: what ``score``
         writes), each slice quantised as soon as it is resampled, without the float32 slab."""
-        each = None if slope is None else int16_quantiser(slope)
-        return from_model_grid_each(self.heatmap[lo:hi], self.prepared.grid, each=each,
-                                        dtype=np.float32 if slope is None else np.int16)
+        return heatmap_to_input_grid(self.heatmap[lo:hi], self.prepared.grid, slope)
 
     def lesion_labels_in_input_grid(self) -> np.ndarray:
         """Lesion label volume ``(z, y, x)`` on the input grid (nearest label by majority)."""

@@ -5,9 +5,9 @@
 Public API only. The 512×512×N chest phantom of ``speed.py`` is loaded with ``aeanomaly.io.load_scan`` and
 prepared with ``aeanomaly.preprocess.prepare_volume`` at the model grid; two heatmaps on that grid are
 written back to the input grid with ``aeanomaly.io.writers.save_slabs_like_input`` (resampled slab by slab
-with ``aeanomaly.preprocess.from_model_grid_each``, as ``ScanResult.heatmap_in_input_grid`` does), once as
-float32 and once as int16 counts (``int16_slope``; each few slices quantised with ``int16_quantiser`` as
-soon as they are resampled, what ``score`` writes), alternately, median of ``--repeats`` after a warm-up:
+with ``aeanomaly.detector.heatmap_to_input_grid``, as ``ScanResult.heatmap_in_input_grid`` does), once as
+float32 and once as int16 counts (``int16_slope``; each few slices quantised as soon as they are
+resampled, what ``score`` writes), alternately, median of ``--repeats`` after a warm-up:
 
 * ``dense``: smooth positive values in every body pixel of the scoring region, as a residual heatmap
   without the blob gate looks in the lungs (every pixel a different value for gzip);
@@ -55,17 +55,14 @@ def write_pair(heat: np.ndarray, prep, scan, work: Path, repeats: int) -> dict:
     read-back difference in steps."""
     import nibabel as nib
 
-    from aeanomaly.io.writers import int16_quantiser, int16_slope, save_slabs_like_input
-    from aeanomaly.preprocess import from_model_grid_each
+    from aeanomaly.detector import heatmap_to_input_grid
+    from aeanomaly.io.writers import int16_slope, save_slabs_like_input
 
-    g = prep.grid
     slope = int16_slope(float(np.max(np.abs(heat), initial=0.0)))
     kinds = {"float32": None, "int16": slope}
 
-    def slab(s):  # ScanResult.heatmap_in_input_grid(lo, hi, slope=s), without a ScanResult
-        each = None if s is None else int16_quantiser(s)
-        return lambda lo, hi: from_model_grid_each(heat[lo:hi], g, each=each,
-                                                   dtype=np.float32 if s is None else np.int16)
+    def slab(s):  # what ScanResult.heatmap_in_input_grid(lo, hi, slope=s) calls
+        return lambda lo, hi: heatmap_to_input_grid(heat[lo:hi], prep.grid, s)
 
     times: dict = {k: [] for k in kinds}
     paths = {k: work / f"heat_{k}.nii.gz" for k in kinds}

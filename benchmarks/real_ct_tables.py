@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import real_ct_maps as RM
+import real_ct_volume as RV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,8 +61,8 @@ COLUMNS = [
 
 def _settings(r) -> str | None:
     """Per fold ``σ / score`` (mm), with ``, z σ_z`` (across slices, mm), ``, b p`` (blob gate), ``, v q``
-    (blob gate across slices) when set and ``, e E`` (erosion, mm) when not fit's 6 mm; ``– / score`` for a
-    map the detector does not make."""
+    (blob gate across slices) when set and ``, e E`` (erosion, mm) when not fit's 6 mm (``RV.UNTAGGED``);
+    ``– / score`` for a map the detector does not make."""
     sig, sc = r.get("sigma_mm"), r.get("slice_score")
     if not sig and not sc:
         return None
@@ -72,7 +73,7 @@ def _settings(r) -> str | None:
 
     def smooth(a, z, b, v, e):
         return "–" if a is None else f"{a:g}" + (f", z {z:g}" if z else "") + (f", b {b:g}" if b else "") + (
-            f", v {v:g}" if v else "") + (f", e {e:g}" if e is not None and e != 6.0 else "")
+            f", v {v:g}" if v else "") + (f", e {e:g}" if e is not None and e != RV.UNTAGGED["erode_mm"] else "")
     return ", ".join(f"{smooth(a, z, b, v, e)} / {c}" for a, z, b, v, e, c in zip(sig or [], zs, bs, vs, es, sc or []))
 
 

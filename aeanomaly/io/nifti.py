@@ -66,8 +66,9 @@ def _float_data(p: Path, offset: int, n: int, dtype: np.dtype, gz: bool, slope: 
     """The ``n`` voxels of ``dtype`` from ``offset`` as flat float32, scaled by ``slope`` and ``inter``:
     read :data:`_CHUNK` bytes at a time into one small buffer, each chunk converted and scaled while it
     is in cache. The same values as converting the whole raw buffer (the same float32 operations per
-    voxel), in about half the time of reading it all and then converting it (no second pass over the
-    raw bytes, which are never held whole: the float32 volume is the only large allocation)."""
+    voxel), and the raw bytes are never held whole: the float32 volume is the only large allocation. On
+    an idle machine it takes the time of the whole-buffer read (ISA-L's inflate is most of it); under
+    memory-bandwidth load, about half."""
     size = dtype.itemsize
     nbytes = n * size
     out = np.empty(n, np.float32)  # untouched pages: memory grows only as data arrives
